@@ -1,0 +1,83 @@
+"""The `curate` command line (DESIGN.md section 3)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except UserError as exc:
+        print(f"curate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("curate: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a pipeline config")
+    run.add_argument("config")
+    run.add_argument("--engine", choices=["local", "ray", "spark"])
+    run.add_argument("--output")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    run.set_defaults(handler=cmd_run)
+
+    demo = commands.add_parser("demo", help="the main job, offline, on the embedded engine")
+    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--rows", type=int, default=20_000)
+    demo.set_defaults(handler=cmd_demo)
+
+    metadata = commands.add_parser("metadata", help="query entries")
+    meta_commands = metadata.add_subparsers(dest="metadata_command", required=True)
+    build = meta_commands.add_parser("build", help="write the entry list to a JSON file")
+    build.add_argument("--sources", nargs="+", default=["wordnet", "wordfreq"])
+    build.add_argument("--wordfreq-top", type=int, default=1_000_000)
+    build.add_argument("--output", required=True)
+    build.set_defaults(handler=cmd_metadata_build)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from pipeline.core.config import load_config
+    from pipeline.core.runner import run_pipeline
+
+    overrides = list(args.set)
+    if args.engine:
+        overrides.append(f"engine={args.engine}")
+    if args.output:
+        overrides.append(f"output={args.output}")
+    settings = load_config(args.config, overrides)
+    summary = run_pipeline(settings, settings.output, log=_log)
+    _log(f"kept {summary['kept_rows']:,} of {summary['input_rows']:,} rows -> {settings.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from pipeline.demo import run_demo
+
+    run_demo(Path(args.output), rows=args.rows, log=_log)
+    return 0
+
+
+def cmd_metadata_build(args) -> int:
+    from pipeline.core import parts
+    from pipeline.stages.metadata_entries import load_entries
+
+    entries = load_entries(args.sources, args.wordfreq_top)
+    parts.write_json(entries, args.output)
+    _log(f"wrote {len(entries):,} entries to {args.output}")
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

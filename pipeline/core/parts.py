@@ -1,0 +1,95 @@
+"""Atomic files: every output is written under a temporary name, then renamed into place."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+INTERNAL_PREFIX = "_"
+
+
+def tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_parquet(table: pa.Table, path: str | Path, row_group_key: str | None = None) -> dict:
+    """Write `table` atomically. With `row_group_key`, rows are written one row group per
+    distinct key value (the table must be sorted by it); returns {value: row_group_index}."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    groups: dict = {}
+    with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
+        if row_group_key is None or table.num_rows == 0:
+            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        else:
+            keys = table[row_group_key].to_numpy()
+            bounds = _run_bounds(keys)
+            for index, (start, stop) in enumerate(bounds):
+                writer.write_table(table.slice(start, stop - start), row_group_size=stop - start)
+                groups[int(keys[start])] = index
+    os.replace(tmp, path)
+    return groups
+
+
+def _run_bounds(sorted_keys) -> list[tuple[int, int]]:
+    import numpy as np
+
+    if len(sorted_keys) == 0:
+        return []
+    change = np.flatnonzero(np.diff(sorted_keys)) + 1
+    starts = np.concatenate([[0], change])
+    stops = np.concatenate([change, [len(sorted_keys)]])
+    return list(zip(starts.tolist(), stops.tolist()))
+
+
+def read_parquet(path: str | Path, row_groups: list[int] | None = None) -> pa.Table:
+    if row_groups is None:
+        return pq.read_table(path)
+    pf = pq.ParquetFile(path)
+    return pf.read_row_groups(row_groups)
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t is not None]
+    if not tables:
+        return pa.table({})
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def public_columns(table: pa.Table) -> pa.Table:
+    """Drop the framework's internal columns (names starting with '_')."""
+    keep = [n for n in table.column_names if not n.startswith(INTERNAL_PREFIX)]
+    return table.select(keep)
+
+
+def json_roundtrip(obj: Any) -> Any:
+    """`obj` as it reads back from JSON (tuples become lists, ...), for comparisons."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))

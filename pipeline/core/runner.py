@@ -1,0 +1,159 @@
+"""Run a configured pipeline on an engine into a run folder (DESIGN.md section 3)."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.core import parts
+from pipeline.core.config import RunSettings
+from pipeline.core.steps import Step, execute_step
+from pipeline.core.tasks import LEDGER_SCHEMA
+from pipeline.engines import make_engine
+from pipeline.errors import UserError
+
+# Settings that change how a run is executed but never what it produces.
+EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source")
+
+
+def step_factories() -> dict[str, Callable]:
+    from pipeline.stages.caption_filter import CaptionFilterStage
+    from pipeline.stages.dedup import DedupStep
+    from pipeline.stages.language import LanguageStage
+    from pipeline.stages.metadata import MetadataStep
+
+    return {
+        "dedup": DedupStep,
+        "caption_filter": lambda s: Step(CaptionFilterStage, s),
+        "language": lambda s: Step(LanguageStage, s),
+        "metadata": MetadataStep,
+    }
+
+
+PIPELINE_ORDER = ["dedup", "caption_filter", "language", "metadata", "download",
+                  "image_dedup", "clip_score", "shard"]
+
+
+def build_steps(settings: RunSettings) -> list[Step]:
+    factories = step_factories()
+    from pipeline.stages.ingest import IngestStep
+
+    steps: list[Step] = [IngestStep(settings.input)]
+    for name in PIPELINE_ORDER:
+        section = settings.section(name)
+        if section is None:
+            continue
+        if name not in factories:
+            raise UserError(f"{settings.source}: stage '{name}' is not available in this version")
+        steps.append(factories[name](section))
+    return steps
+
+
+def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_same_config(settings, run_dir)
+    steps = build_steps(settings)
+    with make_engine(settings) as engine:
+        inputs: list = []
+        records = []
+        for index, step in enumerate(steps):
+            record = execute_step(step, engine, run_dir, index, settings.seed, inputs)
+            inputs = record["parts"]
+            records.append(record)
+            log(funnel_line(record))
+        finalize(engine, run_dir, inputs, records)
+    summary = make_summary(records)
+    parts.write_json(summary, run_dir / "summary.json")
+    return summary
+
+
+def funnel_line(record: dict) -> str:
+    drops = ", ".join(f"{k} {v}" for k, v in record["dropped"].items()) or "none dropped"
+    return (f"{record['name']:>15}: {record['rows_in']:>10,} -> {record['rows_out']:>10,} rows"
+            f"  ({drops})  {record['seconds']:.1f}s")
+
+
+def check_same_config(settings: RunSettings, run_dir: Path) -> None:
+    """A run folder belongs to one config: resuming with another would mix results."""
+    current = {k: v for k, v in dataclasses.asdict(settings).items() if k not in EXECUTION_ONLY}
+    path = run_dir / "config.json"
+    if path.exists():
+        previous = parts.read_json(path)
+        if previous != parts.json_roundtrip(current):
+            changed = sorted(k for k in set(previous) | set(current)
+                             if previous.get(k) != parts.json_roundtrip(current).get(k))
+            raise UserError(f"{run_dir}: holds a run of a different config (changed: "
+                            f"{', '.join(changed)}); use another --output or delete it")
+    else:
+        parts.write_json(current, path)
+
+
+def make_summary(records: list[dict]) -> dict:
+    stages = [{k: r[k] for k in ("name", "rows_in", "rows_out", "dropped", "seconds")}
+              for r in records]
+    return {"input_rows": stages[0]["rows_in"], "kept_rows": stages[-1]["rows_out"],
+            "stages": stages}
+
+
+def finalize(engine, run_dir: Path, final_parts: list[str], records: list[dict]) -> None:
+    """Write `kept/` and `ledger/` (atomically: built under .tmp names, then swapped in)."""
+    kept_tmp, ledger_tmp = run_dir / "kept.tmp", run_dir / "ledger.tmp"
+    for folder in (kept_tmp, ledger_tmp):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    schema = unified_schema(final_parts)
+    jobs = [(p, str(kept_tmp / f"part-{i:05d}.parquet"), str(ledger_tmp / f"kept-{i:05d}.parquet"),
+             schema) for i, p in enumerate(final_parts)]
+    engine.map(finalize_part, jobs)
+    for record in records:
+        for path in record["dropped_files"]:
+            if pq.read_metadata(path).num_rows:
+                step, phase = Path(path).parts[-4], Path(path).parts[-3]
+                link_or_copy(path, ledger_tmp / f"{step}-{phase}-{Path(path).name}")
+    for name, tmp in (("kept", kept_tmp), ("ledger", ledger_tmp)):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+        tmp.rename(run_dir / name)
+
+
+def unified_schema(paths: list[str]) -> pa.Schema:
+    schemas = [pq.read_schema(p) for p in paths]
+    merged = pa.unify_schemas(schemas, promote_options="permissive")
+    return pa.schema([f for f in merged if not f.name.startswith(parts.INTERNAL_PREFIX)])
+
+
+def finalize_part(job) -> int:
+    data_path, kept_path, ledger_path, schema = job
+    table = parts.public_columns(pq.read_table(data_path))
+    table = table.select([n for n in schema.names if n in table.column_names])
+    table = conform(table, schema)
+    parts.write_parquet(table, kept_path)
+    ledger = pa.table({"uid": table["uid"], "url": table["url"],
+                       "stage": pa.array(["kept"] * table.num_rows, pa.string()),
+                       "reason": pa.array(["kept"] * table.num_rows, pa.string())},
+                      schema=LEDGER_SCHEMA)
+    parts.write_parquet(ledger, ledger_path)
+    return table.num_rows
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast to the run-wide schema, adding null columns a part lacks."""
+    columns = [table[f.name].cast(f.type) if f.name in table.column_names
+               else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.table(columns, schema=schema)
+
+
+def link_or_copy(src: str, dst: Path) -> None:
+    try:
+        Path(dst).hardlink_to(src)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def eprint(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)

@@ -1,0 +1,143 @@
+"""The unit of work every engine runs: read one part, transform it, write it atomically.
+
+A `PartTask` names a reader (where its rows come from), an op (a picklable transformation
+that returns the table with a `_reason` column and optional numpy extras), and a phase folder.
+Outputs, each renamed into place when complete:
+
+    <phase>/data/part-00007.parquet      rows that go on
+    <phase>/dropped/part-00007.parquet   uid, url, stage, reason of the rows dropped here
+    <phase>/done/part-00007.json         stats, written last: the part is done when it exists
+    <phase>/done/part-00007.npz          numpy extras (e.g. per-entry counts), if any
+
+A rerun finds the done file and returns its stats without doing the work again.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.core import parts
+from pipeline.core.stage import REASON, Resources
+
+LEDGER_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()),
+                           ("stage", pa.string()), ("reason", pa.string())])
+
+
+@dataclass
+class PartTask:
+    phase_dir: str
+    part: int
+    stage: str                      # the stage name written to the ledger
+    reader: Callable[[], pa.Table]  # picklable
+    op: Callable[[pa.Table], Any]   # returns a table, or (table, {name: ndarray})
+    row_group_key: Optional[str] = None
+    resources: Resources = field(default_factory=Resources)
+
+    def path(self, kind: str, suffix: str = ".parquet") -> Path:
+        return Path(self.phase_dir) / kind / f"part-{self.part:05d}{suffix}"
+
+
+def run_part_task(task: PartTask) -> dict:
+    """Run one task (idempotent): returns its stats dict."""
+    done = task.path("done", ".json")
+    if done.exists():
+        return parts.read_json(done)
+    started = time.perf_counter()
+    table = task.reader()
+    rows_in = table.num_rows
+    result = task.op(table)
+    table, extras = result if isinstance(result, tuple) else (result, {})
+    kept, dropped = split_by_reason(table, task.stage)
+    groups = parts.write_parquet(kept, task.path("data"), task.row_group_key)
+    parts.write_parquet(dropped, task.path("dropped"))
+    if extras:
+        _write_npz(extras, task.path("done", ".npz"))
+    stats = {
+        "part": task.part,
+        "rows_in": rows_in,
+        "rows_out": kept.num_rows,
+        "dropped": _reason_counts(dropped),
+        "seconds": round(time.perf_counter() - started, 4),
+        "row_groups": {str(k): v for k, v in groups.items()},
+        "extras": bool(extras),
+    }
+    if rows_in != stats["rows_out"] + sum(stats["dropped"].values()):
+        raise RuntimeError(f"{task.stage}: part {task.part} lost rows "
+                           f"({rows_in} in, {stats['rows_out']} out, {stats['dropped']} dropped)")
+    parts.write_json(stats, done)
+    return stats
+
+
+def split_by_reason(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
+    """Kept rows (without `_reason`) and ledger rows for the dropped ones."""
+    if REASON not in table.column_names:
+        return table, LEDGER_SCHEMA.empty_table()
+    reasons = table[REASON]
+    is_dropped = pc.is_valid(reasons)
+    kept = table.filter(pc.invert(is_dropped)).drop_columns([REASON])
+    dropped = table.filter(is_dropped)
+    ledger = pa.table({
+        "uid": dropped["uid"].cast(pa.string()),
+        "url": dropped["url"].cast(pa.string()),
+        "stage": pa.array([stage] * dropped.num_rows, pa.string()),
+        "reason": dropped[REASON].cast(pa.string()),
+    }, schema=LEDGER_SCHEMA)
+    return kept, ledger
+
+
+def _reason_counts(ledger: pa.Table) -> dict[str, int]:
+    if ledger.num_rows == 0:
+        return {}
+    counts = pc.value_counts(ledger["reason"]).to_pylist()
+    return {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: c["values"])}
+
+
+def _write_npz(extras: dict[str, np.ndarray], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = parts.tmp_name(path)
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **extras)
+    tmp.replace(path)
+
+
+def load_extras(task_or_phase_dir: str, part: int) -> dict[str, np.ndarray]:
+    path = Path(task_or_phase_dir) / "done" / f"part-{part:05d}.npz"
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+@dataclass
+class ReadParts:
+    """Reader: concatenation of whole parquet files (or selected row groups of them)."""
+    paths: list[str]
+    row_groups: Optional[list[Optional[list[int]]]] = None
+
+    def __call__(self) -> pa.Table:
+        groups = self.row_groups or [None] * len(self.paths)
+        return parts.concat([parts.read_parquet(p, g) for p, g in zip(self.paths, groups)])
+
+
+_STAGES: dict = {}
+
+
+@dataclass
+class StageOp:
+    """Op: a stage's `process`, with the stage built and `setup()` once per worker process."""
+    stage_cls: type
+    settings: Any
+    seed: int = 0
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        key = (self.stage_cls.__module__, self.stage_cls.__qualname__, repr(self.settings), self.seed)
+        stage = _STAGES.get(key)
+        if stage is None:
+            stage = self.stage_cls(self.settings, seed=self.seed)
+            stage.setup()
+            _STAGES[key] = stage
+        return stage.process(table)

@@ -1,0 +1,33 @@
+"""The embedded default: a pool of worker processes on this machine, no cluster."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+from pipeline.engines.base import Engine
+
+
+class LocalEngine(Engine):
+    name = "local"
+
+    def __init__(self, processes: int | None = None):
+        self.processes = max(1, processes or os.cpu_count() or 1)
+        self._pool = None
+
+    def parallelism(self) -> int:
+        return self.processes
+
+    def map(self, fn, tasks, resources=None):
+        tasks = list(tasks)
+        if self.processes == 1 or len(tasks) <= 1:
+            return [fn(t) for t in tasks]
+        if self._pool is None:  # workers live for the whole run, so models load once each
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ctx.Pool(self.processes)
+        return self._pool.map(fn, tasks, chunksize=1)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None

@@ -1,0 +1,151 @@
+"""Train `curate-tiny` briefly on generated world pairs (tests, the demo, offline scoring).
+
+The checkpoint is in open_clip's format, `{"epoch": ..., "name": ..., "state_dict": ...}`
+(readable with `torch.load(..., weights_only=True)`), with the architecture's JSON written
+beside it twice: `model_config.json` (the project contract) and `<name>.json`, so that
+`open_clip.add_model_config(folder)` registers the architecture under its own name and
+`open_clip.create_model_and_transforms(name, pretrained=checkpoint)` loads it anywhere.
+
+    python -m pipeline.models.tiny_train OUT_DIR [--steps 200] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from pipeline.models import TINY_NAME, register_models
+from pipeline.world import make_world
+
+CHECKPOINT_NAME = "epoch_latest.pt"
+CONFIG_NAME = "model_config.json"
+
+
+@dataclass(frozen=True)
+class TinyTrainConfig:
+    steps: int = 200
+    batch_size: int = 64
+    n_samples: int = 2048
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 20
+    seed: int = 0
+    model: str = TINY_NAME
+
+
+def train_tiny(out_dir: str | Path, config: TinyTrainConfig = TinyTrainConfig()) -> Path:
+    """Train `config.model` on world pairs, write the checkpoint into `out_dir`, return its path."""
+    import open_clip
+
+    register_models()
+    torch.manual_seed(config.seed)
+    model, _, preprocess = open_clip.create_model_and_transforms(config.model)
+    tokenizer = open_clip.get_tokenizer(config.model)
+    images, tokens = world_tensors(config, preprocess, tokenizer, _image_size(model))
+    run_training(model, images, tokens, config)
+    return save_checkpoint(model, out_dir, config.model, epoch=1)
+
+
+def _image_size(model: torch.nn.Module) -> int:
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def world_tensors(config: TinyTrainConfig, preprocess, tokenizer, image_size: int):
+    """Preprocessed images and caption tokens of `config.n_samples` world pairs (decoded JPEGs)."""
+    samples = make_world(config.n_samples, seed=config.seed, image_size=image_size)
+    images = torch.stack([preprocess(Image.open(io.BytesIO(s.jpg))) for s in samples])
+    tokens = tokenizer([s.caption for s in samples])
+    return images, tokens
+
+
+def run_training(model, images: torch.Tensor, tokens: torch.Tensor, config: TinyTrainConfig) -> float:
+    """Contrastive training with open_clip's ClipLoss; returns the last loss."""
+    import open_clip
+
+    loss_fn = open_clip.ClipLoss()
+    optimizer = _optimizer(model, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    loss_value = float("nan")
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, config)
+        batch = torch.randint(len(images), (config.batch_size,), generator=generator)
+        image_features, text_features, logit_scale = model(images[batch], tokens[batch])[:3]
+        loss = loss_fn(image_features, text_features, logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        loss_value = float(loss.detach())
+    model.eval()
+    return loss_value
+
+
+def _optimizer(model: torch.nn.Module, config: TinyTrainConfig) -> torch.optim.Optimizer:
+    """AdamW with open_clip's grouping: no weight decay on gains, biases, embeddings, scale."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        exclude = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name \
+            or "logit_scale" in name or "embedding" in name
+        (no_decay if exclude else decay).append(param)
+    groups = [{"params": no_decay, "weight_decay": 0.0},
+              {"params": decay, "weight_decay": config.weight_decay}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _learning_rate(step: int, config: TinyTrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
+
+
+def save_checkpoint(model: torch.nn.Module, out_dir: str | Path, model_name: str, epoch: int,
+                    file_name: str = CHECKPOINT_NAME) -> Path:
+    """Write an open_clip checkpoint plus the architecture JSON beside it (atomically)."""
+    import open_clip
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        raise ValueError(f"unknown open_clip architecture {model_name!r}")
+    for name in (CONFIG_NAME, f"{model_name}.json"):
+        _write_atomic(out / name, json.dumps(config, indent=2, sort_keys=True).encode())
+    buffer = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"epoch": epoch, "name": model_name, "state_dict": state}, buffer)
+    path = out / file_name
+    _write_atomic(path, buffer.getvalue())
+    return path
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--steps", type=int, default=TinyTrainConfig.steps)
+    parser.add_argument("--batch-size", type=int, default=TinyTrainConfig.batch_size)
+    parser.add_argument("--seed", type=int, default=TinyTrainConfig.seed)
+    args = parser.parse_args(argv)
+    config = TinyTrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    print(train_tiny(args.out_dir, config))
+
+
+if __name__ == "__main__":
+    main()

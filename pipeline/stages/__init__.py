@@ -1,0 +1,1 @@
+"""One module per stage. Stage code never imports Ray or Spark."""

@@ -1,0 +1,55 @@
+"""caption_filter: drop captions that cannot describe an image.
+
+Reasons, checked in this order: `empty_text` (null or whitespace), `filename_text` (a file
+name such as IMG_1234.jpg), `placeholder_text` (image, untitled, ...), `too_short`,
+`too_long`, `too_few_words`.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.core.stage import Stage, with_reason
+
+FILENAME = r"(?i)^\S*\.(jpe?g|png|gif|webp|bmp|tiff?|heic|svg|avif)$"
+PLACEHOLDERS = [
+    "image", "images", "img", "photo", "photos", "picture", "pic", "untitled", "untitled image",
+    "no image", "image not found", "thumbnail", "thumb", "placeholder", "logo", "icon", "banner",
+    "spacer", "blank", "null", "none", "undefined", "nan", "alt", "alt text", "default",
+    "loading", "avatar", "click here", "image description", "photo description",
+]
+
+
+class CaptionFilterStage(Stage):
+    name = "caption_filter"
+
+    def process(self, table: pa.Table) -> pa.Table:
+        s = self.settings
+        text = pc.utf8_trim_whitespace(table["text"])
+        chars = pc.utf8_length(text)
+        words = pc.count_substring_regex(text, r"\S+")
+        lowered = pc.utf8_lower(pc.replace_substring_regex(text, r"[\s_\-.:]+", " "))
+        lowered = pc.utf8_trim(lowered, " ")
+        checks = [
+            (pc.or_kleene(pc.is_null(text), pc.equal(chars, 0)), "empty_text"),
+        ]
+        if s.drop_junk:
+            checks += [
+                (pc.match_substring_regex(text, FILENAME), "filename_text"),
+                (pc.is_in(lowered, value_set=pa.array(PLACEHOLDERS)), "placeholder_text"),
+            ]
+        checks += [
+            (pc.less(chars, s.min_chars), "too_short"),
+            (pc.greater(chars, s.max_chars), "too_long"),
+            (pc.less(words, s.min_words), "too_few_words"),
+        ]
+        return with_reason(table, first_reason(checks, table.num_rows))
+
+
+def first_reason(checks: list, rows: int) -> pa.Array:
+    """The reason of the first check that is true for each row (null when none is)."""
+    reason = pa.nulls(rows, pa.string())
+    for condition, name in reversed(checks):
+        condition = pc.fill_null(condition, False)
+        reason = pc.if_else(condition, pa.scalar(name), reason)
+    return reason

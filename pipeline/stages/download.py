@@ -1,0 +1,199 @@
+"""download: fetch, guard, resize and encode each row's image with img2dataset.
+
+The stage drives img2dataset's own `download_image` (urllib fetch + X-Robots-Tag opt-out) on
+a thread pool and its `Resizer` (OpenCV resize + encode) in the consuming thread, as
+img2dataset's `Downloader.download_shard` does, minus its file writers. `urlopen` goes
+through the guarded opener of `pipeline.download.safe_fetch` (schemes, addresses, redirects,
+byte cap, per-image deadline), and a PIL header check refuses decompression bombs before
+OpenCV decodes anything. Rows whose failure is transient (timeout, reset, 429, 5xx) are
+retried in later passes with backoff; 4xx, opt-outs and blocked fetches never are.
+
+Adds `jpg` (binary), `width, height, original_width, original_height` (int32), `sha256`
+(hex of `jpg`) and `_reason` (null = kept).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.pool import ThreadPool
+from threading import Semaphore
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.core.stage import REASON, Resources, Stage, with_reason
+from pipeline.download.reasons import DECODE_ERROR, IMAGE_TOO_LARGE, classify_message, is_transient
+from pipeline.download.safe_fetch import FetchPolicy, install_guarded_opener
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import
+
+# img2dataset's own defaults (main.download), so a side-by-side benchmark is like for like.
+IMG2DATASET_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+PIL_MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS
+DEFAULTS = {
+    "image_size": 256, "threads": 64, "timeout": 10.0, "retries": 1, "max_bytes": 20_000_000,
+    "max_redirects": 10, "max_pixels": PIL_MAX_PIXELS, "resize_mode": "border",
+    "resize_only_if_bigger": False, "encode_quality": 95, "deadline": None, "retry_backoff": 1.0,
+    "user_agent_token": None, "disallowed_header_directives": IMG2DATASET_DIRECTIVES,
+    "allow_networks": (),
+}
+OUTPUT_SCHEMA = pa.schema([
+    ("jpg", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
+    ("original_width", pa.int32()), ("original_height", pa.int32()), ("sha256", pa.string()),
+])
+
+
+@dataclass
+class Outcome:
+    """What happened to one row: an encoded image, or a drop reason."""
+
+    reason: str | None = None
+    jpg: bytes | None = None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        return None if self.jpg is None else hashlib.sha256(self.jpg).hexdigest()
+
+
+def read_options(settings: Any, allow_networks=None) -> dict[str, Any]:
+    """Settings as a dict with every option; accepts a dataclass, dict, namespace or None."""
+    def get(key):
+        if isinstance(settings, dict):
+            return settings.get(key, DEFAULTS[key])
+        return getattr(settings, key, DEFAULTS[key])
+
+    options = {key: get(key) for key in DEFAULTS}
+    if allow_networks is not None:
+        options["allow_networks"] = allow_networks
+    options["allow_networks"] = tuple(options["allow_networks"] or ())
+    return options
+
+
+def header_check(stream: io.BytesIO, max_pixels: int) -> str | None:
+    """Read only the image header: refuse undecodable data and decompression bombs."""
+    from PIL import Image
+
+    try:
+        with Image.open(stream) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        return IMAGE_TOO_LARGE
+    except Exception:  # pylint: disable=broad-except
+        return DECODE_ERROR
+    finally:
+        stream.seek(0)
+    return IMAGE_TOO_LARGE if width * height > max_pixels else None
+
+
+class DownloadStage(Stage):
+    name = "download"
+    resources = Resources(cpus=1.0)
+
+    def __init__(self, settings: Any = None, seed: int = 0, allow_networks=None):
+        super().__init__(settings, seed)
+        self.options = read_options(settings, allow_networks)
+        self._resizer = None
+
+    def policy(self) -> FetchPolicy:
+        opts = self.options
+        return FetchPolicy(allow_networks=opts["allow_networks"], max_bytes=int(opts["max_bytes"]),
+                           deadline_s=float(opts["deadline"] or opts["timeout"]),
+                           max_redirects=int(opts["max_redirects"]))
+
+    def setup(self) -> None:
+        from img2dataset.resizer import Resizer
+
+        opts = self.options
+        self._resizer = Resizer(image_size=opts["image_size"], resize_mode=opts["resize_mode"],
+                                resize_only_if_bigger=opts["resize_only_if_bigger"],
+                                encode_quality=opts["encode_quality"], encode_format="jpg")
+        install_guarded_opener(self.policy())
+
+    def process(self, table: pa.Table) -> pa.Table:
+        self.setup()  # cheap; reinstalls the guarded opener in case another stage replaced it
+        urls = table.column("url").to_pylist()
+        earlier = table.column(REASON).to_pylist() if REASON in table.column_names else [None] * len(urls)
+        todo = [i for i, reason in enumerate(earlier) if reason is None]
+        outcomes = self.download_rows(urls, todo)
+        return attach_outcomes(table, [outcomes.get(i, Outcome()) for i in range(len(urls))])
+
+    def download_rows(self, urls: list, indices: list[int]) -> dict[int, Outcome]:
+        """First pass over every row, then `retries` passes over the transient failures."""
+        outcomes: dict[int, Outcome] = {}
+        pending = list(indices)
+        for attempt in range(int(self.options["retries"]) + 1):
+            if attempt:
+                time.sleep(float(self.options["retry_backoff"]) * 2 ** (attempt - 1))
+            outcomes.update(self._one_pass(urls, pending))
+            pending = [i for i in pending if is_transient(outcomes[i].reason)]
+            if not pending:
+                break
+        return outcomes
+
+    def _one_pass(self, urls: list, indices: list[int]) -> dict[int, Outcome]:
+        if not indices:
+            return {}
+        threads = max(1, min(int(self.options["threads"]), len(indices)))
+        semaphore = Semaphore(threads * 2)  # as img2dataset: bound fetched-but-not-resized images
+
+        def rows():
+            for i in indices:
+                semaphore.acquire()  # pylint: disable=consider-using-with
+                yield i, urls[i] or ""
+
+        outcomes = {}
+        with ThreadPool(threads) as pool:
+            for key, stream, error in pool.imap_unordered(self._fetch, rows()):
+                try:
+                    outcomes[key] = self._finish(stream, error)
+                finally:
+                    semaphore.release()
+        return outcomes
+
+    def _fetch(self, row):
+        from img2dataset.downloader import download_image
+
+        opts = self.options
+        directives = {d.strip().lower() for d in opts["disallowed_header_directives"] or ()} or None
+        token = opts["user_agent_token"]
+        return download_image(row, timeout=opts["timeout"], disallowed_header_directives=directives,
+                              user_agent_token=token.strip().lower() if token else None)
+
+    def _finish(self, stream: io.BytesIO | None, error: str | None) -> Outcome:
+        if error is not None or stream is None:
+            return Outcome(reason=classify_message(error or ""))
+        try:
+            refused = header_check(stream, int(self.options["max_pixels"]))
+            if refused:
+                return Outcome(reason=refused)
+            jpg, width, height, original_width, original_height, error = self._resizer(stream)
+        finally:
+            stream.close()
+        if error is not None:
+            return Outcome(reason=classify_message(error, default=DECODE_ERROR))
+        return Outcome(None, jpg, width, height, original_width, original_height)
+
+
+def attach_outcomes(table: pa.Table, outcomes: list[Outcome]) -> pa.Table:
+    columns = {
+        "jpg": [o.jpg for o in outcomes],
+        "width": [o.width for o in outcomes],
+        "height": [o.height for o in outcomes],
+        "original_width": [o.original_width for o in outcomes],
+        "original_height": [o.original_height for o in outcomes],
+        "sha256": [o.sha256 for o in outcomes],
+    }
+    for field in OUTPUT_SCHEMA:
+        array = pa.array(columns[field.name], type=field.type)
+        if field.name in table.column_names:
+            table = table.set_column(table.schema.get_field_index(field.name), field, array)
+        else:
+            table = table.append_column(field, array)
+    return with_reason(table, pa.array([o.reason for o in outcomes], type=pa.string()))

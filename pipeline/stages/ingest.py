@@ -1,0 +1,121 @@
+"""ingest: read URL-caption lists into `url`, `text`, the input's other columns, and a `uid`.
+
+Rows whose URL cannot be fetched (null, empty, not http(s), no host) are dropped as
+`invalid_url`; rows the file format could not parse are dropped as `malformed_row`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.core.hashing import uids_of
+from pipeline.core.stage import Stage, with_reason
+from pipeline.core.steps import Step, StepContext
+from pipeline.core.tasks import StageOp
+from pipeline.errors import UserError
+from pipeline.stages.sources import (MALFORMED, SourceSlice, detect_format, find_files,
+                                     plan_slices, read_slice)
+
+RESERVED = ("uid", "url", "text")
+POS = "_pos"   # internal: a row's position in the input (part << 32 | row), for deterministic ties
+
+# scheme http(s), optional user info, a host (name or [v6]), optional port, then path/query.
+URL_SHAPE = (r"^[hH][tT][tT][pP][sS]?://([^/?#@\s]*@)?(\[[0-9A-Fa-f:.]+\]|[^/?#:@\s\[\]]+)"
+             r"(:[0-9]{1,5})?([/?#]\S*)?$")
+HOST_HAS_ALNUM = r"^[^:]+://([^/?#@\s]*@)?[^/?#]*[\p{L}\p{N}]"
+
+
+@dataclass
+class ReadSource:
+    """Reader for one input slice, mapping the user's columns to `url` and `text`."""
+    piece: SourceSlice
+    url_col: str
+    text_col: str
+    part: int
+
+    def __call__(self) -> pa.Table:
+        return normalize(read_slice(self.piece), self.url_col, self.text_col, self.part,
+                         self.piece.path)
+
+
+def normalize(raw: pa.Table, url_col: str, text_col: str, part: int, path: str) -> pa.Table:
+    rows = raw.num_rows
+    columns = {
+        "url": _as_text(raw, url_col, rows, path),
+        "text": _as_text(raw, text_col, rows, path),
+    }
+    for name in raw.column_names:
+        if name in (url_col, text_col):
+            continue
+        target = f"input_{name}" if name in RESERVED else name
+        columns[target] = raw[name]
+    columns[POS] = pa.array((np.int64(part) << 32) + np.arange(rows, dtype=np.int64))
+    return pa.table(columns)
+
+
+def _as_text(raw: pa.Table, name: str, rows: int, path: str) -> pa.ChunkedArray | pa.Array:
+    if name not in raw.column_names:
+        return pa.nulls(rows, pa.string())
+    column = raw[name]
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.cast(pa.string())
+    try:
+        return column.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise UserError(f"{path}: column '{name}' has type {column.type}, expected text") from None
+
+
+class IngestStage(Stage):
+    name = "ingest"
+
+    def process(self, table: pa.Table) -> pa.Table:
+        url = pc.utf8_trim_whitespace(table["url"])
+        table = table.set_column(table.schema.get_field_index("url"), "url", url)
+        malformed = table[MALFORMED] if MALFORMED in table.column_names else None
+        identity = malformed.to_pylist() if malformed is not None else None
+        urls, texts = url.to_pylist(), table["text"].to_pylist()
+        if identity is not None:  # a row we could not parse is known by its raw text
+            urls = [raw if raw is not None else u for u, raw in zip(urls, identity)]
+        uid = pa.array(uids_of(urls, texts), pa.string())
+        table = table.add_column(0, "uid", uid)
+        reasons = pc.if_else(valid_url(url), pa.scalar(None, pa.string()), pa.scalar("invalid_url"))
+        if malformed is not None:
+            reasons = pc.if_else(pc.is_valid(malformed), pa.scalar("malformed_row"), reasons)
+            table = table.drop_columns([MALFORMED])
+        return with_reason(table, reasons)
+
+
+def valid_url(url: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True for fetchable http(s) URLs with a host; False for null, empty and everything else."""
+    shaped = pc.match_substring_regex(url, URL_SHAPE)
+    has_host = pc.match_substring_regex(url, HOST_HAS_ALNUM)
+    return pc.fill_null(pc.and_(shaped, has_host), False)
+
+
+class IngestStep(Step):
+    """Plans the input slices on the driver (checking every file), then reads them as parts."""
+
+    def __init__(self, settings):
+        super().__init__(IngestStage, None)
+        self.input = settings
+
+    def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
+        slices = plan_input(self.input)
+        readers = [ReadSource(piece, self.input.url_col, self.input.text_col, i)
+                   for i, piece in enumerate(slices)]
+        ctx.run_phase("map", readers, StageOp(IngestStage, None, ctx.seed))
+        return ctx.data_paths("map", len(slices))
+
+
+def plan_input(settings) -> list[SourceSlice]:
+    if not settings.path:
+        raise UserError("input.path: no input given")
+    slices = []
+    for path in find_files(settings.path):
+        fmt = detect_format(path, settings.format)
+        columns = [] if fmt in ("warc", "wat") else [settings.url_col, settings.text_col]
+        slices.extend(plan_slices(path, fmt, columns, settings.part_rows))
+    return slices

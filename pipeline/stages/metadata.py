@@ -1,0 +1,165 @@
+"""metadata: keep pairs whose caption contains a query entry, then balance (CLIP / MetaCLIP).
+
+Matching is MetaCLIP's substring matching, done with one Aho-Corasick automaton: the caption
+is padded with spaces, `, . ; : ? ! \`` are wrapped in spaces, tabs and newlines become
+spaces, and entry e matches when ` e ` occurs. Rows matching nothing: `no_entry`.
+
+Balancing is global and two-phase: each part counts its matches per entry, the driver sums
+the counts, then each row is kept when any of its entries keeps it, entry e keeping a row
+with probability min(1, t / count[e]), drawn from (uid, e, seed). Dropped: `balanced`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.core import parts
+from pipeline.core.hashing import uid_to_u64, uniform
+from pipeline.core.stage import Stage, with_reason
+from pipeline.core.steps import Step, StepContext
+from pipeline.core.tasks import ReadParts, load_extras
+from pipeline.stages.metadata_entries import load_entries
+
+WRAPPED = [",", ".", ";", ":", "?", "!", "`"]
+_CACHE: dict = {}
+
+
+def spacing(text: str) -> str:
+    spaced = f" {text} "
+    for punct in WRAPPED:
+        spaced = spaced.replace(punct, f" {punct} ")
+    return spaced.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
+class EntryMatcher:
+    """All entries in one automaton; `match(text)` gives the sorted ids of the entries found."""
+
+    def __init__(self, entries: list[str], case_sensitive: bool = True):
+        import ahocorasick
+
+        self.case_sensitive = case_sensitive
+        automaton = ahocorasick.Automaton()
+        for entry_id, entry in enumerate(entries):
+            key = f" {entry if case_sensitive else entry.lower()} "
+            ids = automaton.get(key, ())
+            automaton.add_word(key, ids + (entry_id,))
+        automaton.make_automaton()
+        self.automaton = automaton
+
+    def match(self, text: str | None) -> list[int]:
+        if not text:
+            return []
+        spaced = spacing(text if self.case_sensitive else text.lower())
+        found = set()
+        for _, ids in self.automaton.iter(spaced):
+            found.update(ids)
+        return sorted(found)
+
+
+class MetadataStage(Stage):
+    name = "metadata"
+
+
+def cached(key, build):
+    value = _CACHE.get(key)
+    if value is None:
+        value = _CACHE[key] = build()
+    return value
+
+
+@dataclass
+class MatchEntries:
+    entries_path: str
+    case_sensitive: bool
+    entry_count: int
+
+    def __call__(self, table: pa.Table):
+        matcher = cached(("matcher", self.entries_path, self.case_sensitive), lambda: EntryMatcher(
+            json.loads(Path(self.entries_path).read_text()), self.case_sensitive))
+        matches = [matcher.match(text) for text in table["text"].to_pylist()]
+        lengths = np.fromiter((len(m) for m in matches), dtype=np.int32, count=len(matches))
+        flat = np.fromiter((i for m in matches for i in m), dtype=np.int32, count=int(lengths.sum()))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        entry_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32()))
+        table = table.append_column("entry_ids", entry_ids)
+        reason = pc.if_else(pa.array(lengths == 0), pa.scalar("no_entry"), pa.scalar(None, pa.string()))
+        counts = np.bincount(flat, minlength=self.entry_count).astype(np.int64)
+        return with_reason(table, reason), {"counts": counts}
+
+
+def balance_keep(uids: list[str], entry_ids: pa.ListArray, counts: np.ndarray, t: int,
+                 seed: int) -> np.ndarray:
+    """Per row: kept by any of its entries, entry e keeping with probability min(1, t/count[e])."""
+    rows = len(uids)
+    lengths = pc.list_value_length(entry_ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(entry_ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    if rows == 0 or flat.size == 0:
+        return np.zeros(rows, dtype=bool)
+    keys = np.repeat(uid_to_u64(uids), lengths)
+    prob = np.minimum(1.0, t / np.maximum(counts[flat], 1))
+    kept_draws = uniform(keys, flat.astype(np.uint64), seed) < prob
+    row_of_draw = np.repeat(np.arange(rows), lengths)
+    kept = np.zeros(rows, dtype=bool)
+    np.logical_or.at(kept, row_of_draw[kept_draws], True)
+    return kept
+
+
+@dataclass
+class BalanceEntries:
+    counts_path: str
+    t: int
+    seed: int
+
+    def __call__(self, table: pa.Table):
+        counts = cached(("counts", self.counts_path), lambda: np.load(self.counts_path))
+        kept = balance_keep(table["uid"].to_pylist(), table["entry_ids"].combine_chunks(),
+                            counts, self.t, self.seed)
+        reason = pc.if_else(pa.array(kept), pa.scalar(None, pa.string()), pa.scalar("balanced"))
+        kept_ids = pc.list_flatten(table["entry_ids"].filter(pa.array(kept)))
+        after = np.bincount(kept_ids.to_numpy(zero_copy_only=False).astype(np.int64),
+                            minlength=len(counts)).astype(np.int64)
+        return with_reason(table, reason), {"counts_after": after}
+
+
+class MetadataStep(Step):
+    def __init__(self, settings):
+        super().__init__(MetadataStage, settings)
+
+    def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
+        s = self.settings
+        entries_path = ctx.step_dir / "entries.json"
+        if not entries_path.exists():
+            parts.write_json(load_entries(s.entries, s.wordfreq_top, s.wordfreq_lang), entries_path)
+        entries = json.loads(entries_path.read_text())
+        match = MatchEntries(str(entries_path), s.case_sensitive, len(entries))
+        ctx.run_phase("match", [ReadParts([p]) for p in inputs], match)
+        before = sum_extras(ctx.phase_dir("match"), len(inputs), "counts", len(entries))
+        counts_path = ctx.step_dir / "counts_before.npy"
+        np.save(counts_path, before)
+        matched = ctx.data_paths("match", len(inputs))
+        ctx.run_phase("balance", [ReadParts([p]) for p in matched],
+                      BalanceEntries(str(counts_path), s.t, ctx.seed))
+        after = sum_extras(ctx.phase_dir("balance"), len(inputs), "counts_after", len(entries))
+        write_entry_counts(ctx.step_dir / "entry_counts.parquet", entries, before, after)
+        return ctx.data_paths("balance", len(inputs))
+
+
+def sum_extras(phase_dir: Path, count: int, name: str, size: int) -> np.ndarray:
+    total = np.zeros(size, dtype=np.int64)
+    for part in range(count):
+        total += load_extras(str(phase_dir), part)[name]
+    return total
+
+
+def write_entry_counts(path: Path, entries: list[str], before: np.ndarray, after: np.ndarray) -> None:
+    """Per matched entry: how many rows matched it before and after balancing."""
+    ids = np.flatnonzero(before)
+    table = pa.table({"entry_id": pa.array(ids, pa.int32()),
+                      "entry": pa.array([entries[i] for i in ids], pa.string()),
+                      "count_before": pa.array(before[ids]), "count_after": pa.array(after[ids])})
+    parts.write_parquet(table, path)

@@ -1,0 +1,217 @@
+"""Input files: find them, check them (one clear error per problem), read them in slices.
+
+Every problem a user can make with an input file (missing, unreadable, wrong columns) is a
+`UserError` raised at planning time, before any work starts.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import UserError
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv",
+           ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+           ".warc": "warc", ".wat": "wat"}
+MALFORMED = "_malformed"   # internal column: the raw text of a row that could not be parsed
+
+
+@dataclass(frozen=True)
+class SourceSlice:
+    path: str
+    format: str
+    row_groups: Optional[tuple[int, ...]] = None   # parquet only; None = the whole file
+
+
+def find_files(paths: list[str]) -> list[str]:
+    """Expand files, folders (recursively) and globs into a sorted list of data files."""
+    found: list[str] = []
+    for path in paths:
+        if any(ch in path for ch in "*?["):
+            matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise UserError(f"{path}: no input files match")
+            found.extend(matches)
+        elif os.path.isdir(path):
+            inside = sorted(_data_files_under(path))
+            if not inside:
+                raise UserError(f"{path}: folder holds no parquet, csv, tsv, jsonl, warc or wat files")
+            found.extend(inside)
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    return found
+
+
+def _data_files_under(folder: str):
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        for name in files:
+            if not name.startswith((".", "_")) and detect_format(name, None, strict=False):
+                yield os.path.join(root, name)
+
+
+def detect_format(path: str, declared: Optional[str], strict: bool = True) -> Optional[str]:
+    if declared:
+        return declared
+    name = path.lower()
+    for suffix in (".gz", ".zst", ".bz2"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    for suffix, fmt in FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    if strict:
+        raise UserError(f"{path}: unknown file type (use .parquet, .csv, .tsv, .jsonl, .warc.gz, "
+                        f".wat.gz or set input.format)")
+    return None
+
+
+def plan_slices(path: str, fmt: str, columns: list[str], part_rows: int) -> list[SourceSlice]:
+    """Check one file and cut it into slices of about `part_rows` rows."""
+    if fmt == "parquet":
+        return _plan_parquet(path, columns, part_rows)
+    if fmt in ("csv", "tsv"):
+        _check_columns(path, _csv_header(path, fmt), columns)
+    elif fmt == "jsonl":
+        _check_columns(path, _jsonl_keys(path), columns)
+    elif fmt not in ("warc", "wat"):
+        raise UserError(f"{path}: unsupported input format '{fmt}'")
+    return [SourceSlice(path, fmt)]
+
+
+def _plan_parquet(path: str, columns: list[str], part_rows: int) -> list[SourceSlice]:
+    try:
+        meta = pq.ParquetFile(path).metadata
+        names = pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise UserError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
+    _check_columns(path, names, columns)
+    slices, group, rows = [], [], 0
+    for index in range(meta.num_row_groups):
+        group.append(index)
+        rows += meta.row_group(index).num_rows
+        if rows >= part_rows:
+            slices.append(SourceSlice(path, "parquet", tuple(group)))
+            group, rows = [], 0
+    if group or not slices:
+        slices.append(SourceSlice(path, "parquet", tuple(group)))
+    return slices
+
+
+def _check_columns(path: str, names: list[str], needed: list[str]) -> None:
+    for column in needed:
+        if column not in names:
+            shown = ", ".join(names[:20]) or "none"
+            raise UserError(f"{path}: missing column '{column}' (columns: {shown})")
+
+
+def _open_text(path: str):
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        return opener(path, "rt", encoding="utf-8", errors="replace", newline="")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _csv_header(path: str, fmt: str) -> list[str]:
+    try:
+        with _open_text(path) as fh:
+            header = next(csv.reader(fh, delimiter="\t" if fmt == "tsv" else ","), None)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise UserError(f"{path}: cannot read ({_first_line(exc)})") from None
+    if not header:
+        raise UserError(f"{path}: empty file (no header row)")
+    return header
+
+
+def _jsonl_keys(path: str) -> list[str]:
+    try:
+        with _open_text(path) as fh:
+            for line in fh:
+                if line.strip():
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise UserError(f"{path}: line 1 is not a JSON object")
+                    return list(record)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: first line is not valid JSON ({_first_line(exc)})") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise UserError(f"{path}: cannot read ({_first_line(exc)})") from None
+    raise UserError(f"{path}: empty file")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def read_slice(piece: SourceSlice) -> pa.Table:
+    """Read one slice as a table with the file's own columns (+ `_malformed` for bad rows)."""
+    if piece.format == "parquet":
+        return pq.ParquetFile(piece.path).read_row_groups(list(piece.row_groups or []))
+    if piece.format in ("csv", "tsv"):
+        return _read_csv(piece.path, "\t" if piece.format == "tsv" else ",")
+    if piece.format == "jsonl":
+        return _read_jsonl(piece.path)
+    from pipeline.stages.archive_source import read_archive
+
+    return read_archive(piece.path, piece.format)
+
+
+def _read_csv(path: str, delimiter: str) -> pa.Table:
+    with _open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        header = next(reader, [])
+        rows, malformed = [], []
+        for record in reader:
+            if len(record) == len(header):
+                rows.append(record)
+                malformed.append(None)
+            elif record:
+                rows.append([None] * len(header))
+                malformed.append(delimiter.join(record))
+    return _rows_to_table(header, rows, malformed)
+
+
+def _read_jsonl(path: str) -> pa.Table:
+    records, malformed = [], []
+    with _open_text(path) as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError
+                records.append({k: _scalar(v) for k, v in record.items()})
+                malformed.append(None)
+            except ValueError:
+                records.append({})
+                malformed.append(line.rstrip("\n"))
+    names = list(dict.fromkeys(k for r in records for k in r))
+    rows = [[r.get(k) for k in names] for r in records]
+    return _rows_to_table(names, rows, malformed)
+
+
+def _scalar(value):
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def _rows_to_table(names: list[str], rows: list[list], malformed: list) -> pa.Table:
+    columns = {name: pa.array([r[i] for r in rows], pa.string()) for i, name in enumerate(names)}
+    if any(m is not None for m in malformed):
+        columns[MALFORMED] = pa.array(malformed, pa.string())
+    return pa.table(columns) if columns else pa.table({MALFORMED: pa.array([], pa.string())})
