@@ -8,13 +8,14 @@ that describes it, e.g. "a red circle on a blue background", and a class label f
 """
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from pipeline.core.hashing import uid_of
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -120,13 +121,12 @@ def make_world(n: int, seed: int = 0, image_size: int = 64) -> list[WorldSample]
 
 
 def world_rows(n: int, seed: int = 0, image_size: int = 64) -> list[dict]:
-    """The world as pipeline rows: `uid, url, text, jpg, label` (uid is a hex hash of url+text)."""
+    """The world as pipeline rows: `uid, url, text, jpg, label` (uid as ingest computes it)."""
     rows = []
     for i, sample in enumerate(make_world(n, seed, image_size)):
         url = f"https://world.example/{seed}/{i}.jpg"
-        uid = hashlib.blake2b(f"{url}\n{sample.caption}".encode(), digest_size=16).hexdigest()
-        rows.append({"uid": uid, "url": url, "text": sample.caption, "jpg": sample.jpg,
-                     "label": sample.label})
+        rows.append({"uid": uid_of(url, sample.caption), "url": url, "text": sample.caption,
+                     "jpg": sample.jpg, "label": sample.label})
     return rows
 
 

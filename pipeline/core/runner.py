@@ -21,14 +21,14 @@ from pipeline.errors import UserError
 EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source")
 
 
-def step_factories() -> dict[str, Callable]:
+def step_factories(settings: RunSettings) -> dict[str, Callable]:
     from pipeline.stages.caption_filter import CaptionFilterStage
     from pipeline.stages.dedup import DedupStep
     from pipeline.stages.language import LanguageStage
     from pipeline.stages.metadata import MetadataStep
 
     return {
-        "dedup": DedupStep,
+        "dedup": lambda s: DedupStep(s, settings.input.part_rows),
         "caption_filter": lambda s: Step(CaptionFilterStage, s),
         "language": lambda s: Step(LanguageStage, s),
         "metadata": MetadataStep,
@@ -40,7 +40,7 @@ PIPELINE_ORDER = ["dedup", "caption_filter", "language", "metadata", "download",
 
 
 def build_steps(settings: RunSettings) -> list[Step]:
-    factories = step_factories()
+    factories = step_factories(settings)
     from pipeline.stages.ingest import IngestStep
 
     steps: list[Step] = [IngestStep(settings.input)]

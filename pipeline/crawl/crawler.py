@@ -253,8 +253,9 @@ class Crawler:
             self.stats["pages_fetched"] += len(batch)
             links: set[str] = set()
             for result in self.runner.map(batch, self.fetch_page):
-                self._count(result.outcome)
-                if result.final_url is None or result.final_url in finals:
+                duplicate = result.final_url in finals  # two URLs redirecting to one page
+                self._count("duplicate" if duplicate else result.outcome)
+                if result.final_url is None or duplicate:
                     continue
                 finals.add(result.final_url)
                 seen.add(result.final_url)

@@ -21,7 +21,8 @@ class SparkEngine(Engine):
             builder = SparkSession.builder.appName("curate")
             if settings.master or "PYSPARK_GATEWAY_PORT" not in os.environ:
                 builder = builder.master(settings.master or "local[*, 3]")
-            builder = builder.config("spark.ui.enabled", "false")
+            builder = builder.config("spark.ui.enabled", "false").config(
+                "spark.ui.showConsoleProgress", "false")
             for key, value in settings.conf.items():
                 builder = builder.config(key, str(value))
             session = builder.getOrCreate()

@@ -11,10 +11,12 @@ beside it twice: `model_config.json` (the project contract) and `<name>.json`, s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +130,38 @@ def save_checkpoint(model: torch.nn.Module, out_dir: str | Path, model_name: str
     path = out / file_name
     _write_atomic(path, buffer.getvalue())
     return path
+
+
+def ensure_tiny_checkpoint(cache_dir: str | Path, config: TinyTrainConfig = TinyTrainConfig()) -> Path:
+    """A checkpoint of `config` cached under `cache_dir`, trained only when missing.
+
+    The cache key covers the config, the torch/open_clip versions and the sources of the
+    trainer, the world and the architecture, so changing any of them retrains.
+    """
+    folder = Path(cache_dir) / f"{config.model}-{_cache_key(config)}"
+    checkpoint = folder / CHECKPOINT_NAME
+    if checkpoint.is_file():
+        return checkpoint
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    train_tiny(staging, config)
+    try:
+        os.replace(staging, folder)  # atomic; another process may have won the race
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return checkpoint
+
+
+def _cache_key(config: TinyTrainConfig) -> str:
+    import open_clip
+
+    from pipeline import world
+    from pipeline.models import model_config_path
+
+    digest = hashlib.sha256(repr((config, torch.__version__, open_clip.__version__)).encode())
+    for source in (Path(__file__), Path(world.__file__), model_config_path(config.model)):
+        if source is not None:
+            digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.core.hashing import bucket_of, hash_strings
 from pipeline.core.stage import REASON, Stage
@@ -54,11 +55,15 @@ def drop_duplicates(table: pa.Table) -> pa.Table:
 
 
 class DedupStep(Step):
-    def __init__(self, settings):
+    """Also evens out part sizes: the output has about `part_rows` rows per part."""
+
+    def __init__(self, settings, part_rows: int):
         super().__init__(DedupStage, settings)
+        self.part_rows = part_rows
 
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
-        buckets = max(1, len(inputs))
+        rows = sum(pq.read_metadata(p).num_rows for p in inputs)
+        buckets = max(1, len(inputs), -(-rows // self.part_rows))
         stats = ctx.run_phase("scatter", [ReadParts([p]) for p in inputs],
                               ScatterByKey(self.settings.keys, buckets), row_group_key=BUCKET)
         scattered = ctx.data_paths("scatter", len(inputs))

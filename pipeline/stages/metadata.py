@@ -1,4 +1,4 @@
-"""metadata: keep pairs whose caption contains a query entry, then balance (CLIP / MetaCLIP).
+r"""metadata: keep pairs whose caption contains a query entry, then balance (CLIP / MetaCLIP).
 
 Matching is MetaCLIP's substring matching, done with one Aho-Corasick automaton: the caption
 is padded with spaces, `, . ; : ? ! \`` are wrapped in spaces, tabs and newlines become

@@ -1,0 +1,189 @@
+"""Deterministic WebDataset shards: `00000.tar, ...` plus `sizes.json`, readable by open_clip.
+
+Samples are ordered by a hash of `(uid, seed)`, so shards come out shuffled and the same
+input gives byte-identical tars on every run and engine: members have a fixed mtime, owner
+and mode, and within a sample they come in webdataset's (sorted) order. Each sample has
+`<key>.jpg`, `<key>.txt` (the caption), `<key>.json` (every other column that is not binary
+or an embedding) and, when embeddings are present, `<key>.npy` (float16, shape `(k, dim)`,
+rows in the order `image_embedding, text_embedding`). Keys are digits only (no dots):
+shard index then position. Each tar is written as `*.tar.tmp` and renamed when complete.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+import io
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+MTIME = 0
+IMAGE_COLUMN, TEXT_COLUMN, UID_COLUMN = "jpg", "text", "uid"
+EMBEDDING_COLUMNS = ("image_embedding", "text_embedding")
+MIN_SHARDS = 8  # open_clip hangs when shards < dataloader workers x processes
+SIZES_FILE = "sizes.json"
+log = logging.getLogger(__name__)
+
+
+def as_table(tables_or_rows: pa.Table | Iterable[pa.Table] | Iterable[dict]) -> pa.Table:
+    """One table from a table, tables, record batches or dict rows."""
+    if isinstance(tables_or_rows, pa.Table):
+        return tables_or_rows
+    items = list(tables_or_rows)
+    if not items:
+        return pa.table({UID_COLUMN: pa.array([], pa.string()), IMAGE_COLUMN: pa.array([], pa.binary()),
+                         TEXT_COLUMN: pa.array([], pa.string())})
+    if isinstance(items[0], dict):
+        return pa.Table.from_pylist(items)
+    tables = [pa.Table.from_batches([t]) if isinstance(t, pa.RecordBatch) else t for t in items]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def shuffled_order(uids: list[str], seed: int) -> np.ndarray:
+    """Row indices sorted by a 64-bit hash of (seed, uid), ties broken by uid then position."""
+    salt = f"{seed}\x00".encode()
+    hashes = [int.from_bytes(hashlib.blake2b(salt + u.encode(), digest_size=8).digest(), "big")
+              for u in uids]
+    return np.array(sorted(range(len(uids)), key=lambda i: (hashes[i], uids[i], i)), dtype=np.int64)
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}.tar"
+
+
+def write_shards(tables_or_rows, out_dir: str | Path, samples_per_shard: int, seed: int = 0,
+                 start_index: int = 0, write_sizes: bool = True) -> pa.Table:
+    """Write the samples as shuffled shards; return a table `uid, shard, key` per sample.
+
+    Shards are numbered from `start_index`. To write several parts into one folder, give each
+    its own `start_index`, pass `write_sizes=False`, and call `write_sizes_json(out,
+    sizes_of(all returned tables))` once at the end.
+    """
+    table = as_table(tables_or_rows)
+    for column in (UID_COLUMN, IMAGE_COLUMN, TEXT_COLUMN):
+        if column not in table.column_names:
+            raise ValueError(f"write_shards: input lacks the column {column!r}")
+    if samples_per_shard < 1:
+        raise ValueError("write_shards: samples_per_shard must be >= 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    order = shuffled_order(table[UID_COLUMN].to_pylist(), seed)
+    n_shards = math.ceil(len(order) / samples_per_shard)
+    key_digits = len(str(max(samples_per_shard - 1, 0)))
+    sizes, placed = {}, []
+    for shard in range(n_shards):
+        rows = order[shard * samples_per_shard:(shard + 1) * samples_per_shard]
+        index = start_index + shard
+        keys = [f"{index:05d}{i:0{key_digits}d}" for i in range(len(rows))]
+        write_tar(out / shard_name(index), table.take(rows), keys)
+        sizes[shard_name(index)] = len(rows)
+        placed.append(pa.table({"uid": table[UID_COLUMN].take(rows),
+                                "shard": pa.array([shard_name(index)] * len(rows), pa.string()),
+                                "key": pa.array(keys, pa.string())}))
+    if write_sizes:
+        write_sizes_json(out, sizes)
+    if n_shards < MIN_SHARDS:
+        log.warning("wrote %d shard(s) to %s: fewer than %d; open_clip needs at least as many "
+                    "shards as dataloader workers x processes", n_shards, out, MIN_SHARDS)
+    return _concat_placed(placed)
+
+
+def _concat_placed(placed: list[pa.Table]) -> pa.Table:
+    if placed:
+        return pa.concat_tables(placed)
+    return pa.table({"uid": pa.array([], pa.string()), "shard": pa.array([], pa.string()),
+                     "key": pa.array([], pa.string())})
+
+
+def write_tar(path: Path, rows: pa.Table, keys: list[str]) -> None:
+    """Write one shard atomically (`<name>.tmp`, then rename)."""
+    import webdataset as wds
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as stream:
+        writer = wds.TarWriter(stream, encoder=False, mtime=MTIME, user="", group="", mode=0o444)
+        for sample in samples_of(rows, keys):
+            writer.write(sample)
+        writer.close()
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, path)
+
+
+def samples_of(rows: pa.Table, keys: list[str]) -> Iterable[dict[str, Any]]:
+    """webdataset samples (`__key__` and extension -> bytes) of the rows."""
+    meta_columns = [f.name for f in rows.schema if _is_meta(f)]
+    embedding_columns = [c for c in EMBEDDING_COLUMNS if c in rows.column_names]
+    images = rows[IMAGE_COLUMN].to_pylist()
+    texts = rows[TEXT_COLUMN].to_pylist()
+    metas = rows.select(meta_columns).to_pylist()
+    embeddings = [_embedding_matrix(rows[c]) for c in embedding_columns]
+    for i, (key, image, text, meta) in enumerate(zip(keys, images, texts, metas)):
+        sample = {"__key__": key, "jpg": image or b"", "txt": (text or "").encode("utf-8"),
+                  "json": json_bytes({**meta, "key": key})}
+        if embeddings:
+            sample["npy"] = npy_bytes(np.stack([matrix[i] for matrix in embeddings]))
+        yield sample
+
+
+def _is_meta(field: pa.Field) -> bool:
+    if field.name in (IMAGE_COLUMN, TEXT_COLUMN, *EMBEDDING_COLUMNS) or field.name.startswith("_"):
+        return False
+    return not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type))
+
+
+def _embedding_matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size-list (or binary float16) embedding column as a float16 matrix."""
+    array = column.combine_chunks()
+    if pa.types.is_fixed_size_list(array.type):
+        values = array.values.to_numpy(zero_copy_only=False)
+        return values.astype(np.float16, copy=False).reshape(len(array), array.type.list_size)
+    return np.stack([np.frombuffer(v, np.float16) for v in array.to_pylist()])
+
+
+def json_bytes(meta: dict[str, Any]) -> bytes:
+    return json.dumps(_jsonable(meta), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: NaN/inf become null, dates ISO strings, bytes hex."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def sizes_of(placed: pa.Table) -> dict[str, int]:
+    """`{shard name: samples}` from what `write_shards` returned (e.g. of several parts)."""
+    return dict(sorted(Counter(placed["shard"].to_pylist()).items()))
+
+
+def write_sizes_json(out_dir: str | Path, sizes: dict[str, int]) -> Path:
+    """`sizes.json` (`{"00000.tar": n, ...}`), written atomically; replaces any old one."""
+    path = Path(out_dir) / SIZES_FILE
+    tmp = path.with_name(SIZES_FILE + ".tmp")
+    tmp.write_text(json.dumps(dict(sorted(sizes.items())), indent=1) + "\n")
+    os.replace(tmp, path)
+    return path

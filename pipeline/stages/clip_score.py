@@ -1,0 +1,101 @@
+"""clip_score: LAION's filter, the cosine similarity of a reference CLIP's embeddings.
+
+Reads `jpg` (encoded image bytes) and `text`; adds `clip_score` (float32, NaN where the
+image cannot be decoded) and, with `keep_embeddings`, `image_embedding` / `text_embedding`
+(fixed-size lists of float16). Reasons: `undecodable_image`, and with `filter: threshold`,
+`low_clip_score` for scores below `threshold`. `filter: top_fraction` is a global two-phase
+step: this stage only scores; the engine merges `ScoreHistogram`s of the scores (see
+`score_histogram`), takes its threshold, and drops rows with `low_score_reasons`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.clip.model import load_clip
+from pipeline.clip.score import ClipScorer, ScoreResult
+from pipeline.clip.threshold import ScoreHistogram
+from pipeline.core.stage import Resources, Stage, with_reason
+
+SCORE = "clip_score"
+IMAGE_EMBEDDING = "image_embedding"
+TEXT_EMBEDDING = "text_embedding"
+LOW_SCORE = "low_clip_score"
+UNDECODABLE = "undecodable_image"
+
+
+class ClipScoreStage(Stage):
+    name = "clip_score"
+
+    def __init__(self, settings, seed: int = 0):
+        super().__init__(settings, seed)
+        self.resources = Resources(cpus=1.0, gpus=1.0 if _wants_gpu(settings.device) else 0.0)
+        self._scorer: ClipScorer | None = None
+
+    def setup(self) -> None:
+        s = self.settings
+        clip = load_clip(s.model, s.pretrained, device=s.device, precision=s.precision)
+        self._scorer = ClipScorer(clip, batch_size=s.batch_size)
+
+    def process(self, table: pa.Table) -> pa.Table:
+        if self._scorer is None:
+            self.setup()
+        keep_embeddings = bool(getattr(self.settings, "keep_embeddings", False))
+        result = self._scorer.score(table["jpg"].to_pylist(), table["text"].to_pylist(),
+                                    with_embeddings=keep_embeddings)
+        table = add_score_columns(table, result)
+        threshold = self.settings.threshold if self.settings.filter == "threshold" else None
+        return with_reason(table, score_reasons(result.scores, threshold))
+
+
+def _wants_gpu(device: str) -> bool:
+    if str(device).startswith("cuda"):
+        return True
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def add_score_columns(table: pa.Table, result: ScoreResult) -> pa.Table:
+    """`clip_score` and, when present, the float16 embedding columns (replacing old ones)."""
+    table = _put_column(table, SCORE, pa.array(result.scores, pa.float32()))
+    if result.image_embeddings is not None:
+        table = _put_column(table, IMAGE_EMBEDDING, embedding_array(result.image_embeddings))
+    if result.text_embeddings is not None:
+        table = _put_column(table, TEXT_EMBEDDING, embedding_array(result.text_embeddings))
+    return table
+
+
+def embedding_array(embeddings: np.ndarray) -> pa.FixedSizeListArray:
+    values = np.ascontiguousarray(embeddings, dtype=np.float16)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1])
+
+
+def _put_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    index = table.schema.get_field_index(name)
+    if index >= 0:
+        return table.set_column(index, name, values)
+    return table.append_column(name, values)
+
+
+def score_reasons(scores: np.ndarray, threshold: float | None) -> pa.Array:
+    """`undecodable_image` for NaN scores, `low_clip_score` below `threshold` (if given)."""
+    scores = pa.array(scores, pa.float32())
+    reasons = pa.nulls(len(scores), pa.string())
+    if threshold is not None:
+        reasons = low_score_reasons(scores, threshold)
+    return pc.if_else(pc.is_nan(scores), pa.scalar(UNDECODABLE), reasons)
+
+
+def low_score_reasons(scores: pa.Array | pa.ChunkedArray, threshold: float) -> pa.Array:
+    """Phase 2 of `top_fraction` (and the threshold filter): `low_clip_score` where score < threshold."""
+    below = pc.fill_null(pc.less(scores, pa.scalar(threshold, pa.float64())), False)
+    return pc.if_else(below, pa.scalar(LOW_SCORE), pa.scalar(None, pa.string()))
+
+
+def score_histogram(table: pa.Table) -> ScoreHistogram:
+    """Phase 1 of `top_fraction`: the mergeable histogram of one part's scores."""
+    return ScoreHistogram.of(table[SCORE].to_numpy())

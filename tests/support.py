@@ -1,0 +1,80 @@
+"""Helpers shared by tests: sample inputs, configs, and the run-folder invariants."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.demo.text_sample import text_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_sample(path: Path, rows: int = 4000, seed: int = 0, row_group: int = 500) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(text_sample(rows, seed), path, row_group_size=row_group)
+    return path
+
+
+def text_config(input_path: Path, output: Path, **extra) -> dict:
+    config = {
+        "input": {"path": [str(input_path)], "part_rows": 1000},
+        "output": str(output),
+        "seed": 0,
+        "processes": 2,
+        "dedup": {"keys": ["url", "text"]},
+        "caption_filter": {"min_chars": 5, "max_chars": 200, "min_words": 2},
+        "language": {"keep": ["en"], "min_score": 0.3},
+        "metadata": {"entries": ["wordnet", "wordfreq:20000"], "t": 50},
+    }
+    config.update(extra)
+    return config
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def read_dataset(folder: Path) -> pa.Table:
+    return ds.dataset(str(folder), format="parquet").to_table()
+
+
+def kept_uids(run_dir: Path) -> set:
+    return set(read_dataset(Path(run_dir) / "kept")["uid"].to_pylist())
+
+
+def assert_run_invariants(run_dir: Path) -> dict:
+    """Conservation in the summary, one ledger row per input row, kept == ledger's kept."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir)
+    stages = summary["stages"]
+    assert stages[0]["name"] == "ingest"
+    assert stages[0]["rows_in"] == summary["input_rows"]
+    for previous, stage in zip([None] + stages, stages):
+        assert stage["rows_in"] == stage["rows_out"] + sum(stage["dropped"].values()), stage
+        if previous is not None:
+            assert stage["rows_in"] == previous["rows_out"], (previous, stage)
+    assert summary["kept_rows"] == stages[-1]["rows_out"]
+    ledger = read_dataset(run_dir / "ledger")
+    assert ledger.num_rows == summary["input_rows"]
+    kept = read_dataset(run_dir / "kept")
+    assert kept.num_rows == summary["kept_rows"]
+    uids = kept["uid"].to_pylist()
+    assert len(set(uids)) == len(uids), "kept uids must be unique"
+    kept_in_ledger = ledger.filter(pa.compute.equal(ledger["stage"], "kept"))
+    assert sorted(kept_in_ledger["uid"].to_pylist()) == sorted(uids)
+    for stage in stages:
+        for reason, count in stage["dropped"].items():
+            rows = ledger.filter(pa.compute.and_(pa.compute.equal(ledger["stage"], stage["name"]),
+                                                 pa.compute.equal(ledger["reason"], reason)))
+            assert rows.num_rows == count, (stage["name"], reason)
+    return summary
+
+
+def ledger_rows(run_dir: Path) -> list[tuple]:
+    ledger = read_dataset(Path(run_dir) / "ledger")
+    return sorted(zip(*(ledger[c].to_pylist() for c in ("uid", "url", "stage", "reason"))),
+                  key=lambda r: tuple("" if v is None else v for v in r))
