@@ -23,7 +23,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -50,6 +50,10 @@ NOT_PAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".svg", ".ico", "
 
 class BlockedAddress(OSError):
     """The host resolves only to addresses the fetch guard refuses."""
+
+
+class RedirectRefused(Exception):
+    """A page redirected out of the crawl's scope or to a robots-disallowed URL."""
 
 
 def parse_networks(allow_networks: Iterable[str]) -> tuple:
@@ -121,17 +125,20 @@ def guarded_fetch(allow_networks: Iterable[str] = (), timeout: float = 10.0,
         deadline = time.monotonic() + timeout
         port = parts.port or (443 if parts.scheme == "https" else 80)
         sock = connect_checked(parts.hostname, port, networks, timeout)
-        if parts.scheme == "https":
-            sock = tls.wrap_socket(sock, server_hostname=parts.hostname)
         connection = HTTPConnection(parts.hostname, port, timeout=timeout)
-        connection.sock = sock
         try:
+            if parts.scheme == "https":
+                sock = tls.wrap_socket(sock, server_hostname=parts.hostname)
+            connection.sock = sock
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             connection.request("GET", target, headers=headers)
             response = connection.getresponse()
-            return response.status, response.headers, read_capped(response, sock, max_bytes, deadline)
+            return response.status, response.headers, read_capped(response, sock, max_bytes,
+                                                                  deadline)
         finally:
             connection.close()
+            sock.close()
 
     return fetch
 
@@ -202,7 +209,7 @@ class Crawler:
             target = resolve_http_url(location[0], url)
             if target is None or check_targets and not (
                     self.in_scope(target) and self.robots_allow(target)):
-                raise PermissionError(f"redirect to {location[0]!r} is out of scope or disallowed")
+                raise RedirectRefused(f"redirect to {location[0]!r} is out of scope or disallowed")
             url = target
         raise OSError(f"more than {self.max_redirects} redirects")
 
@@ -213,7 +220,7 @@ class Crawler:
     def fetch_page(self, url: str) -> PageResult:
         try:
             final_url, status, headers, body = self._follow_redirects(url)
-        except PermissionError:
+        except RedirectRefused:
             return PageResult(url, outcome="redirect_refused")
         except Exception as error:  # noqa: BLE001 - a failed page never stops the crawl
             log.debug("crawl: %s failed: %r", url, error)
@@ -232,14 +239,25 @@ class Crawler:
         return sorted(url for url in links - seen if self.in_scope(url)
                       and not urlsplit(url).path.lower().endswith(NOT_PAGE_SUFFIXES))
 
-    def allowed_by_robots(self, frontier: list[str]) -> list[str]:
+    def first_allowed(self, frontier: list[str], budget: int) -> list[str]:
+        """The first `budget` frontier URLs that robots.txt allows.
+
+        robots.txt files are fetched in parallel (politely), chunk by chunk, only for the
+        origins of URLs that may still make the cut.
+        """
         if self.robots is None:
-            return frontier
-        origins = sorted({f"{urlsplit(u).scheme}://{urlsplit(u).netloc}/robots.txt"
-                          for u in frontier})
-        self.runner.map(origins, self.robots.rules)  # warm the cache, politely and in parallel
-        allowed = [url for url in frontier if self.robots.allowed(url)]
-        self.stats["robots_disallowed"] += len(frontier) - len(allowed)
+            return frontier[:budget]
+        allowed: list[str] = []
+        position = 0
+        while len(allowed) < budget and position < len(frontier):
+            chunk = frontier[position:position + budget - len(allowed)]
+            position += len(chunk)
+            origins = sorted({f"{urlsplit(u).scheme}://{urlsplit(u).netloc}/robots.txt"
+                              for u in chunk})
+            self.runner.map(origins, self.robots.rules)  # warm the cache
+            passed = [url for url in chunk if self.robots.allowed(url)]
+            self.stats["robots_disallowed"] += len(chunk) - len(passed)
+            allowed += passed
         return allowed
 
     def run(self) -> pa.Table:
@@ -249,7 +267,7 @@ class Crawler:
             budget = self.max_pages - self.stats["pages_fetched"]
             if not frontier or budget <= 0:
                 break
-            batch = self.allowed_by_robots(frontier)[:budget]
+            batch = self.first_allowed(frontier, budget)
             self.stats["pages_fetched"] += len(batch)
             links: set[str] = set()
             for result in self.runner.map(batch, self.fetch_page):
@@ -283,6 +301,9 @@ def crawl(seeds: Iterable[str], max_pages: int = 100_000, max_depth: int = 3,
 
     Crawl counters are in the schema metadata under STATS_METADATA_KEY (JSON).
     """
+    if max_pages < 0 or max_depth < 0 or concurrency < 1 or per_host_limit < 1:
+        raise UserError("crawl: max_pages and max_depth must be >= 0, "
+                        "concurrency and per_host_limit >= 1")
     normalized = []
     for seed in seeds:
         url = normalize_http_url(str(seed))

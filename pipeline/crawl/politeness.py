@@ -29,6 +29,7 @@ class PoliteRunner:
         self.per_host_limit = per_host_limit
         self.delay_for = delay_for
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="crawl")
+        self.next_start: dict[str, float] = {}  # host -> earliest next request start
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -41,9 +42,8 @@ class PoliteRunner:
         results: list = [None] * len(urls)
         running: dict[Future, tuple[int, str]] = {}
         in_flight: Counter = Counter()
-        next_start: dict[str, float] = {}
         while queues or running:
-            wake_at = self._launch_ready(urls, work, queues, running, in_flight, next_start)
+            wake_at = self._launch_ready(urls, work, queues, running, in_flight)
             timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
             if not running:
                 time.sleep(timeout or 0.0)
@@ -55,7 +55,7 @@ class PoliteRunner:
                 results[index] = future.result()
         return results
 
-    def _launch_ready(self, urls, work, queues, running, in_flight, next_start) -> float | None:
+    def _launch_ready(self, urls, work, queues, running, in_flight) -> float | None:
         """Submit every task whose host has room; return when the next delayed one is due."""
         now = time.monotonic()
         wake_at = None
@@ -65,8 +65,8 @@ class PoliteRunner:
             queue = queues[host]
             while queue and in_flight[host] < self.per_host_limit \
                     and len(running) < self.concurrency:
-                if next_start.get(host, 0.0) > now:
-                    due = next_start[host]
+                due = self.next_start.get(host, 0.0)
+                if due > now:
                     wake_at = due if wake_at is None else min(wake_at, due)
                     break
                 index = queue.popleft()
@@ -74,7 +74,7 @@ class PoliteRunner:
                 in_flight[host] += 1
                 delay = self.delay_for(urls[index])
                 if delay > 0:
-                    next_start[host] = now + delay
+                    self.next_start[host] = now + delay
             if not queue:
                 del queues[host]
         return wake_at

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pipeline.crawl.html_extract import agent_token
 
 # fetch(url) -> (status, headers, body); redirects already followed; raises OSError on failure
-Fetch = Callable[[str], "tuple[int, Mapping[str, str], bytes]"]
+Fetch = Callable[[str], tuple[int, Mapping[str, str], bytes]]
 MAX_ROBOTS_BYTES = 500 * 1024
 
 

@@ -57,7 +57,8 @@ def page_html(i: int, n_pages: int, extra_links: list[str]) -> bytes:
         links.append(f'<a href="{href}">child {child}</a>')
     links += [f'<a href="{href}">x</a>' for href in extra_links]
     links += ['<a href="/">home</a>', '<a href="#top">top</a>',
-              '<a href="mailto:someone@example.org">mail</a>', '<a href="javascript:void(0)">js</a>']
+              '<a href="mailto:someone@example.org">mail</a>',
+              '<a href="javascript:void(0)">js</a>']
     body = (f'<img src="/img/{i}/a.jpg" alt=" A photo of item {i} ">'
             f'<figure><img src="{"" if i == 0 else "../"}img/{i}/b.png" title="Title {i}">'
             f"<figcaption>Caption of <b>item {i}</b></figcaption></figure>"
@@ -142,7 +143,7 @@ class SiteServer(ThreadingHTTPServer):
         self.requests: list[tuple[str, str]] = []  # (host name, path)
         self.user_agents: set[str] = set()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True)
 
     @property
     def origin(self) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pipeline.engines.base import Engine
 
@@ -20,6 +21,10 @@ class RayEngine(Engine):
             ray.init(address=address, log_to_driver=False, include_dashboard=False,
                      configure_logging=False, **kwargs)
             self._started = True
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        where = "a local Ray" if self._started and address == "local" else "the Ray cluster"
+        print(f"ray: running on {where} ({nodes} node(s), {self.parallelism()} CPUs)",
+              file=sys.stderr, flush=True)
 
     def parallelism(self) -> int:
         import ray

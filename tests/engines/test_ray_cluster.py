@@ -1,0 +1,67 @@
+"""A real two-node Ray cluster on this machine; the text pipeline goes in with `ray job submit`."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from support import ROOT, kept_uids, ledger_rows, text_config, write_sample
+
+from pipeline.core.config import settings_from_dict
+from pipeline.core.runner import run_pipeline
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_cli(*args, env, timeout=180):
+    result = subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = free_port(), free_port()
+    ray_cli("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            "--disable-usage-stats", env=env)
+    try:
+        ray_cli("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                '--resources={"second_node": 1}', "--disable-usage-stats", env=env)
+        yield {"env": env, "gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}"}
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_job_submit_on_two_nodes_matches_local(tmp_path, two_node_cluster):
+    sample = write_sample(tmp_path / "s.parquet", rows=3000)
+    local = text_config(sample, tmp_path / "local")
+    run_pipeline(settings_from_dict(local, "local.yaml"), local["output"], log=lambda *_: None)
+
+    config = text_config(sample, tmp_path / "cluster", engine="ray")
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(config))
+    env = two_node_cluster["env"]
+    nodes = json.loads(ray_cli("list", "nodes", "--format=json", f"--address={two_node_cluster['gcs']}", env=env))
+    assert sum(1 for n in nodes if n["state"] == "ALIVE") == 2
+    runtime_env = json.dumps({"excludes": [".venv", ".git", "runs", "bench/results"]})
+    out = ray_cli("job", "submit", f"--address={two_node_cluster['dashboard']}", f"--working-dir={ROOT}",
+                  f"--runtime-env-json={runtime_env}", "--",
+                  sys.executable, "jobs/curate.py", "--config", str(tmp_path / "cluster.yaml"),
+                  "--engine", "ray", env=env, timeout=400)
+    assert "succeeded" in out.lower(), out[-2000:]
+    assert "running on the Ray cluster (2 node(s), 2 CPUs)" in out, out[-2000:]
+    assert kept_uids(tmp_path / "cluster") == kept_uids(tmp_path / "local")
+    assert ledger_rows(tmp_path / "cluster") == ledger_rows(tmp_path / "local")
