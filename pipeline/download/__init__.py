@@ -1,4 +1,5 @@
 """Safe fetching for the download stage: guarded urllib opener and stable drop reasons."""
+from .addresses import address_allowed
 from .reasons import (
     FetchRefused,
     classify_error,
@@ -7,7 +8,6 @@ from .reasons import (
 )
 from .safe_fetch import (
     FetchPolicy,
-    address_allowed,
     build_guarded_opener,
     fetch,
     install_guarded_opener,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import http.client
-import ipaddress
 import math
 import socket
 import ssl
@@ -30,11 +29,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from .reasons import BlockedAddress, BlockedScheme, BrokenBody, FetchTimeout, TooLarge, TooManyRedirects
+from .addresses import IPNetwork, check_peer, parse_networks, resolve_allowed
+from .reasons import BlockedScheme, BrokenBody, FetchTimeout, TooLarge, TooManyRedirects
 
 ALLOWED_SCHEMES = ("http", "https")
 READ_CHUNK = 64 * 1024
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -45,12 +44,12 @@ class FetchPolicy:
     max_bytes: int = 20_000_000
     deadline_s: float = 10.0
     max_redirects: int = 10
+    cafile: str | None = None  # CA bundle for https instead of the system's (tests, private CAs)
     networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        nets = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.allow_networks)
         object.__setattr__(self, "allow_networks", tuple(str(cidr) for cidr in self.allow_networks))
-        object.__setattr__(self, "networks", nets)
+        object.__setattr__(self, "networks", parse_networks(self.allow_networks))
 
     def guard_for(self, request: urllib.request.Request) -> "_Guard":
         """The guard of one request; redirect hops inherit the first hop's deadline."""
@@ -66,28 +65,6 @@ class _Guard:
     networks: tuple[IPNetwork, ...]
     max_bytes: int
     deadline: float
-
-
-def address_allowed(address: str, networks: tuple[IPNetwork, ...] = ()) -> bool:
-    """Public unicast addresses are allowed; anything else only inside `networks`."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if any(ip in net for net in networks):
-        return True
-    special = (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast
-               or ip.is_reserved or ip.is_unspecified)
-    return ip.is_global and not special
-
-
-def resolve_allowed(host: str, port: int, networks: tuple[IPNetwork, ...]) -> list[tuple]:
-    """Resolve `host` once; keep the (family, sockaddr) pairs whose address is allowed."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    allowed = [(family, addr) for family, _, _, _, addr in infos if address_allowed(addr[0], networks)]
-    if not allowed:
-        seen = sorted({addr[0] for _, _, _, _, addr in infos})
-        raise BlockedAddress(f"{host} resolves to {', '.join(seen)}: not allowed")
-    return allowed
 
 
 def _remaining(deadline: float, op_timeout: float | None) -> float:
@@ -132,7 +109,7 @@ def open_vetted_socket(host: str, port: int, guard: _Guard, op_timeout: float | 
         try:
             sock.settimeout(_remaining(guard.deadline, op_timeout))
             sock.connect(sockaddr)
-            _check_peer(sock, sockaddr[0], guard.networks)
+            check_peer(sock, sockaddr[0], guard.networks)
             return sock
         except OSError as err:
             sock.close()
@@ -143,13 +120,6 @@ def open_vetted_socket(host: str, port: int, guard: _Guard, op_timeout: float | 
     if isinstance(last_error, TimeoutError) and time.monotonic() >= guard.deadline:
         raise FetchTimeout(f"connecting to {host}:{port}") from last_error
     raise last_error
-
-
-def _check_peer(sock: socket.socket, vetted: str, networks: tuple[IPNetwork, ...]) -> None:
-    peer = sock.getpeername()[0]
-    same = ipaddress.ip_address(peer.split("%", 1)[0]) == ipaddress.ip_address(vetted.split("%", 1)[0])
-    if not same or not address_allowed(peer, networks):
-        raise BlockedAddress(f"connected peer {peer} is not the vetted address {vetted}")
 
 
 def _op_timeout(timeout) -> float | None:
@@ -250,7 +220,7 @@ class GuardedHTTPHandler(urllib.request.HTTPHandler):
 
 class GuardedHTTPSHandler(urllib.request.HTTPSHandler):
     def __init__(self, policy: FetchPolicy):
-        context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=policy.cafile)
         context.set_alpn_protocols(["http/1.1"])
         context.sslsocket_class = DeadlineSSLSocket
         super().__init__(context=context)

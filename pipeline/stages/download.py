@@ -25,7 +25,13 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.core.stage import REASON, Resources, Stage, with_reason
-from pipeline.download.reasons import DECODE_ERROR, IMAGE_TOO_LARGE, classify_message, is_transient
+from pipeline.download.reasons import (
+    DECODE_ERROR,
+    IMAGE_TOO_LARGE,
+    classify_error,
+    classify_message,
+    is_transient,
+)
 from pipeline.download.safe_fetch import FetchPolicy, install_guarded_opener
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import
@@ -77,7 +83,10 @@ def read_options(settings: Any, allow_networks=None) -> dict[str, Any]:
 
 
 def header_check(stream: io.BytesIO, max_pixels: int) -> str | None:
-    """Read only the image header: refuse undecodable data and decompression bombs."""
+    """Read only the image header: refuse undecodable data and decompression bombs.
+
+    PIL itself refuses more than 2 * Image.MAX_IMAGE_PIXELS, so larger caps act as that.
+    """
     from PIL import Image
 
     try:
@@ -153,6 +162,8 @@ class DownloadStage(Stage):
             for key, stream, error in pool.imap_unordered(self._fetch, rows()):
                 try:
                     outcomes[key] = self._finish(stream, error)
+                except Exception as err:  # pylint: disable=broad-except  # a bad row never crashes the run
+                    outcomes[key] = Outcome(reason=classify_error(err, default=DECODE_ERROR))
                 finally:
                     semaphore.release()
         return outcomes

@@ -1,6 +1,7 @@
 r"""metadata: keep pairs whose caption contains a query entry, then balance (CLIP / MetaCLIP).
 
-Matching is MetaCLIP's substring matching, done with one Aho-Corasick automaton: the caption
+Matching is MetaCLIP's substring matching, done with one Aho-Corasick automaton (ahocorasick_rs, over
+a whole part's captions joined, so the search runs in Rust without a Python loop): the caption
 is padded with spaces, `, . ; : ? ! \`` are wrapped in spaces, tabs and newlines become
 spaces, and entry e matches when ` e ` occurs. Rows matching nothing: `no_entry`.
 
@@ -37,28 +38,79 @@ def spacing(text: str) -> str:
 
 
 class EntryMatcher:
-    """All entries in one automaton; `match(text)` gives the sorted ids of the entries found."""
+    """All entries in one automaton. `match(text)` gives the sorted ids of the entries found;
+    `match_column(texts)` does a whole column in one pass over the joined, spaced captions."""
 
     def __init__(self, entries: list[str], case_sensitive: bool = True):
-        import ahocorasick
+        import ahocorasick_rs
 
         self.case_sensitive = case_sensitive
-        automaton = ahocorasick.Automaton()
+        keys: dict[str, int] = {}
+        key_entries: list[list[int]] = []
         for entry_id, entry in enumerate(entries):
             key = f" {entry if case_sensitive else entry.lower()} "
-            ids = automaton.get(key, ())
-            automaton.add_word(key, ids + (entry_id,))
-        automaton.make_automaton()
-        self.automaton = automaton
+            index = keys.setdefault(key, len(key_entries))
+            if index == len(key_entries):
+                key_entries.append([entry_id])
+            else:  # entries equal after lowercasing share one key
+                key_entries[index].append(entry_id)
+        self.automaton = ahocorasick_rs.AhoCorasick(
+            list(keys), matchkind=ahocorasick_rs.MatchKind.Standard)
+        lengths = np.array([len(e) for e in key_entries], dtype=np.int64)
+        self.key_offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.key_entries = np.fromiter((i for e in key_entries for i in e), dtype=np.int64,
+                                       count=int(lengths.sum()))
+        self.one_to_one = bool((lengths == 1).all())
+        self.entry_count = max(len(entries), 1)
+
+    def _find(self, haystack: str) -> np.ndarray:
+        """(key, start, end) of every match, overlapping ones included, as an (n, 3) array."""
+        found = self.automaton.find_matches_as_indexes(haystack, overlapping=True)
+        return np.array(found, dtype=np.int64).reshape(-1, 3)
 
     def match(self, text: str | None) -> list[int]:
         if not text:
             return []
         spaced = spacing(text if self.case_sensitive else text.lower())
-        found = set()
-        for _, ids in self.automaton.iter(spaced):
-            found.update(ids)
-        return sorted(found)
+        keys = set(self._find(spaced)[:, 0].tolist())
+        return sorted(self.key_entries[j] for k in keys
+                      for j in range(self.key_offsets[k], self.key_offsets[k + 1]))
+
+    def match_column(self, texts: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, entry ids) of every match, sorted by row then entry, without repeats."""
+        spaced = spaced_column(texts, self.case_sensitive)
+        if not len(spaced):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        # " t1 \n t2 \n ... ": no key contains a newline, so no match spans two captions
+        joined = " " + " \n ".join(spaced) + " "
+        starts = np.concatenate([[0], np.cumsum([len(t) + 3 for t in spaced])])
+        found = self._find(joined)
+        keys = found[:, 0]
+        rows = np.searchsorted(starts, found[:, 1], side="right") - 1
+        entry_ids, rows = self._expand(keys, rows)
+        width = np.int64(self.entry_count)
+        pairs = np.unique(rows * width + entry_ids)
+        return pairs // width, pairs % width
+
+    def _expand(self, keys: np.ndarray, rows: np.ndarray):
+        if self.one_to_one:
+            return self.key_entries[keys], rows
+        counts = self.key_offsets[keys + 1] - self.key_offsets[keys]
+        starts = np.repeat(self.key_offsets[keys], counts)
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return self.key_entries[starts + within], np.repeat(rows, counts)
+
+
+def spaced_column(texts, case_sensitive: bool) -> list[str]:
+    """MetaCLIP's spacing for a whole column, in Arrow (without the outer padding)."""
+    column = pc.fill_null(texts, "")
+    if not case_sensitive:
+        column = pc.utf8_lower(column)
+    for punct in WRAPPED:
+        column = pc.replace_substring(column, punct, f" {punct} ")
+    for char in ("\t", "\n", "\r"):
+        column = pc.replace_substring(column, char, " ")
+    return column.to_pylist()
 
 
 class MetadataStage(Stage):
@@ -81,11 +133,10 @@ class MatchEntries:
     def __call__(self, table: pa.Table):
         matcher = cached(("matcher", self.entries_path, self.case_sensitive), lambda: EntryMatcher(
             json.loads(Path(self.entries_path).read_text()), self.case_sensitive))
-        matches = [matcher.match(text) for text in table["text"].to_pylist()]
-        lengths = np.fromiter((len(m) for m in matches), dtype=np.int32, count=len(matches))
-        flat = np.fromiter((i for m in matches for i in m), dtype=np.int32, count=int(lengths.sum()))
+        rows, flat = matcher.match_column(table["text"])
+        lengths = np.bincount(rows, minlength=table.num_rows)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        entry_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32()))
+        entry_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.int32)))
         table = table.append_column("entry_ids", entry_ids)
         reason = pc.if_else(pa.array(lengths == 0), pa.scalar("no_entry"), pa.scalar(None, pa.string()))
         counts = np.bincount(flat, minlength=self.entry_count).astype(np.int64)

@@ -1,4 +1,4 @@
-"""FakeWeb: a real threaded HTTP server on loopback that serves images, pages and faults.
+"""FakeWeb: a real threaded HTTP(S) server on loopback that serves images, pages and faults.
 
     with FakeWeb() as web:
         web.add_page("/index.html", "<img src='/img/cat.jpg' alt='a cat'>")
@@ -13,9 +13,11 @@ name). Registered bodies: `add_image`, `add_page`, `add_file`, `add_robots`. Fau
     /fault/<code>/x.jpg          that status (429 and 503 carry Retry-After)
     /fault/slow/<ms>/x.jpg       sleeps before the status line, then an image
     /fault/drip/<ms>/x.jpg       an image, one byte every <ms>
+    /fault/drip-headers/<ms>/x.jpg    the status line and headers one byte every <ms>
     /fault/endless/x.jpg         image/jpeg streaming ~2 MB/s forever (until a server-side cap)
     /fault/large/<n>/x.jpg       Content-Length n, then n bytes (capped)
     /fault/large-nolength/<n>/x.jpg   n bytes with no Content-Length
+    /fault/chunked/x.jpg         an image in chunked transfer encoding
     /fault/truncated/x.jpg       Content-Length above what is sent, then close
     /fault/corrupt/x.jpg         random bytes as image/jpeg
     /fault/html/x.jpg            an HTML page instead of an image
@@ -30,50 +32,18 @@ name). Registered bodies: `add_image`, `add_page`, `add_file`, `add_robots`. Fau
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
-import random
-import struct
+import ssl
 import threading
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-BOMB_SIDE = 30000
+from .content import make_image
+from .faults import serve_fault
+
 CHUNK = 16 * 1024
-
-
-@functools.lru_cache(maxsize=256)
-def make_image(name: str, fmt: str = "jpg", width: int = 64, height: int = 48, color: str = "") -> bytes:
-    """A deterministic image: a colour from `name` (or `color` as rrggbb) plus a dark square."""
-    from PIL import Image, ImageDraw
-
-    rgb = bytes.fromhex(color) if color else hashlib.sha256(name.encode()).digest()[:3]
-    image = Image.new("RGB", (width, height), tuple(rgb))
-    ImageDraw.Draw(image).rectangle((width // 4, height // 4, width // 2, height // 2), fill=(20, 20, 20))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG" if fmt == "png" else "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-@functools.lru_cache(maxsize=4)
-def make_bomb(fmt: str = "png", side: int = BOMB_SIDE) -> bytes:
-    """A tiny file whose header declares a side x side image (a decompression bomb)."""
-    if fmt == "png":
-        header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-        return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-                + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
-    data = bytearray(make_image("bomb", "jpg", 16, 16))
-    sof = data.index(b"\xff\xc0")  # baseline frame header: marker, length, precision, h, w
-    data[sof + 5:sof + 9] = struct.pack(">HH", side, side)
-    return bytes(data)
 
 
 @dataclass
@@ -86,8 +56,10 @@ class Route:
 class FakeWeb:
     """Threaded HTTP server on `host` (any loopback address), port chosen by the OS."""
 
-    def __init__(self, host: str = "127.0.0.1", stream_cap_s: float = 30.0, stream_cap_bytes: int = 1 << 30):
+    def __init__(self, host: str = "127.0.0.1", stream_cap_s: float = 30.0, stream_cap_bytes: int = 1 << 30,
+                 tls: tuple[str, str] | None = None):
         self.host = host
+        self.tls = tls  # (certfile, keyfile): serve https, see content.make_self_signed_cert
         self.stream_cap_s = stream_cap_s
         self.stream_cap_bytes = stream_cap_bytes
         self.routes: dict[str, Route] = {}
@@ -105,9 +77,14 @@ class FakeWeb:
         self.stop()
 
     def start(self) -> "FakeWeb":
+        self.stopping.clear()
         self._server = _Server((self.host, 0), _Handler)
         self._server.web = self
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fakeweb", daemon=True)
+        if self.tls:
+            self._server.tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._server.tls_context.load_cert_chain(*self.tls)
+        serve = functools.partial(self._server.serve_forever, poll_interval=0.05)
+        self._thread = threading.Thread(target=serve, name=f"fakeweb-{self.host}", daemon=True)
         self._thread.start()
         return self
 
@@ -125,7 +102,7 @@ class FakeWeb:
 
     def url(self, path: str, host: str | None = None) -> str:
         """Absolute URL of `path`; `host="localhost"` gives the same server by another name."""
-        return f"http://{host or self.host}:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://{host or self.host}:{self.port}{path}"
 
     def add_file(self, path: str, body: bytes | str, headers: dict[str, str] | None = None, status: int = 200):
         body = body.encode() if isinstance(body, str) else body
@@ -163,7 +140,15 @@ class FakeWeb:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the default 5 drops SYNs under a 64-thread downloader
     web: FakeWeb
+    tls_context: ssl.SSLContext | None = None
+
+    def finish_request(self, request, client_address):
+        if self.tls_context is None:
+            return super().finish_request(request, client_address)
+        with self.tls_context.wrap_socket(request, server_side=True) as tls_socket:  # handshake in this thread
+            return super().finish_request(tls_socket, client_address)
 
     def verify_request(self, request, client_address) -> bool:
         self.web.record_connection()
@@ -196,6 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send(404, {"Content-Type": "text/plain"}, b"not found")
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except (ValueError, IndexError, KeyError) as err:  # a malformed fault path
+            self.send(400, {"Content-Type": "text/plain"}, f"bad request: {err!r}".encode())
 
     def send(self, status: int, headers: dict[str, str], body: bytes = b"", length: int | None = -1):
         self.send_response(status)
@@ -228,100 +215,3 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             sent += len(piece)
             time.sleep(delay_s)
-
-
-def _redirect(handler: _Handler, location: str):
-    handler.send(302, {"Location": location, "Content-Type": "text/plain"}, b"moved")
-
-
-def _status(handler: _Handler, code: int):
-    headers = {"Content-Type": "text/plain"}
-    if code in (429, 503):
-        headers["Retry-After"] = handler.params.get("retry_after", "1")
-    handler.send(code, headers, f"status {code}".encode())
-
-
-def _fault_redirect(h: _Handler, args: list[str], nth: int):
-    hops, rest = int(args[0]), "/".join(args[1:])
-    if hops <= 0:
-        return h.send_image(rest)
-    _redirect(h, f"/fault/redirect/{hops - 1}/{rest}")
-
-
-def _fault_loop(h: _Handler, args: list[str], nth: int):
-    side = "b" if args[0] == "a" else "a"
-    rest = "/".join(args[1:]) if args[0] in ("a", "b") else "/".join(args)
-    _redirect(h, f"/fault/loop/{side}/{rest}")
-
-
-def _fault_flaky(h: _Handler, args: list[str], nth: int):
-    if nth < int(args[0]):
-        return _status(h, int(h.params.get("code", 500)))
-    h.send_image(args[-1])
-
-
-def _fault_endless(h: _Handler, args: list[str], nth: int):
-    h.send(200, {"Content-Type": "image/jpeg"}, make_image("endless")[:-2], length=None)
-    h.stream(1 << 62, delay_s=0.002, chunk=b"\0" * 4096)  # ~2 MB/s: slow enough to hit deadlines
-
-
-def _fault_drip(h: _Handler, args: list[str], nth: int):
-    data = make_image(args[-1])
-    h.send(200, {"Content-Type": "image/jpeg"}, b"", length=len(data))
-    for byte in data:
-        if h.server.web.stopping.is_set():
-            return
-        h.wfile.write(bytes([byte]))
-        h.wfile.flush()
-        time.sleep(int(args[0]) / 1000)
-
-
-def _fault_large(h: _Handler, args: list[str], nth: int, declare: bool = True):
-    size = int(args[0])
-    h.send(200, {"Content-Type": "image/jpeg"}, b"", length=size if declare else None)
-    h.stream(size)
-
-
-def _fault_truncated(h: _Handler, args: list[str], nth: int):
-    data = make_image(args[-1])
-    h.send(200, {"Content-Type": "image/jpeg"}, data, length=len(data) + 1000)
-
-
-def _fault_corrupt(h: _Handler, args: list[str], nth: int):
-    junk = random.Random(args[-1]).randbytes(2048)
-    h.send(200, {"Content-Type": "image/jpeg"}, junk)
-
-
-def _fault_bomb(h: _Handler, args: list[str], nth: int):
-    fmt = "png" if args[-1].endswith(".png") else "jpg"
-    h.send(200, {"Content-Type": f"image/{'png' if fmt == 'png' else 'jpeg'}"}, make_bomb(fmt))
-
-
-FAULTS = {
-    "slow": lambda h, a, n: (time.sleep(int(a[0]) / 1000), h.send_image(a[-1])),
-    "drip": _fault_drip,
-    "endless": _fault_endless,
-    "large": _fault_large,
-    "large-nolength": functools.partial(_fault_large, declare=False),
-    "truncated": _fault_truncated,
-    "corrupt": _fault_corrupt,
-    "html": lambda h, a, n: h.send(200, {"Content-Type": "text/html"}, b"<html><body>no image</body></html>"),
-    "bomb": _fault_bomb,
-    "xrobots": lambda h, a, n: h.send_image(a[-1], {"X-Robots-Tag": unquote(a[0])}),
-    "noai": lambda h, a, n: h.send_image(a[-1], {"X-Robots-Tag": "noai"}),
-    "noimageai": lambda h, a, n: h.send_image(a[-1], {"X-Robots-Tag": "noimageai"}),
-    "redirect": _fault_redirect,
-    "loop": _fault_loop,
-    "redirect-to": lambda h, a, n: _redirect(h, h.params["to"]),
-    "flaky": _fault_flaky,
-}
-
-
-def serve_fault(handler: _Handler, parts: list[str], nth: int):
-    """Dispatch `/fault/<kind>/<args...>/<name>`; `nth` is this path's request count."""
-    kind, args = parts[0], parts[1:]
-    if kind.isdigit():
-        return _status(handler, int(kind))
-    if kind not in FAULTS:
-        return handler.send(404, {"Content-Type": "text/plain"}, f"unknown fault {kind}".encode())
-    FAULTS[kind](handler, args, nth)

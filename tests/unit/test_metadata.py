@@ -26,6 +26,18 @@ def test_matching_equals_metaclip_substring_semantics(text):
     assert EntryMatcher(ENTRIES).match(text) == metaclip_reference(text, ENTRIES)
 
 
+def test_column_matching_equals_per_text_matching():
+    matcher = EntryMatcher(ENTRIES)
+    rows, ids = matcher.match_column(pa.array(TEXTS + [None], pa.string()))
+    per_row = [[] for _ in range(len(TEXTS) + 1)]
+    for row, entry in zip(rows.tolist(), ids.tolist()):
+        per_row[row].append(entry)
+    assert per_row == [metaclip_reference(t, ENTRIES) for t in TEXTS] + [[]]
+    lower = EntryMatcher(ENTRIES + ["DOG"], case_sensitive=False)
+    rows, ids = lower.match_column(pa.array(["a Dog"]))
+    assert ids.tolist() == [0, 4, 9]
+
+
 def test_case_insensitive_option():
     assert EntryMatcher(ENTRIES, case_sensitive=False).match("DOG in new york") == [0, 3]
     assert EntryMatcher(ENTRIES).match("DOG in new york") == []

@@ -1,0 +1,25 @@
+# make demo   the main job, offline, on the embedded engine -> runs/demo/
+# make test   the test suite (starts its own local Ray, Spark and web servers)
+# make bench  side-by-side benchmarks (ratios against the raw libraries)
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml infra/setup.sh
+	bash infra/setup.sh
+
+setup:
+	bash infra/setup.sh
+
+demo: $(STAMP)
+	$(VENV)/bin/curate demo --output runs/demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/run_all.py
+
+clean:
+	rm -rf runs bench/results

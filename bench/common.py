@@ -1,0 +1,65 @@
+"""Shared by the benchmarks: corpora, timing, and how results are printed and saved."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+LAION_SAMPLE = ROOT.parent / "shared" / "data" / "laion_sample_1000.parquet"
+
+
+def real_captions() -> list[str]:
+    """Real alt-text when the LAION sample is around, else the generated sample's captions."""
+    if LAION_SAMPLE.exists():
+        import pyarrow.parquet as pq
+
+        return [t for t in pq.read_table(LAION_SAMPLE)["TEXT"].to_pylist() if t]
+    from pipeline.demo.text_sample import text_sample
+
+    return [t for t in text_sample(5000)["text"].to_pylist() if t]
+
+
+def caption_table(rows: int, seed: int = 0) -> pa.Table:
+    """`rows` pairs: real captions (shuffled, with word-level variation) plus the generator's noise."""
+    from pipeline.demo.text_sample import text_sample
+
+    rng = random.Random(seed)
+    base = real_captions()
+    noisy = text_sample(min(rows, 200_000), seed)
+    urls = [f"https://img{i % 97}.example.com/{i:09d}.jpg" for i in range(rows)]
+    texts = []
+    for i in range(rows):
+        if i % 4 == 3:
+            texts.append(noisy["text"][i % noisy.num_rows].as_py())
+        else:
+            words = rng.choice(base).split()
+            rng.shuffle(words)
+            texts.append(" ".join(words))
+    return pa.table({"url": urls, "text": pa.array(texts, pa.string())})
+
+
+def timed(fn, repeat: int = 1):
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def report(name: str, results: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1))
+    print(f"== {name}")
+    for key, value in results.items():
+        print(f"  {key}: {value}")
+
+
+def cores() -> int:
+    return os.cpu_count() or 1

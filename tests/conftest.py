@@ -1,0 +1,53 @@
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# --- fakeweb fixtures (pipeline.web.fakeweb): a real HTTP server on loopback ---------------
+import ipaddress as _ipaddress
+import socket as _socket
+
+import pytest
+
+from pipeline.web.fakeweb import FakeWeb
+
+
+@pytest.fixture(scope="session")
+def fakeweb():
+    """A FakeWeb on 127.0.0.1 for the whole session; tests use fresh paths to keep counts apart."""
+    with FakeWeb("127.0.0.1") as web:
+        yield web
+
+
+@pytest.fixture(scope="session")
+def fakeweb_other():
+    """A second FakeWeb on 127.0.0.2: loopback, but outside `allow_networks=['127.0.0.1/32']`."""
+    with FakeWeb("127.0.0.2") as web:
+        yield web
+
+
+@pytest.fixture
+def connect_log(monkeypatch):
+    """Records every socket connect; refuses (never sends to) anything off loopback."""
+    peers = []
+    real_connect = _socket.socket.connect
+
+    def recording_connect(sock, address):
+        peers.append(address[0])
+        if not _ipaddress.ip_address(str(address[0]).split("%")[0]).is_loopback:
+            raise AssertionError(f"test tried to connect off loopback: {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(_socket.socket, "connect", recording_connect)
+    return peers
+
+
+# --- CLIP fixtures (pipeline.models.tiny_train): a curate-tiny trained on world pairs --------
+@pytest.fixture(scope="session")
+def tiny_clip_checkpoint(request):
+    """Path of a curate-tiny checkpoint (`epoch_latest.pt`, `model_config.json` beside it),
+    trained briefly on `pipeline.world` pairs; cached in pytest's cache (`--cache-clear` retrains)."""
+    from pipeline.models.tiny_train import ensure_tiny_checkpoint
+
+    return ensure_tiny_checkpoint(request.config.cache.mkdir("curate-tiny"))
