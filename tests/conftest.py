@@ -45,9 +45,16 @@ def connect_log(monkeypatch):
 
 # --- CLIP fixtures (pipeline.models.tiny_train): a curate-tiny trained on world pairs --------
 @pytest.fixture(scope="session")
-def tiny_clip_checkpoint(request):
+def tiny_clip_checkpoint(request, tmp_path_factory):
     """Path of a curate-tiny checkpoint (`epoch_latest.pt`, `model_config.json` beside it),
-    trained briefly on `pipeline.world` pairs; cached in pytest's cache (`--cache-clear` retrains)."""
+    trained briefly on `pipeline.world` pairs. Cached across sessions, keyed by the training
+    config and sources: in pytest's cache (`--cache-clear` retrains) or, with
+    `-p no:cacheprovider`, beside pytest's temporary folders."""
     from pipeline.models.tiny_train import ensure_tiny_checkpoint
 
-    return ensure_tiny_checkpoint(request.config.cache.mkdir("curate-tiny"))
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        root = cache.mkdir("curate-tiny")
+    else:
+        root = tmp_path_factory.getbasetemp().parent / "curate-tiny-cache"
+    return ensure_tiny_checkpoint(root)

@@ -6,7 +6,7 @@ beside it twice: `model_config.json` (the project contract) and `<name>.json`, s
 `open_clip.add_model_config(folder)` registers the architecture under its own name and
 `open_clip.create_model_and_transforms(name, pretrained=checkpoint)` loads it anywhere.
 
-    python -m pipeline.models.tiny_train OUT_DIR [--steps 200] [--seed 0]
+    python -m pipeline.models.tiny_train OUT_DIR [--steps 120] [--seed 0]
 """
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ CONFIG_NAME = "model_config.json"
 
 @dataclass(frozen=True)
 class TinyTrainConfig:
-    steps: int = 200
+    steps: int = 120
     batch_size: int = 64
     n_samples: int = 2048
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.05
-    warmup: int = 20
+    warmup: int = 10
     seed: int = 0
     model: str = TINY_NAME
 
@@ -102,7 +102,7 @@ def _optimizer(model: torch.nn.Module, config: TinyTrainConfig) -> torch.optim.O
         (no_decay if exclude else decay).append(param)
     groups = [{"params": no_decay, "weight_decay": 0.0},
               {"params": decay, "weight_decay": config.weight_decay}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
 
 
 def _learning_rate(step: int, config: TinyTrainConfig) -> float:

@@ -31,18 +31,18 @@ class ClipScoreStage(Stage):
     def __init__(self, settings, seed: int = 0):
         super().__init__(settings, seed)
         self.resources = Resources(cpus=1.0, gpus=1.0 if _wants_gpu(settings.device) else 0.0)
-        self._scorer: ClipScorer | None = None
+        self.scorer: ClipScorer | None = None  # set by setup(), once per worker
 
     def setup(self) -> None:
         s = self.settings
         clip = load_clip(s.model, s.pretrained, device=s.device, precision=s.precision)
-        self._scorer = ClipScorer(clip, batch_size=s.batch_size)
+        self.scorer = ClipScorer(clip, batch_size=s.batch_size)
 
     def process(self, table: pa.Table) -> pa.Table:
-        if self._scorer is None:
+        if self.scorer is None:
             self.setup()
         keep_embeddings = bool(getattr(self.settings, "keep_embeddings", False))
-        result = self._scorer.score(table["jpg"].to_pylist(), table["text"].to_pylist(),
+        result = self.scorer.score(table["jpg"].to_pylist(), table["text"].to_pylist(),
                                     with_embeddings=keep_embeddings)
         table = add_score_columns(table, result)
         threshold = self.settings.threshold if self.settings.filter == "threshold" else None

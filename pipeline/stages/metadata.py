@@ -89,7 +89,8 @@ class EntryMatcher:
         rows = np.searchsorted(starts, found[:, 1], side="right") - 1
         entry_ids, rows = self._expand(keys, rows)
         width = np.int64(self.entry_count)
-        pairs = np.unique(rows * width + entry_ids)
+        pairs = np.sort(rows * width + entry_ids)   # sort + diff: faster than np.unique here
+        pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs
         return pairs // width, pairs % width
 
     def _expand(self, keys: np.ndarray, rows: np.ndarray):
