@@ -106,13 +106,17 @@ def write_tar(path: Path, rows: pa.Table, keys: list[str]) -> None:
     import webdataset as wds
 
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as stream:
-        writer = wds.TarWriter(stream, encoder=False, mtime=MTIME, user="", group="", mode=0o444)
-        for sample in samples_of(rows, keys):
-            writer.write(sample)
-        writer.close()
-        stream.flush()
-        os.fsync(stream.fileno())
+    try:
+        with open(tmp, "wb") as stream:
+            writer = wds.TarWriter(stream, encoder=False, mtime=MTIME, user="", group="", mode=0o444)
+            for sample in samples_of(rows, keys):
+                writer.write(sample)
+            writer.close()
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

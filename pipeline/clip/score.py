@@ -10,8 +10,12 @@ only a fraction of the work. Rows whose image cannot be decoded get a NaN score.
 from __future__ import annotations
 
 import io
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
+from functools import partial
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -84,13 +88,21 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     return x
 
 
+def default_decode_workers(device: torch.device) -> int:
+    """On CUDA, decode in threads (Pillow releases the GIL) to keep the GPU fed; on CPU the
+    model already uses the cores."""
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 1
+
+
 class ClipScorer:
     """Scores (image bytes, caption) pairs with one loaded model, `batch_size` pairs at a time."""
 
-    def __init__(self, clip: LoadedClip, batch_size: int = 256, trim_text: bool = True):
+    def __init__(self, clip: LoadedClip, batch_size: int = 256, trim_text: bool = True,
+                 decode_workers: int | None = None):
         self.clip = clip
         self.batch_size = max(1, int(batch_size))
         self.trim_text = trim_text and can_trim_text(clip.model, clip.tokenizer)
+        self.decode_workers = decode_workers or default_decode_workers(clip.device)
         self._dim: int | None = None
 
     def score(self, images: Sequence[bytes | None], texts: Sequence[str | None],
@@ -100,9 +112,8 @@ class ClipScorer:
         dim = self.embed_dim() if with_embeddings else 0
         image_emb = np.zeros((n, dim), np.float16) if with_embeddings else None
         text_emb = np.zeros((n, dim), np.float16) if with_embeddings else None
-        for start in range(0, n, self.batch_size):
-            stop = min(n, start + self.batch_size)
-            rows, image_part, text_part = self._score_batch(images[start:stop], texts[start:stop])
+        for start, pixels in self._decoded_batches(images):
+            rows, image_part, text_part = self._score_batch(pixels, texts[start:start + len(pixels)])
             if not len(rows):
                 continue
             rows = rows + start
@@ -112,10 +123,29 @@ class ClipScorer:
                 text_emb[rows] = text_part.numpy().astype(np.float16)
         return ScoreResult(scores, image_emb, text_emb)
 
+    def _decoded_batches(self, images: Sequence[bytes | None]) -> Iterator[tuple[int, list]]:
+        """(start, preprocessed tensors or None) per batch; with several decode workers the
+        next batch is decoded while the model encodes the current one."""
+        decode = partial(decode_image, preprocess=self.clip.preprocess)
+        starts = range(0, len(images), self.batch_size)
+        if self.decode_workers <= 1:
+            for start in starts:
+                yield start, [decode(data) for data in images[start:start + self.batch_size]]
+            return
+        with ThreadPoolExecutor(self.decode_workers) as pool:
+            pending: deque = deque()
+            for start in starts:
+                pending.append((start, pool.map(decode, images[start:start + self.batch_size])))
+                if len(pending) > 1:
+                    first, decoded = pending.popleft()
+                    yield first, list(decoded)
+            while pending:
+                first, decoded = pending.popleft()
+                yield first, list(decoded)
+
     @torch.inference_mode()
-    def _score_batch(self, images, texts) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    def _score_batch(self, pixels: list, texts) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """Normalised float32 embeddings (on CPU) of the decodable rows, and those rows."""
-        pixels = [decode_image(data, self.clip.preprocess) for data in images]
         rows = np.array([i for i, p in enumerate(pixels) if p is not None], dtype=np.int64)
         if not len(rows):
             return rows, torch.empty(0), torch.empty(0)
@@ -132,7 +162,9 @@ class ClipScorer:
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         clip = self.clip
-        pixels = pixels.to(clip.device, dtype=clip.input_dtype, non_blocking=True)
+        if clip.device.type == "cuda":
+            pixels = pixels.pin_memory().to(clip.device, non_blocking=True)
+        pixels = pixels.to(dtype=clip.input_dtype)
         features = clip.model.encode_image(pixels)
         return F.normalize(features.float(), dim=-1).cpu()
 

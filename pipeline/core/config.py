@@ -84,6 +84,7 @@ class DownloadSettings:
     max_pixels: int = 89_478_485
     resize_mode: str = "center_crop"
     encode_quality: int = 95
+    part_rows: int = 10_000              # rows per download task (and per image part)
     enabled: bool = True
 
 

@@ -23,6 +23,7 @@ EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source")
 
 def step_factories(settings: RunSettings) -> dict[str, Callable]:
     from pipeline.stages.caption_filter import CaptionFilterStage
+    from pipeline.stages.download import DownloadStage
     from pipeline.stages.dedup import DedupStep
     from pipeline.stages.language import LanguageStage
     from pipeline.stages.metadata import MetadataStep
@@ -32,18 +33,25 @@ def step_factories(settings: RunSettings) -> dict[str, Callable]:
         "caption_filter": lambda s: Step(CaptionFilterStage, s),
         "language": lambda s: Step(LanguageStage, s),
         "metadata": MetadataStep,
+        "download": lambda s: Step(DownloadStage, download_options(s, settings.allow_networks),
+                                   rows_per_task=s.part_rows),
     }
+
+
+def download_options(section, allow_networks: list[str]) -> dict:
+    options = {k: v for k, v in dataclasses.asdict(section).items() if k not in ("enabled", "part_rows")}
+    return {**options, "allow_networks": list(allow_networks)}
 
 
 PIPELINE_ORDER = ["dedup", "caption_filter", "language", "metadata", "download",
                   "image_dedup", "clip_score", "shard"]
 
 
-def build_steps(settings: RunSettings) -> list[Step]:
+def build_steps(settings: RunSettings, crawled: list[str] = ()) -> list[Step]:
     factories = step_factories(settings)
     from pipeline.stages.ingest import IngestStep
 
-    steps: list[Step] = [IngestStep(settings.input)]
+    steps: list[Step] = [IngestStep(settings.input, crawled)]
     for name in PIPELINE_ORDER:
         section = settings.section(name)
         if section is None:
@@ -58,7 +66,12 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_same_config(settings, run_dir)
-    steps = build_steps(settings)
+    crawled = []
+    if settings.section("crawl"):
+        from pipeline.stages.crawl_step import run_crawl
+
+        crawled.append(run_crawl(settings.crawl, settings.allow_networks, run_dir, log))
+    steps = build_steps(settings, crawled)
     with make_engine(settings) as engine:
         inputs: list = []
         records = []

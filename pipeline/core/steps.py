@@ -13,7 +13,9 @@ from typing import Any, Callable, Optional
 
 from pipeline.core import parts
 from pipeline.core.stage import Resources
-from pipeline.core.tasks import PartTask, ReadParts, StageOp, run_part_task
+import pyarrow.parquet as pq
+
+from pipeline.core.tasks import PartTask, ReadParts, ReadRows, StageOp, run_part_task
 from pipeline.engines.base import Engine
 
 
@@ -51,19 +53,36 @@ class StepContext:
 
 
 class Step:
-    """Base: a plain stage applied part by part (override `run` for global steps)."""
+    """Base: a plain stage applied part by part (override `run` for global steps).
+    With `rows_per_task`, input parts are cut into tasks of at most that many rows (for
+    stages whose rows are heavy, such as downloaded images)."""
     name = ""
 
-    def __init__(self, stage_cls: type, settings: Any):
+    def __init__(self, stage_cls: type, settings: Any, rows_per_task: Optional[int] = None):
         self.stage_cls = stage_cls
         self.settings = settings
         self.name = stage_cls.name
+        self.rows_per_task = rows_per_task
 
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
         op = StageOp(self.stage_cls, self.settings, ctx.seed)
-        readers = [ReadParts([p]) for p in inputs]
+        readers = split_readers(inputs, self.rows_per_task)
         ctx.run_phase("map", readers, op, self.stage_cls.resources)
-        return ctx.data_paths("map", len(inputs))
+        return ctx.data_paths("map", len(readers))
+
+
+def split_readers(inputs: list[str], rows_per_task: Optional[int]) -> list[Callable]:
+    if not rows_per_task:
+        return [ReadParts([p]) for p in inputs]
+    readers: list[Callable] = []
+    for path in inputs:
+        rows = pq.read_metadata(path).num_rows
+        if rows <= rows_per_task:
+            readers.append(ReadParts([path]))
+            continue
+        readers.extend(ReadRows(path, start, min(rows_per_task, rows - start))
+                       for start in range(0, rows, rows_per_task))
+    return readers
 
 
 def execute_step(step: Step, engine: Engine, run_dir: Path, index: int, seed: int,

@@ -123,6 +123,17 @@ class ReadParts:
         return parts.concat([parts.read_parquet(p, g) for p, g in zip(self.paths, groups)])
 
 
+@dataclass
+class ReadRows:
+    """Reader: rows [offset, offset + length) of one parquet file."""
+    path: str
+    offset: int
+    length: int
+
+    def __call__(self) -> pa.Table:
+        return parts.read_parquet(self.path).slice(self.offset, self.length)
+
+
 _STAGES: dict = {}
 
 

@@ -40,6 +40,7 @@ class TinyTrainConfig:
     warmup: int = 10
     seed: int = 0
     model: str = TINY_NAME
+    threads: int | None = None  # torch intra-op threads while training (None: torch's default)
 
 
 def train_tiny(out_dir: str | Path, config: TinyTrainConfig = TinyTrainConfig()) -> Path:
@@ -47,11 +48,17 @@ def train_tiny(out_dir: str | Path, config: TinyTrainConfig = TinyTrainConfig())
     import open_clip
 
     register_models()
-    torch.manual_seed(config.seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(config.model)
-    tokenizer = open_clip.get_tokenizer(config.model)
-    images, tokens = world_tensors(config, preprocess, tokenizer, _image_size(model))
-    run_training(model, images, tokens, config)
+    previous_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        torch.manual_seed(config.seed)
+        model, _, preprocess = open_clip.create_model_and_transforms(config.model)
+        tokenizer = open_clip.get_tokenizer(config.model)
+        images, tokens = world_tensors(config, preprocess, tokenizer, _image_size(model))
+        run_training(model, images, tokens, config)
+    finally:
+        torch.set_num_threads(previous_threads)
     return save_checkpoint(model, out_dir, config.model, epoch=1)
 
 

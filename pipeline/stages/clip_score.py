@@ -17,6 +17,7 @@ from pipeline.clip.model import load_clip
 from pipeline.clip.score import ClipScorer, ScoreResult
 from pipeline.clip.threshold import ScoreHistogram
 from pipeline.core.stage import Resources, Stage, with_reason
+from pipeline.errors import UserError
 
 SCORE = "clip_score"
 IMAGE_EMBEDDING = "image_embedding"
@@ -36,9 +37,17 @@ class ClipScoreStage(Stage):
     def setup(self) -> None:
         s = self.settings
         clip = load_clip(s.model, s.pretrained, device=s.device, precision=s.precision)
-        self.scorer = ClipScorer(clip, batch_size=s.batch_size)
+        self.scorer = ClipScorer(clip, batch_size=s.batch_size,
+                                 decode_workers=getattr(s, "decode_workers", None))
+
+    def __getstate__(self) -> dict:
+        """Ship the stage to workers without its model: each worker runs `setup()` itself."""
+        return {**self.__dict__, "scorer": None}
 
     def process(self, table: pa.Table) -> pa.Table:
+        for column in ("jpg", "text"):
+            if column not in table.column_names:
+                raise UserError(f"clip_score: input lacks the column {column!r} (run download first)")
         if self.scorer is None:
             self.setup()
         keep_embeddings = bool(getattr(self.settings, "keep_embeddings", False))

@@ -96,23 +96,30 @@ def valid_url(url: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 class IngestStep(Step):
-    """Plans the input slices on the driver (checking every file), then reads them as parts."""
+    """Plans the input slices on the driver (checking every file), then reads them as parts.
+    `crawled` files (from the crawl step) join the input with columns `url` and `text`."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, crawled: list[str] = ()):
         super().__init__(IngestStage, None)
         self.input = settings
+        self.crawled = list(crawled)
 
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
-        slices = plan_input(self.input)
-        readers = [ReadSource(piece, self.input.url_col, self.input.text_col, i)
-                   for i, piece in enumerate(slices)]
+        mapping = (self.input.url_col, self.input.text_col)
+        sources = [(piece, mapping) for piece in plan_input(self.input, bool(self.crawled))]
+        sources += [(piece, ("url", "text")) for path in self.crawled
+                    for piece in plan_slices(path, "parquet", ["url", "text"], self.input.part_rows)]
+        readers = [ReadSource(piece, url_col, text_col, i)
+                   for i, (piece, (url_col, text_col)) in enumerate(sources)]
         ctx.run_phase("map", readers, StageOp(IngestStage, None, ctx.seed))
-        return ctx.data_paths("map", len(slices))
+        return ctx.data_paths("map", len(readers))
 
 
-def plan_input(settings) -> list[SourceSlice]:
+def plan_input(settings, optional: bool = False) -> list[SourceSlice]:
     if not settings.path:
-        raise UserError("input.path: no input given")
+        if optional:
+            return []
+        raise UserError("input.path: no input given (or add a crawl section)")
     slices = []
     for path in find_files(settings.path):
         fmt = detect_format(path, settings.format)

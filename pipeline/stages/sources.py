@@ -164,9 +164,10 @@ def read_slice(piece: SourceSlice) -> pa.Table:
         return _read_csv(piece.path, "\t" if piece.format == "tsv" else ",")
     if piece.format == "jsonl":
         return _read_jsonl(piece.path)
-    from pipeline.stages.archive_source import read_archive
+    from pipeline.crawl.archive import ARCHIVE_SCHEMA, iter_warc_pairs, iter_wat_pairs
 
-    return read_archive(piece.path, piece.format)
+    batches = (iter_wat_pairs if piece.format == "wat" else iter_warc_pairs)(piece.path)
+    return pa.Table.from_batches(list(batches), schema=ARCHIVE_SCHEMA)
 
 
 def _read_csv(path: str, delimiter: str) -> pa.Table:

@@ -1,0 +1,28 @@
+"""crawl: a source step. Its pairs (url, text = alt, title, figcaption, page_url, depth) join
+the input at ingest and then go through every stage like ingested rows."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.core import parts
+from pipeline.crawl.crawler import crawl
+
+
+def run_crawl(settings, allow_networks: list[str], run_dir: Path, log=print) -> str:
+    """Crawl once (a rerun reuses the finished crawl); returns the pairs file."""
+    step_dir = run_dir / "steps" / "crawl"
+    pairs_path = step_dir / "pairs.parquet"
+    if (step_dir / "_SUCCESS").exists():
+        return str(pairs_path)
+    table = crawl(settings.seeds, max_pages=settings.max_pages, max_depth=settings.max_depth,
+                  same_domain=settings.same_domain, respect_robots=settings.respect_robots,
+                  user_agent=settings.user_agent, allow_networks=allow_networks,
+                  timeout=settings.timeout, concurrency=settings.concurrency,
+                  per_host_limit=settings.per_host_limit)
+    stats = json.loads((table.schema.metadata or {}).get(b"curate.crawl.stats", b"{}"))
+    parts.write_parquet(table.replace_schema_metadata(None), pairs_path)
+    parts.write_json({"pairs": table.num_rows, **stats}, step_dir / "stats.json")
+    (step_dir / "_SUCCESS").write_text("")
+    log(f"{'crawl':>15}: {table.num_rows:,} pairs from {stats.get('pages_fetched', '?')} pages")
+    return str(pairs_path)
