@@ -50,11 +50,12 @@ def tiny_clip_checkpoint(request, tmp_path_factory):
     trained briefly on `pipeline.world` pairs. Cached across sessions, keyed by the training
     config and sources: in pytest's cache (`--cache-clear` retrains) or, with
     `-p no:cacheprovider`, beside pytest's temporary folders."""
-    from pipeline.models.tiny_train import ensure_tiny_checkpoint
+    from pipeline.models.tiny_train import TinyTrainConfig, ensure_tiny_checkpoint
 
     cache = getattr(request.config, "cache", None)
     if cache is not None:
         root = cache.mkdir("curate-tiny")
     else:
         root = tmp_path_factory.getbasetemp().parent / "curate-tiny-cache"
-    return ensure_tiny_checkpoint(root)
+    # one thread: on a shared 2-core machine two OpenMP threads spin against other jobs
+    return ensure_tiny_checkpoint(root, TinyTrainConfig(threads=1))

@@ -79,8 +79,11 @@ def load_clip(name: str, pretrained: str | None = None, device: str = "auto",
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=weights, precision=resolved, device=torch_device, weights_only=True)
     except (RuntimeError, FileNotFoundError, ValueError) as error:
-        detail = " ".join(str(error).split())[:300]
-        raise UserError(f"clip_score: cannot load model {name!r} (pretrained {pretrained!r}): {detail}") from None
+        detail = " ".join(str(error).split())[:240]
+        hint = "; pretrained tags download from the model hub, a checkpoint path needs none" \
+            if weights and not _looks_like_path(weights) else ""
+        raise UserError(f"clip_score: cannot load model {name!r} (pretrained {pretrained!r}): "
+                        f"{detail}{hint}") from None
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
     return LoadedClip(model, preprocess, tokenizer, torch_device, resolved, name)

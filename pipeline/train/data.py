@@ -1,0 +1,163 @@
+"""Training batches from our WebDataset shards (`jpg` + `txt`), split across ranks and workers.
+
+`find_shards(data)` accepts a folder of `*.tar` (with `sizes.json`), a brace pattern
+(`shards/{00000..00012}.tar`) or a single tar. `batch_stream(...)` is an endless stream of
+`(images, tokens)` batches for one rank; training is counted in steps, so every rank gets
+exactly as many batches as it asks for and no rank can run dry and hang the others.
+
+Each (rank, dataloader worker) pair is a *slot*. How the slots share the data:
+
+- `shards`: each epoch, all slots shuffle the shard list the same way and slot `i` reads
+  shards `i, i + slots, ...` (webdataset's split_by_node + split_by_worker, with explicit
+  rank so it needs no process group). Used when there are at least as many shards as slots.
+- `samples`: fewer shards than slots (open_clip asserts, plain webdataset starves): every slot
+  reads every shard and keeps samples `i, i + slots, ...` of the common order.
+- `resampled` (`resample: true`): each slot draws shards with replacement
+  (`wds.ResampledShards`, seeded per slot), as open_clip's `--dataset-resampled`.
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from pipeline.errors import UserError
+
+SIZES_FILE = "sizes.json"
+SHUFFLE_BUFFER = 1000
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    urls: list[str]
+    num_samples: Optional[int]  # from sizes.json; None when unknown
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    batch_size: int
+    workers: int = 1
+    seed: int = 0
+    resample: bool = False
+    shuffle_buffer: int = SHUFFLE_BUFFER
+
+
+def find_shards(data: str) -> ShardSet:
+    """The tar files named by `data` (folder, brace pattern, glob or file) and their sample count."""
+    import braceexpand
+
+    path = Path(data)
+    if path.is_dir():
+        urls = sorted(str(p) for p in path.glob("*.tar"))
+    else:
+        urls = []
+        for pattern in braceexpand.braceexpand(str(data)):
+            urls.extend(sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern])
+    missing = [u for u in urls if "://" not in u and not os.path.isfile(u)]
+    if not urls or missing:
+        what = f"{missing[0]} does not exist" if missing else "no .tar shards found"
+        raise UserError(f"train.data: {data}: {what}")
+    return ShardSet(urls, count_samples(urls))
+
+
+def count_samples(urls: list[str]) -> Optional[int]:
+    """Total samples of the shards from the `sizes.json` beside them (None if any is missing)."""
+    total, cache = 0, {}
+    for url in urls:
+        folder, name = os.path.split(url)
+        if folder not in cache:
+            sizes_path = os.path.join(folder, SIZES_FILE)
+            try:
+                with open(sizes_path) as stream:
+                    cache[folder] = json.load(stream)
+            except (OSError, ValueError):
+                cache[folder] = {}
+        if name not in cache[folder]:
+            return None
+        total += int(cache[folder][name])
+    return total
+
+
+def split_mode(num_shards: int, slots: int, resample: bool) -> str:
+    """`resampled`, `shards` (each slot its own shards) or `samples` (too few shards)."""
+    if resample:
+        return "resampled"
+    return "shards" if num_shards >= slots else "samples"
+
+
+class ShardSamples(torch.utils.data.IterableDataset):
+    """Endless raw samples (`__key__`, `jpg`, `txt`) for one slot of (rank, worker)."""
+
+    def __init__(self, urls: list[str], rank: int, world_size: int, config: StreamConfig,
+                 start_epoch: int = 0):
+        super().__init__()
+        self.urls, self.rank, self.world_size = list(urls), rank, world_size
+        self.config, self.start_epoch = config, start_epoch
+
+    def slot(self) -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def __iter__(self) -> Iterator[dict]:
+        import webdataset as wds
+
+        slot, slots = self.slot()
+        mode = split_mode(len(self.urls), slots, self.config.resample)
+        if mode == "resampled":
+            shards = wds.ResampledShards(self.urls, seed=self.config.seed + self.start_epoch,
+                                         worker_seed=lambda: slot, deterministic=True)
+        else:
+            shards = self._epochs(slot, slots, mode)
+        samples = wds.tarfile_samples(shards, handler=wds.warn_and_continue)
+        if mode == "samples":
+            samples = itertools.islice(samples, slot, None, slots)
+        shuffle = wds.shuffle(bufsize=self.config.shuffle_buffer, rng=_rng(self.config.seed, self.start_epoch, slot),
+                              initial=min(100, self.config.shuffle_buffer))
+        yield from shuffle(samples)
+
+    def _epochs(self, slot: int, slots: int, mode: str) -> Iterator[dict]:
+        """Shard urls epoch after epoch, in an order common to all slots."""
+        for epoch in itertools.count(self.start_epoch):
+            order = list(self.urls)
+            _rng(self.config.seed, epoch).shuffle(order)
+            mine = order[slot::slots] if mode == "shards" else order
+            for url in mine:
+                yield {"url": url}
+
+
+def _rng(*parts) -> random.Random:
+    """A generator seeded by `parts` alone (the same in every process and run)."""
+    return random.Random(":".join(str(p) for p in parts))
+
+
+def batch_stream(shards: ShardSet, preprocess: Callable, tokenizer: Callable, config: StreamConfig,
+                 rank: int = 0, world_size: int = 1, start_epoch: int = 0) -> Iterator:
+    """Endless `(images [B,3,H,W], tokens [B,L])` batches for `rank` (workers batch in parallel)."""
+    import webdataset as wds
+
+    raw = ShardSamples(shards.urls, rank, world_size, config, start_epoch)
+    dataset = wds.DataPipeline(
+        raw,
+        wds.select(lambda s: "jpg" in s and "txt" in s),
+        wds.decode("pilrgb", handler=wds.warn_and_continue),
+        wds.to_tuple("jpg", "txt"),
+        wds.map_tuple(preprocess, lambda text: tokenizer(text)[0]),
+        wds.batched(config.batch_size, partial=False),
+    )
+    loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=config.workers,
+                           persistent_workers=config.workers > 0,
+                           prefetch_factor=4 if config.workers > 0 else None)
+    return iter(loader)
+
+
+def epoch_of(step: int, global_batch: int, num_samples: Optional[int]) -> int:
+    """Completed passes over the data after `step` steps of `global_batch` samples (0 if unknown)."""
+    return (step * global_batch) // num_samples if num_samples else 0
