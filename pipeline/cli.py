@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=20_000)
     demo.set_defaults(handler=cmd_demo)
 
+    train = commands.add_parser("train", help="train on existing shards (the config's train section)")
+    train.add_argument("config")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train.set_defaults(handler=cmd_train)
+
     metadata = commands.add_parser("metadata", help="query entries")
     meta_commands = metadata.add_subparsers(dest="metadata_command", required=True)
     build = meta_commands.add_parser("build", help="write the entry list to a JSON file")
@@ -66,6 +71,18 @@ def cmd_demo(args) -> int:
     from pipeline.demo import run_demo
 
     run_demo(Path(args.output), rows=args.rows, log=_log)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pipeline.core.config import load_config
+    from pipeline.train import train
+
+    settings = load_config(args.config, list(args.set))
+    if settings.train is None:
+        raise UserError(f"{args.config}: no train section")
+    result = train(settings.train, settings.output)
+    _log(f"trained {result['steps']} steps -> {result['checkpoint']}")
     return 0
 
 

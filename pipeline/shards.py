@@ -58,7 +58,7 @@ def shard_name(index: int) -> str:
 
 
 def write_shards(tables_or_rows, out_dir: str | Path, samples_per_shard: int, seed: int = 0,
-                 start_index: int = 0, write_sizes: bool = True) -> pa.Table:
+                 start_index: int = 0, write_sizes: bool = True, warn_few: bool = True) -> pa.Table:
     """Write the samples as shuffled shards; return a table `uid, shard, key` per sample.
 
     Shards are numbered from `start_index`. To write several parts into one folder, give each
@@ -88,7 +88,7 @@ def write_shards(tables_or_rows, out_dir: str | Path, samples_per_shard: int, se
                                 "key": pa.array(keys, pa.string())}))
     if write_sizes:
         write_sizes_json(out, sizes)
-    if n_shards < MIN_SHARDS:
+    if warn_few and n_shards < MIN_SHARDS:
         log.warning("wrote %d shard(s) to %s: fewer than %d; open_clip needs at least as many "
                     "shards as dataloader workers x processes", n_shards, out, MIN_SHARDS)
     return _concat_placed(placed)

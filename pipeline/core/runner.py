@@ -23,7 +23,9 @@ EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source")
 
 def step_factories(settings: RunSettings) -> dict[str, Callable]:
     from pipeline.stages.caption_filter import CaptionFilterStage
+    from pipeline.stages.clip_score import ClipScoreStep
     from pipeline.stages.download import DownloadStage
+    from pipeline.stages.shard import ShardStep
     from pipeline.stages.dedup import DedupStep
     from pipeline.stages.language import LanguageStage
     from pipeline.stages.metadata import MetadataStep
@@ -35,6 +37,8 @@ def step_factories(settings: RunSettings) -> dict[str, Callable]:
         "metadata": MetadataStep,
         "download": lambda s: Step(DownloadStage, download_options(s, settings.allow_networks),
                                    rows_per_task=s.part_rows),
+        "clip_score": ClipScoreStep,
+        "shard": ShardStep,
     }
 
 

@@ -67,7 +67,8 @@ class Step:
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
         op = StageOp(self.stage_cls, self.settings, ctx.seed)
         readers = split_readers(inputs, self.rows_per_task)
-        ctx.run_phase("map", readers, op, self.stage_cls.resources)
+        resources = self.stage_cls(self.settings, seed=ctx.seed).resources  # may depend on settings
+        ctx.run_phase("map", readers, op, resources)
         return ctx.data_paths("map", len(readers))
 
 

@@ -9,6 +9,9 @@ step: this stage only scores; the engine merges `ScoreHistogram`s of the scores 
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,7 +19,10 @@ import pyarrow.compute as pc
 from pipeline.clip.model import load_clip
 from pipeline.clip.score import ClipScorer, ScoreResult
 from pipeline.clip.threshold import ScoreHistogram
+from pipeline.core import parts
 from pipeline.core.stage import Resources, Stage, with_reason
+from pipeline.core.steps import Step, StepContext
+from pipeline.core.tasks import ReadParts, StageOp, load_extras
 from pipeline.errors import UserError
 
 SCORE = "clip_score"
@@ -108,3 +114,48 @@ def low_score_reasons(scores: pa.Array | pa.ChunkedArray, threshold: float) -> p
 def score_histogram(table: pa.Table) -> ScoreHistogram:
     """Phase 1 of `top_fraction`: the mergeable histogram of one part's scores."""
     return ScoreHistogram.of(table[SCORE].to_numpy())
+
+
+@dataclass
+class ScoreAndHistogram:
+    """Phase 1 of `top_fraction`: score every row (no filter), and count its scores."""
+    stage: StageOp
+
+    def __call__(self, table: pa.Table):
+        scored = self.stage(table)
+        return scored, {"histogram": score_histogram(scored).counts}
+
+
+@dataclass
+class CutBelow:
+    """Phase 2 of `top_fraction`: drop rows scoring below the global threshold."""
+    threshold: float
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return with_reason(table, low_score_reasons(table[SCORE], self.threshold))
+
+
+class ClipScoreStep(Step):
+    """`threshold` and `none` filter part by part; `top_fraction` is two-phase: per-part
+    score histograms are merged on the driver into one global threshold, then applied."""
+
+    def __init__(self, settings):
+        super().__init__(ClipScoreStage, settings)
+
+    def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
+        if self.settings.filter != "top_fraction":
+            return super().run(ctx, inputs)
+        scoring = dataclasses.replace(self.settings, filter="none")
+        op = ScoreAndHistogram(StageOp(ClipScoreStage, scoring, ctx.seed))
+        resources = ClipScoreStage(scoring).resources
+        ctx.run_phase("score", [ReadParts([p]) for p in inputs], op, resources)
+        histogram = ScoreHistogram()
+        for part in range(len(inputs)):
+            counts = load_extras(str(ctx.phase_dir("score")), part)["histogram"]
+            histogram = histogram.merge(ScoreHistogram(len(counts), counts))
+        threshold = histogram.threshold(self.settings.top_fraction)
+        parts.write_json({"top_fraction": self.settings.top_fraction, "threshold": threshold,
+                          "scored": histogram.total}, ctx.step_dir / "threshold.json")
+        scored = ctx.data_paths("score", len(inputs))
+        ctx.run_phase("cut", [ReadParts([p]) for p in scored], CutBelow(threshold))
+        return ctx.data_paths("cut", len(inputs))

@@ -1,0 +1,105 @@
+"""Checkpoints in open_clip's format, with the architecture's JSON beside them.
+
+Each checkpoint is `{"epoch", "step", "name", "state_dict", "optimizer"[, "scaler"]}` as
+open_clip_train saves it (`state_dict` without DDP's `module.` prefix, so
+`open_clip.create_model_and_transforms(name, pretrained=path)` loads it; everything in it
+is plain tensors and numbers, so `torch.load(..., weights_only=True)` reads it). Files:
+`step_00000500.pt`, ... and `epoch_latest.pt` (the newest), each written to a temp name and
+renamed; `model_config.json` and `<name>.json` beside them (`open_clip.add_model_config(folder)`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+LATEST_NAME = "epoch_latest.pt"
+CONFIG_NAME = "model_config.json"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def step_file(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+def architecture_config(name: str) -> dict:
+    """The model's JSON config: the project's file for our models, else open_clip's."""
+    import open_clip
+
+    from pipeline.models import model_config_path, register_models
+
+    path = model_config_path(name)
+    if path is not None:
+        return json.loads(path.read_text())
+    register_models()
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise ValueError(f"unknown open_clip architecture {name!r}")
+    return config
+
+
+def write_model_config(folder: Path, name: str) -> None:
+    """`model_config.json` (the contract) and `<name>.json` (for `add_model_config`)."""
+    text = json.dumps(architecture_config(name), indent=2, sort_keys=True).encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name in (CONFIG_NAME, f"{name}.json"):
+        write_atomic(folder / file_name, text)
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: Optional[torch.amp.GradScaler], name: str, step: int, epoch: int) -> Path:
+    """Write `step_N.pt` and make `epoch_latest.pt` the same file; returns the step file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"epoch": int(epoch), "step": int(step), "name": name,
+             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "optimizer": optimizer.state_dict()}
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = folder / step_file(step)
+    write_atomic(path, buffer.getvalue())
+    _link_atomic(path, folder / LATEST_NAME)
+    return path
+
+
+def latest_checkpoint(folder: Path) -> Optional[Path]:
+    """The checkpoint of the highest step in `folder` (None when there is none)."""
+    if not folder.is_dir():
+        return None
+    steps = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    if steps:
+        return max(steps)[1]
+    latest = folder / LATEST_NAME
+    return latest if latest.is_file() else None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents on the CPU (tensors and numbers only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, path)
+
+
+def _link_atomic(source: Path, target: Path) -> None:
+    """Make `target` the same content as `source` (a hard link where possible, else a copy)."""
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

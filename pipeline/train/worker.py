@@ -1,0 +1,33 @@
+"""Entry point of one training process under torchrun: `python -m pipeline.train.worker JOB.json`.
+
+`JOB.json` is what `pipeline.train.launch` writes: `{"settings": {...TrainSettings...},
+"data": shards, "train_dir": folder}`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from pipeline.core.config import TrainSettings
+
+
+def read_job(path: str | Path) -> tuple[TrainSettings, str, str]:
+    job = json.loads(Path(path).read_text())
+    return TrainSettings(**job["settings"]), job["data"], job["train_dir"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.train.loop import run_training
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m pipeline.train.worker JOB.json", file=sys.stderr)
+        return 2
+    settings, data, train_dir = read_job(argv[0])
+    run_training(settings, data, train_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

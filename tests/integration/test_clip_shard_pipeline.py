@@ -1,0 +1,109 @@
+"""download -> clip_score -> shard with the project's trained curate-tiny, on every engine."""
+import argparse
+import hashlib
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from support import assert_run_invariants, kept_uids, read_dataset, read_summary
+
+from pipeline.core.config import settings_from_dict
+from pipeline.core.runner import run_pipeline
+from pipeline.web.fakeweb import FakeWeb
+from pipeline.world import make_world, shuffled_captions
+
+ROWS = 96
+
+
+@pytest.fixture(scope="module")
+def world_web():
+    world = make_world(ROWS, seed=5, image_size=64)
+    captions = [s.caption for s in world]
+    wrong = shuffled_captions(captions, seed=1)
+    with FakeWeb() as web:
+        urls, texts = [], []
+        for i, sample in enumerate(world):
+            web.add_image(f"/w/{i}.jpg", sample.jpg)
+            urls.append(web.url(f"/w/{i}.jpg"))
+            texts.append(captions[i] if i % 3 else wrong[i])  # a third get someone else's caption
+        yield web, urls, texts
+
+
+def config(tmp_path, name, urls, texts, checkpoint, engine="local", **clip):
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"url": urls, "text": texts}), path)
+    return {
+        "input": {"path": [str(path)]}, "output": str(tmp_path / name), "engine": engine,
+        "processes": 2, "allow_networks": ["127.0.0.1/32"],
+        "download": {"image_size": 64, "threads": 8, "timeout": 5, "part_rows": 40, "resize_mode": "border"},
+        "clip_score": {"model": "curate-tiny", "pretrained": str(checkpoint), "device": "cpu",
+                       "precision": "fp32", "batch_size": 32, "threshold": 0.0, **clip},
+        "shard": {"samples_per_shard": 16},
+        "ray": {"num_cpus": 2}, "spark": {"master": "local[2]"},
+    }
+
+
+def run(cfg):
+    return run_pipeline(settings_from_dict(cfg, "t.yaml"), cfg["output"], log=lambda *_: None)
+
+
+def tar_digests(run_dir):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run_dir / "shards").glob("*.tar"))}
+
+
+def test_scores_filter_and_shards_open_clip_reads(tmp_path, world_web, tiny_clip_checkpoint):
+    web, urls, texts = world_web
+    summary = run(config(tmp_path, "run", urls, texts, tiny_clip_checkpoint, threshold=0.85))
+    assert_run_invariants(tmp_path / "run")
+    clip = next(s for s in summary["stages"] if s["name"] == "clip_score")
+    assert clip["dropped"].get("low_clip_score", 0) > 10
+    kept = read_dataset(tmp_path / "run" / "kept")
+    mismatched = {u for i, u in enumerate(urls) if i % 3 == 0}
+    kept_mismatched = sum(u in mismatched for u in kept["url"].to_pylist())
+    assert kept_mismatched < 0.2 * len(mismatched) and kept.num_rows > 50, "mismatched captions should mostly be dropped"
+    assert "jpg" not in kept.column_names and {"shard", "key", "clip_score"} <= set(kept.column_names)
+    from open_clip_train.data import get_wds_dataset
+
+    from pipeline.clip.wds_compat import patch_open_clip_webdataset
+    from pipeline.clip.model import load_clip
+    patch_open_clip_webdataset()
+    clip_model = load_clip("curate-tiny", str(tiny_clip_checkpoint), device="cpu", precision="fp32")
+    shards = sorted((tmp_path / "run" / "shards").glob("*.tar"))
+    pattern = str(tmp_path / "run" / "shards" / f"{{00000..{len(shards) - 1:05d}}}.tar")
+    args = argparse.Namespace(train_data=pattern, val_data=pattern, train_num_samples=None, val_num_samples=None,
+                              dataset_resampled=False, batch_size=1, workers=0, world_size=1, rank=0, seed=0,
+                              train_data_upsampling_factors=None)
+    info = get_wds_dataset(args, clip_model.preprocess, is_train=False, tokenizer=clip_model.tokenizer)
+    seen = sum(images.shape[0] for images, _ in info.dataloader)
+    assert seen == summary["kept_rows"] == kept.num_rows
+
+
+def test_top_fraction_keeps_that_fraction(tmp_path, world_web, tiny_clip_checkpoint):
+    web, urls, texts = world_web
+    summary = run(config(tmp_path, "top", urls, texts, tiny_clip_checkpoint, filter="top_fraction",
+                         top_fraction=0.5))
+    assert_run_invariants(tmp_path / "top")
+    clip = next(s for s in summary["stages"] if s["name"] == "clip_score")
+    assert abs(clip["rows_out"] - clip["rows_in"] * 0.5) <= 2
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, world_web, tiny_clip_checkpoint):
+    web, urls, texts = world_web
+    folder = tmp_path_factory.mktemp("reference")
+    run(config(folder, "ref", urls, texts, tiny_clip_checkpoint))
+    return folder / "ref"
+
+
+@pytest.mark.parametrize("engine", ["local", "ray", "spark"])
+def test_same_scores_and_byte_identical_shards_everywhere(tmp_path, world_web, tiny_clip_checkpoint,
+                                                          reference, engine):
+    web, urls, texts = world_web
+    run(config(tmp_path, engine, urls, texts, tiny_clip_checkpoint, engine=engine))
+    assert tar_digests(reference) == tar_digests(tmp_path / engine)  # a second local run included
+    assert kept_uids(reference) == kept_uids(tmp_path / engine)
+    a = read_dataset(reference / "kept").sort_by("uid")
+    b = read_dataset(tmp_path / engine / "kept").sort_by("uid")
+    assert pc.max(pc.abs(pc.subtract(a["clip_score"], b["clip_score"]))).as_py() < 1e-6
+    assert read_summary(reference)["kept_rows"] == read_summary(tmp_path / engine)["kept_rows"]
