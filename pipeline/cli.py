@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job, offline, on the embedded engine")
     demo.add_argument("--output", default="runs/demo")
-    demo.add_argument("--rows", type=int, default=20_000)
+    demo.add_argument("--rows", type=int, default=3000, help="images in the fake web")
     demo.set_defaults(handler=cmd_demo)
 
     train = commands.add_parser("train", help="train on existing shards (the config's train section)")

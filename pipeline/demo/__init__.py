@@ -1,4 +1,10 @@
-"""`curate demo`: the main job, offline, on the embedded local engine."""
+"""`curate demo`: the main job, offline, on the embedded local engine.
+
+A fake web of generated images (coloured shapes) with realistic noise; a crawl of its site
+and a LAION-style URL list; a curate-tiny reference model bootstrapped on a small trusted
+set; every stage; then training on the curated shards and, for the same steps, on the
+uncurated downloaded pool (mini-DataComp), zero-shot evaluation of both, and the report.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,35 +12,83 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
+from pipeline.core import parts
 from pipeline.core.config import settings_from_dict
 from pipeline.core.runner import run_pipeline
-from pipeline.demo.text_sample import text_sample
+from pipeline.demo.world_web import build_demo_web
+from pipeline.web.fakeweb import FakeWeb
+
+WORLD_SEED = 7          # the web's pool (the trusted bootstrap set uses world seed 0)
 
 
-def demo_config(sample_path: Path, output: Path) -> dict:
+def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path) -> dict:
     return {
-        "input": {"path": [str(sample_path)], "url_col": "url", "text_col": "text", "part_rows": 5000},
-        "output": str(output),
-        "engine": "local",
-        "seed": 0,
+        "input": {"path": [str(pairs)], "url_col": "URL", "text_col": "TEXT", "part_rows": 2000},
+        "output": str(output), "engine": "local", "seed": 0,
+        "allow_networks": ["127.0.0.1/32"],
+        "crawl": {"seeds": seeds, "max_depth": 2, "max_pages": 1000},
         "dedup": {"keys": ["url", "text"]},
         "caption_filter": {"min_chars": 5, "max_chars": 1000, "min_words": 2},
-        "language": {"keep": ["en"], "min_score": 0.5},
-        "metadata": {"entries": ["wordnet", "wordfreq:50000"], "t": 500},
+        "language": {"keep": ["en"], "min_score": 0.3},
+        "metadata": {"entries": ["wordnet", "wordfreq:50000"], "t": 400},
+        "download": {"image_size": 64, "threads": 16, "timeout": 5, "retries": 1, "part_rows": 1000},
+        "image_dedup": {"phash_distance": 4},
+        "clip_score": {"model": "curate-tiny", "pretrained": str(checkpoint), "threshold": 0.8,
+                       "device": "cpu", "precision": "fp32", "batch_size": 128},
+        "shard": {"samples_per_shard": 250},
     }
 
 
-def run_demo(output: Path, rows: int = 20_000, log=print) -> dict:
+def uncurated_config(pairs: Path, output: Path) -> dict:
+    """The same pool, downloaded and sharded with no curation at all."""
+    return {
+        "input": {"path": [str(pairs)], "part_rows": 2000}, "output": str(output), "engine": "local",
+        "seed": 0, "allow_networks": ["127.0.0.1/32"],
+        "download": {"image_size": 64, "threads": 16, "timeout": 5, "retries": 1, "part_rows": 1000},
+        "shard": {"samples_per_shard": 250},
+    }
+
+
+def bootstrap_model(output: Path, log) -> Path:
+    """The reference CLIP: curate-tiny trained briefly on a small trusted set (world seed 0)."""
+    from pipeline.models.tiny_train import TinyTrainConfig, ensure_tiny_checkpoint
+
+    log("demo: bootstrapping the curate-tiny reference model on 2,048 trusted pairs")
+    return ensure_tiny_checkpoint(output / "bootstrap", TinyTrainConfig(threads=1))
+
+
+def run_demo(output: Path, rows: int = 3000, log=print) -> dict:
+    output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    sample_path = output / "input" / "sample.parquet"
-    if not sample_path.exists():
-        sample_path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(text_sample(rows, seed=0), sample_path)
-    config = demo_config(sample_path, output)
-    (output / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    settings = settings_from_dict(config, str(output / "demo.yaml"))
-    log(f"demo: {rows:,} generated pairs -> {output}")
-    summary = run_pipeline(settings, output, log=log)
+    checkpoint = bootstrap_model(output, log)
+    with FakeWeb() as web:
+        world = build_demo_web(web, rows, seed=WORLD_SEED)
+        pairs = output / "input" / "pairs.parquet"
+        pairs.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(world.pairs, pairs)
+        log(f"demo: a fake web of {rows:,} images on {web.url('/')}: {world.pairs.num_rows:,} listed "
+            f"pairs, the rest on a site to crawl")
+        config = demo_config(pairs, world.seeds, output, checkpoint)
+        (output / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        summary = run_pipeline(settings_from_dict(config, str(output / "demo.yaml")), output, log=log)
+        pool = uncurated_config(output / "steps" / "crawl" / "pairs.parquet", output / "uncurated")
+        pool["input"]["path"] = [str(pairs), str(output / "steps" / "crawl" / "pairs.parquet")]
+        pool["input"]["url_col"], pool["input"]["text_col"] = "url", "text"
+        log("demo: the uncurated pool (download + shard only), for comparison")
+        run_pipeline(settings_from_dict(normalise_pool(pool, pairs), "uncurated"), output / "uncurated",
+                     log=log)
     log(f"demo: kept {summary['kept_rows']:,} of {summary['input_rows']:,} pairs; "
-        f"see {output}/summary.json, {output}/kept/ and {output}/ledger/")
+        f"see {output}/summary.json, {output}/shards/ and {output}/ledger/")
     return summary
+
+
+def normalise_pool(pool: dict, pairs: Path) -> dict:
+    """The URL list uses LAION's column names; give the pool one naming (url, text)."""
+    table = pq.read_table(pairs).rename_columns(["url", "text"])
+    renamed = pairs.with_name("pairs_url_text.parquet")
+    pq.write_table(table, renamed)
+    pool["input"]["path"] = [str(renamed), pool["input"]["path"][1]]
+    return pool
+
+
+__all__ = ["run_demo", "parts"]

@@ -23,7 +23,8 @@ class LocalEngine(Engine):
             return [fn(t) for t in tasks]
         if self._pool is None:  # workers live for the whole run, so models load once each
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(self.processes)
+            threads = max(1, (os.cpu_count() or 1) // self.processes)
+            self._pool = ctx.Pool(self.processes, initializer=_share_cores, initargs=(threads,))
         return self._pool.map(fn, tasks, chunksize=1)
 
     def close(self):
@@ -31,3 +32,10 @@ class LocalEngine(Engine):
             self._pool.close()
             self._pool.join()
             self._pool = None
+
+
+def _share_cores(threads: int) -> None:
+    """Each worker gets its share of the cores for math libraries (torch, BLAS): with one
+    OpenMP pool per core in every process, model stages spin against each other."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
