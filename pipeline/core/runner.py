@@ -25,6 +25,7 @@ def step_factories(settings: RunSettings) -> dict[str, Callable]:
     from pipeline.stages.caption_filter import CaptionFilterStage
     from pipeline.stages.clip_score import ClipScoreStep
     from pipeline.stages.download import DownloadStage
+    from pipeline.stages.image_dedup import ImageDedupStep
     from pipeline.stages.shard import ShardStep
     from pipeline.stages.dedup import DedupStep
     from pipeline.stages.language import LanguageStage
@@ -37,6 +38,7 @@ def step_factories(settings: RunSettings) -> dict[str, Callable]:
         "metadata": MetadataStep,
         "download": lambda s: Step(DownloadStage, download_options(s, settings.allow_networks),
                                    rows_per_task=s.part_rows),
+        "image_dedup": ImageDedupStep,
         "clip_score": ClipScoreStep,
         "shard": ShardStep,
     }

@@ -5,7 +5,7 @@ sha256, or a 64-bit `imagehash.phash` within `phash_distance` bits of its own. K
 gain `phash` (16 hex digits, as `str(imagehash.phash(image))`; null when the image does
 not decode). Near duplicates are found by banded LSH: the hash is cut into d+1 bands, and
 two hashes within distance d agree exactly on at least one band (pigeonhole), so only rows
-sharing a (band, value) key are compared. Four phases, no engine shuffle:
+sharing a (band, value) key are compared (`phash_lsh`). Four phases, no engine shuffle:
 
     hash     per part:   phash + sha256 of each image (small rows, input order)
     scatter  per part:   d+2 key rows per image -> row groups by bucket of hash(band, value)
@@ -13,16 +13,14 @@ sharing a (band, value) key are compared. Four phases, no engine shuffle:
                          written as row groups by the input part it belongs to
     apply    per part:   its own rows of every pairs file -> `_reason`
 
-Only `apply` enters the row accounting; the others move auxiliary rows (one out per row in).
-Cost: with random hashes a key group holds about rows / 2**(64 / (d+1)) rows and is compared
-pairwise, so keep d small (<= ~8) at scale.
+Only `apply` enters the row accounting; the others move auxiliary rows. Every task keeps
+its row count (the core checks it), so `scatter` gets its d+2 key rows per image from its
+reader (`ReadKeys`) and `pairs` flags key rows instead of filtering them.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -30,130 +28,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core import parts
-from pipeline.core.hashing import splitmix64
 from pipeline.core.stage import Stage, with_reason
 from pipeline.core.steps import Step, StepContext
 from pipeline.stages.dedup import bucket_reader
 from pipeline.stages.ingest import POS
+from pipeline.stages.phash_lsh import (SHA_BAND, band_keys, band_masks, key_bucket,
+                                       later_duplicates, phash_of, sha_halves)
 from pipeline.errors import UserError
 
 DUPLICATE_IMAGE = "duplicate_image"
 PART, BUCKET, BAND, KEY, VALUE, DUP = "_part", "_bucket", "_band", "_key", "_value", "_dup"
-SHA_BAND = -1               # the key row of an image's sha256 (bits 0..63 key, 64..127 value)
 KEY_ROWS_PER_BUCKET = 2_000_000
-PAIRS_PER_CHUNK = 1 << 21   # bounds the memory of one vectorised comparison (~100 MB)
-_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-# --- pure functions: hashing, keys, comparison ---------------------------------------------
+# --- readers and ops of the phases, in order ------------------------------------------------
 
-def phash_of(jpg: Optional[bytes]) -> Optional[int]:
-    """`imagehash.phash` of encoded image bytes as an unsigned 64-bit int, None if undecodable."""
-    if not jpg:
-        return None
-    import imagehash
-    from PIL import Image
+def phash_hex(hashes: pa.Table) -> pa.Array:
+    """The `phash` column of a `hash` table as 16 hex digits (null where none)."""
+    values = hashes["phash"].to_pylist()
+    valid = hashes["has_phash"].to_pylist()
+    return pa.array([f"{v:016x}" if ok else None for v, ok in zip(values, valid)], pa.string())
 
-    try:
-        with Image.open(io.BytesIO(jpg)) as image:
-            return int(str(imagehash.phash(image)), 16)
-    except Exception:  # pylint: disable=broad-except  # a bad image never crashes the run
-        return None
-
-
-def phash_hex(values: np.ndarray, valid: np.ndarray) -> pa.Array:
-    return pa.array([f"{v:016x}" if ok else None for v, ok in zip(values.tolist(), valid.tolist())],
-                    pa.string())
-
-
-def sha_halves(sha_hex: list[Optional[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bits 0..63 and 64..127 of each hex sha256 (as uint64), and which rows have one."""
-    valid = np.array([bool(s) for s in sha_hex], dtype=bool)
-    joined = "".join((s or "0" * 32)[:32] for s in sha_hex)
-    words = np.frombuffer(bytes.fromhex(joined), dtype=">u8").astype(np.uint64).reshape(-1, 2)
-    return words[:, 0], words[:, 1], valid
-
-
-def band_masks(distance: int) -> list[tuple[int, np.uint64]]:
-    """(shift, mask) of each of the d+1 bands that partition the 64 bits."""
-    if not 0 <= distance < 64:
-        raise UserError(f"image_dedup.phash_distance must be in 0..63, got {distance}")
-    bands = distance + 1
-    bounds = [b * 64 // bands for b in range(bands + 1)]
-    return [(lo, np.uint64((1 << (hi - lo)) - 1)) for lo, hi in zip(bounds, bounds[1:])]
-
-
-def band_keys(phash: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row index, band, band value) of every band of every hash: d+1 key rows per hash."""
-    masks = band_masks(distance)
-    rows = np.tile(np.arange(len(phash), dtype=np.int64), len(masks))
-    band = np.repeat(np.arange(len(masks), dtype=np.int8), len(phash))
-    value = np.concatenate([(phash >> np.uint64(lo)) & mask for lo, mask in masks])
-    return rows, band, value.astype(np.uint64)
-
-
-def key_bucket(band: np.ndarray, key: np.ndarray, buckets: int) -> np.ndarray:
-    salt = splitmix64((band.astype(np.int64) + 2).astype(np.uint64))
-    return (splitmix64(key ^ salt) % np.uint64(buckets)).astype(np.int64)
-
-
-def popcount(x: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):  # numpy >= 2
-        return np.bitwise_count(x)
-    return _BYTE_BITS[np.ascontiguousarray(x).view(np.uint8)].reshape(-1, 8).sum(axis=1)
-
-
-def later_duplicates(band: np.ndarray, key: np.ndarray, value: np.ndarray, pos: np.ndarray,
-                     distance: int, chunk_pairs: int = PAIRS_PER_CHUNK) -> np.ndarray:
-    """Per key row: does an earlier row (smaller pos) of its (band, key) group duplicate it?
-
-    Sha rows duplicate when key and value (all 128 bits) are equal; band rows when their
-    values (whole phashes) are within `distance` bits. Rows equal to an earlier row of the
-    group are settled first, so only distinct hashes are compared pairwise.
-    """
-    order = np.lexsort((pos, value, key, band))
-    b, k, v = band[order], key[order], value[order]
-    same_group = np.zeros(len(order), dtype=bool)
-    same_group[1:] = (b[1:] == b[:-1]) & (k[1:] == k[:-1])
-    repeated = same_group.copy()
-    repeated[1:] &= v[1:] == v[:-1]
-    found = np.zeros(len(order), dtype=bool)
-    found[order] = repeated
-    if distance > 0:
-        compare = order[~repeated & (b != SHA_BAND)]
-        compare = compare[np.lexsort((pos[compare], key[compare], band[compare]))]
-        found[compare] |= near_earlier(band[compare], key[compare], value[compare], distance,
-                                       chunk_pairs)
-    return found
-
-
-def near_earlier(band: np.ndarray, key: np.ndarray, value: np.ndarray, distance: int,
-                 chunk_pairs: int = PAIRS_PER_CHUNK) -> np.ndarray:
-    """Rows sorted by group then position: is any earlier row of the group within distance?"""
-    n = len(value)
-    if n == 0:
-        return np.zeros(0, dtype=bool)
-    starts = np.ones(n, dtype=bool)
-    starts[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
-    group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-    earlier = np.arange(n) - group_start              # how many earlier rows in the group
-    before = np.concatenate([[0], np.cumsum(earlier)])
-    found = np.zeros(n, dtype=bool)
-    first = int(np.argmax(earlier > 0)) if earlier.any() else n
-    while first < n:
-        last = int(np.searchsorted(before, before[first] + chunk_pairs, side="right")) - 1
-        last = min(max(last, first + 1), n)
-        counts = earlier[first:last]
-        rows = np.repeat(np.arange(first, last), counts)
-        within = np.arange(len(rows)) - np.repeat(before[first:last] - before[first], counts)
-        partners = group_start[rows] + within
-        close = popcount(value[rows] ^ value[partners]) <= distance
-        found[rows[close]] = True
-        first = last
-    return found
-
-
-# --- readers and ops of the phases ---------------------------------------------------------
 
 @dataclass
 class ReadImages:
@@ -234,20 +129,21 @@ def key_duplicates(keys: pa.Table, distance: int) -> pa.Array:
 
 @dataclass
 class ReadMarked:
-    """Reader: one part's rows with `phash` and `_dup` (any key row of it found a duplicate)."""
+    """Reader: one part's rows with `phash` and `_dup` (found a duplicate in some bucket)."""
     path: str
     hashes_path: str
     pairs: list  # (pairs file, row group of this part)
 
     def __call__(self) -> pa.Table:
-        table = parts.read_parquet(self.path)
-        hashes = pq.read_table(self.hashes_path, columns=["phash", "has_phash"])
-        hex_hashes = phash_hex(hashes["phash"].to_numpy(),
-                               hashes["has_phash"].to_numpy(zero_copy_only=False))
         found = [parts.read_parquet(path, [group]) for path, group in self.pairs]
-        dup_pos = [pc.filter(t[POS], t[DUP]) for t in found]
-        table = set_column(table, "phash", hex_hashes)
-        return table.append_column(DUP, pc.is_in(table[POS], value_set=flat_int64(dup_pos)))
+        dup_pos = flat_int64([pc.filter(t[POS], t[DUP]) for t in found])
+        return attach(parts.read_parquet(self.path), pq.read_table(self.hashes_path), dup_pos)
+
+
+def attach(table: pa.Table, hashes: pa.Table, dup_pos: pa.Array) -> pa.Table:
+    """`table` with its `phash` (hashes are in the same row order) and `_dup` flags."""
+    table = set_column(table, "phash", phash_hex(hashes))
+    return table.append_column(DUP, pc.is_in(table[POS], value_set=dup_pos))
 
 
 def mark_duplicates(table: pa.Table) -> pa.Table:
@@ -270,30 +166,24 @@ def set_column(table: pa.Table, name: str, values) -> pa.Table:
 # --- stage and step ------------------------------------------------------------------------
 
 class ImageDedupStage(Stage):
-    """`process` dedups one table in memory (all phases at once); the step does it globally."""
+    """`process` dedups one table (with `_pos`) in memory; the step does it globally."""
     name = "image_dedup"
 
     def process(self, table: pa.Table) -> pa.Table:
         distance = int(self.settings.phash_distance)
-        positions = table[POS] if POS in table.column_names else pa.array(np.arange(table.num_rows))
-        images = {PART: pa.array(np.zeros(table.num_rows, np.int32)), POS: positions,
-                  "jpg": table["jpg"]}
-        if "sha256" in table.column_names:
-            images["sha256"] = table["sha256"]
-        hashes = hash_images(pa.table(images))
+        columns = [c for c in (POS, "sha256", "jpg") if c in table.column_names]
+        images = table.select(columns).append_column(PART, pa.array(np.zeros(table.num_rows, np.int32)))
+        hashes = hash_images(images)
         keys = key_rows(hashes, distance)
-        dup_pos = pc.filter(keys[POS], key_duplicates(keys, distance))
-        table = set_column(table, "phash", phash_hex(
-            hashes["phash"].to_numpy(), hashes["has_phash"].to_numpy(zero_copy_only=False)))
-        is_dup = pc.is_in(positions, value_set=flat_int64([dup_pos]))
-        reason = pc.if_else(is_dup, pa.scalar(DUPLICATE_IMAGE), pa.scalar(None, pa.string()))
-        return with_reason(table, reason)
+        dup_pos = flat_int64([pc.filter(keys[POS], key_duplicates(keys, distance))])
+        return mark_duplicates(attach(table, hashes, dup_pos))
 
 
 class ImageDedupStep(Step):
-    def __init__(self, settings):
+    def __init__(self, settings, key_rows_per_bucket: int = KEY_ROWS_PER_BUCKET):
         super().__init__(ImageDedupStage, settings)
         band_masks(int(settings.phash_distance))  # validates the distance
+        self.key_rows_per_bucket = key_rows_per_bucket
 
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
         distance = int(self.settings.phash_distance)
@@ -302,7 +192,7 @@ class ImageDedupStep(Step):
                 raise UserError("image_dedup: the rows have no `jpg` column (enable `download`)")
         count = len(inputs)
         rows = sum(pq.read_metadata(p).num_rows for p in inputs)
-        buckets = max(1, count, -(-rows * (distance + 2) // KEY_ROWS_PER_BUCKET))
+        buckets = max(1, count, -(-rows * (distance + 2) // self.key_rows_per_bucket))
         ctx.run_phase("hash", [ReadImages(p, i) for i, p in enumerate(inputs)], hash_images,
                       counted=False)
         hashed = ctx.data_paths("hash", count)

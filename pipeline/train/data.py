@@ -153,8 +153,7 @@ def batch_stream(shards: ShardSet, preprocess: Callable, tokenizer: Callable, co
         wds.batched(config.batch_size, partial=False),
     )
     loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=config.workers,
-                           persistent_workers=config.workers > 0,
-                           prefetch_factor=4 if config.workers > 0 else None)
+                           persistent_workers=config.workers > 0)
     return iter(loader)
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from pipeline.core.config import TrainSettings
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.data import StreamConfig, batch_stream, epoch_of, find_shards
+from pipeline.train.steplog import StepLog, log_every
 
 WEIGHT_DECAY = 0.2  # open_clip_train's default
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -136,41 +138,6 @@ def accumulated_backward(model, loss_fn, batches, cast, scaler) -> torch.Tensor:
     return loss.detach()
 
 
-class StepLog:
-    """Rank 0's log: `log.jsonl` lines and a line on stderr every `every` steps."""
-
-    def __init__(self, path: Optional[Path], every: int, samples_per_step: int, total_steps: int):
-        self.path, self.every, self.samples_per_step, self.total = path, every, samples_per_step, total_steps
-        self.rates: list[float] = []
-        self._since, self._steps, self._data_s = time.perf_counter(), 0, 0.0
-
-    def add(self, step: int, loss: torch.Tensor, lr: float, data_s: float) -> None:
-        self._steps += 1
-        self._data_s += data_s
-        if step % self.every and step != self.total:
-            return
-        now = time.perf_counter()
-        rate = self._steps * self.samples_per_step / max(now - self._since, 1e-9)
-        self.rates.append(rate)
-        record = {"step": step, "loss": round(float(loss), 5), "lr": lr, "samples_per_second": round(rate, 2),
-                  "data_fraction": round(self._data_s / max(now - self._since, 1e-9), 3), "time": time.time()}
-        self._since, self._steps, self._data_s = now, 0, 0.0
-        if self.path is not None:
-            with open(self.path, "a") as stream:
-                stream.write(json.dumps(record) + "\n")
-            print(f"train: step {step}/{self.total} loss {record['loss']:.4f} lr {lr:.2e} "
-                  f"{rate:,.1f} samples/s", file=sys.stderr, flush=True)
-
-    def steady_rate(self) -> Optional[float]:
-        """Mean samples/s over the logged intervals, leaving out the first (start-up) one."""
-        rates = self.rates[1:] or self.rates
-        return sum(rates) / len(rates) if rates else None
-
-
-def log_every(steps: int) -> int:
-    return max(1, min(100, steps // 20))
-
-
 def run_training(settings: TrainSettings, data: str, train_dir: str | Path,
                  device: Optional[torch.device] = None, distributed: bool = True) -> dict:
     """Train on this rank; returns (on every rank) the result rank 0 writes to `result.json`."""
@@ -184,51 +151,86 @@ def run_training(settings: TrainSettings, data: str, train_dir: str | Path,
             dist.destroy_process_group()
 
 
-def _train(s: TrainSettings, data: str, train_dir: Path, place: Dist) -> dict:
-    import open_clip
-    from open_clip_train.scheduler import cosine_lr
+@dataclass
+class TrainState:
+    model: torch.nn.Module  # unwrapped (what checkpoints hold)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: str  # fp32 | bf16 | fp16 (resolved)
+    step: int  # optimizer steps done (the resumed checkpoint's)
 
-    checkpoints = train_dir / "checkpoints"
+
+def prepare(s: TrainSettings, place: Dist, checkpoints: Path):
+    """Model, optimizer and scaler, resumed from the newest checkpoint; plus transform and tokenizer."""
     model, preprocess, tokenizer = build_model(s.model, s.pretrained, place.device)
     optimizer = make_optimizer(model, s.lr)
     precision = resolve_precision(s.precision, place.device)
     scaler = torch.amp.GradScaler(place.device.type, enabled=precision == "fp16")
-    start = resume(checkpoints, model, optimizer, scaler)
+    step = resume(checkpoints, model, optimizer, scaler)
+    return TrainState(model, optimizer, scaler, precision, step), preprocess, tokenizer
+
+
+def _train(s: TrainSettings, data: str, train_dir: Path, place: Dist) -> dict:
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+    checkpoints = train_dir / "checkpoints"
+    state, preprocess, tokenizer = prepare(s, place, checkpoints)
     shards = find_shards(data)
-    result = {"steps": s.steps, "start_step": start, "world_size": place.world_size,
-              "precision": precision, "device": str(place.device), "num_samples": shards.num_samples}
-    if start >= s.steps:
+    result = {"steps": s.steps, "start_step": state.step, "world_size": place.world_size,
+              "precision": state.precision, "device": str(place.device), "num_samples": shards.num_samples}
+    if state.step >= s.steps:
         return _finish(result, checkpoints, place, None, None)
     if place.rank == 0:
         ckpt.write_model_config(checkpoints, s.model)
-        print(f"train: {s.model} on {place.world_size} process(es), {precision}, "
-              f"{'resuming from step ' + str(start) if start else 'from scratch'}", file=sys.stderr, flush=True)
-    ddp_model = _wrap_ddp(model, place)
-    loss_fn = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True,
-                                 rank=place.rank, world_size=place.world_size)
+        print(f"train: {s.model} on {place.world_size} process(es), {state.precision}, "
+              f"{'resuming from step ' + str(state.step) if state.step else 'from scratch'}",
+              file=sys.stderr, flush=True)
     stream = batch_stream(shards, preprocess, tokenizer, StreamConfig(s.batch_size, s.workers, s.seed, s.resample),
-                          place.rank, place.world_size, start_epoch=start)
+                          place.rank, place.world_size, start_epoch=state.step)
     samples_per_step = s.batch_size * s.accum_steps * place.world_size
     log = StepLog(train_dir / "log.jsonl" if place.rank == 0 else None, log_every(s.steps), samples_per_step, s.steps)
-    schedule = cosine_lr(optimizer, s.lr, s.warmup, s.steps)
-    cast = autocast(precision, place.device)
+    save = checkpoint_saver(checkpoints, state, s.model, samples_per_step, shards.num_samples, place.rank == 0)
+    loss = train_steps(state, s, stream, place, log, save)
+    return _finish(result, checkpoints, place, loss, log.steady_rate())
+
+
+def checkpoint_saver(folder: Path, state: TrainState, name: str, samples_per_step: int,
+                     num_samples: Optional[int], writer: bool):
+    """`save(step)`: a checkpoint of `state` (on the writing rank only; the others do nothing)."""
+    def save(step: int) -> None:
+        if writer:
+            epoch = epoch_of(step, samples_per_step, num_samples)
+            ckpt.save_checkpoint(folder, state.model, state.optimizer, state.scaler, name, step, epoch)
+    return save
+
+
+def train_steps(state: TrainState, s: TrainSettings, stream, place: Dist, log: StepLog, save) -> torch.Tensor:
+    """Optimizer steps `state.step + 1 ... s.steps`; `save(step)` every `s.checkpoint_every` and at the end."""
+    import open_clip
+    from open_clip_train.scheduler import cosine_lr
+
+    model = _wrap_ddp(state.model, place)
+    loss_fn = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True,
+                                 rank=place.rank, world_size=place.world_size)
+    schedule = cosine_lr(state.optimizer, s.lr, s.warmup, s.steps)
+    cast = autocast(state.precision, place.device)
+    log.started(state.step, place.world_size)
     loss = None
-    for step in range(start, s.steps):
-        lr = schedule(step)
+    for step in range(state.step + 1, s.steps + 1):
+        lr = schedule(step - 1)
         waited = time.perf_counter()
         batches = [_to_device(next(stream), place.device) for _ in range(s.accum_steps)]
         waited = time.perf_counter() - waited
-        loss = accumulated_backward(ddp_model, loss_fn, batches, cast, scaler)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        loss = accumulated_backward(model, loss_fn, batches, cast, state.scaler)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        log.add(step + 1, loss, lr, waited)
-        if place.rank == 0 and ((step + 1) % s.checkpoint_every == 0 or step + 1 == s.steps):
-            epoch = epoch_of(step + 1, samples_per_step, shards.num_samples)
-            ckpt.save_checkpoint(checkpoints, model, optimizer, scaler, s.model, step + 1, epoch)
-    return _finish(result, checkpoints, place, loss, log.steady_rate())
+            state.model.logit_scale.clamp_(0, math.log(100))
+        state.step = step
+        log.add(step, loss, lr, waited)
+        if step % s.checkpoint_every == 0 or step == s.steps:
+            save(step)
+    return loss
 
 
 def _wrap_ddp(model: torch.nn.Module, place: Dist) -> torch.nn.Module:
