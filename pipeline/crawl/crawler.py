@@ -14,7 +14,6 @@ address it checked (no DNS-rebinding window), caps the body and the total time p
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import socket
@@ -32,6 +31,8 @@ from pipeline.crawl.html_extract import (extract_page, normalize_http_url, resol
                                          x_robots_tag_directives)
 from pipeline.crawl.politeness import PoliteRunner, host_of
 from pipeline.crawl.robots import Fetch, RobotsCache
+from pipeline.download import addresses
+from pipeline.download.addresses import address_allowed  # noqa: F401  (re-exported)
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,44 +49,27 @@ NOT_PAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".svg", ".ico", "
                      ".zip", ".gz", ".tar", ".mp3", ".mp4", ".webm", ".avi", ".css", ".js")
 
 
-class BlockedAddress(OSError):
-    """The host resolves only to addresses the fetch guard refuses."""
-
-
 class RedirectRefused(Exception):
     """A page redirected out of the crawl's scope or to a robots-disallowed URL."""
 
 
 def parse_networks(allow_networks: Iterable[str]) -> tuple:
     try:
-        return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in allow_networks)
+        return addresses.parse_networks(allow_networks)
     except ValueError as error:
         raise UserError(f"allow_networks: {error}") from None
 
 
-def address_allowed(address: str, networks: tuple) -> bool:
-    """Globally routable unicast addresses pass; anything else only inside `networks`."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if any(ip.version == net.version and ip in net for net in networks):
-        return True
-    return ip.is_global and not ip.is_multicast
-
-
 def connect_checked(host: str, port: int, networks: tuple, timeout: float) -> socket.socket:
-    """Connect to the first reachable resolved address that the guard allows."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    candidates = [(family, addr) for family, _, _, _, addr in infos
-                  if address_allowed(addr[0], networks)]
-    if not candidates:
-        raise BlockedAddress(f"{host} resolves only to blocked addresses")
-    last_error: OSError = BlockedAddress(host)
-    for family, addr in candidates:
+    """Connect to the first reachable resolved address that the shared fetch guard allows
+    (the same policy as downloads: `pipeline.download.addresses`)."""
+    last_error: OSError = OSError(f"cannot connect to {host}")
+    for family, addr in addresses.resolve_allowed(host, port, networks):
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(addr)
+            addresses.check_peer(sock, addr[0], networks)
             return sock
         except OSError as error:
             sock.close()
