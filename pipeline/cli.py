@@ -35,12 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job, offline, on the embedded engine")
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--rows", type=int, default=3000, help="images in the fake web")
+    demo.add_argument("--steps", type=int, default=150, help="training steps of each model")
     demo.set_defaults(handler=cmd_demo)
 
     train = commands.add_parser("train", help="train on existing shards (the config's train section)")
     train.add_argument("config")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train.set_defaults(handler=cmd_train)
+
+    report = commands.add_parser("report", help="(re)write RUN_DIR/report.html")
+    report.add_argument("run_dir")
+    report.set_defaults(handler=cmd_report)
 
     metadata = commands.add_parser("metadata", help="query entries")
     meta_commands = metadata.add_subparsers(dest="metadata_command", required=True)
@@ -70,7 +75,7 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     from pipeline.demo import run_demo
 
-    run_demo(Path(args.output), rows=args.rows, log=_log)
+    run_demo(Path(args.output), rows=args.rows, steps=args.steps, log=_log)
     return 0
 
 
@@ -83,6 +88,13 @@ def cmd_train(args) -> int:
         raise UserError(f"{args.config}: no train section")
     result = train(settings.train, settings.output)
     _log(f"trained {result['steps']} steps -> {result['checkpoint']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pipeline.report import write_report
+
+    _log(f"wrote {write_report(args.run_dir)}")
     return 0
 
 

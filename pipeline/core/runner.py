@@ -89,7 +89,28 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
         finalize(engine, run_dir, inputs, records)
     summary = make_summary(records)
     parts.write_json(summary, run_dir / "summary.json")
+    if settings.section("train"):
+        from pipeline.train import train
+
+        result = train(settings.train, run_dir)
+        summary["train"] = {k: result.get(k) for k in ("steps", "checkpoint", "samples_per_s")}
+        if result.get("eval"):
+            summary["train"]["top1"] = result["eval"]["top1"]
+        parts.write_json(summary, run_dir / "summary.json")
+    write_report_quietly(run_dir, log)
     return summary
+
+
+def write_report_quietly(run_dir: Path, log) -> None:
+    """Every run writes report.html (a report problem never fails the run)."""
+    try:
+        from pipeline.report import write_report
+    except ImportError:
+        return
+    try:
+        write_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - the data is written; the report is a view of it
+        log(f"report: not written ({type(exc).__name__}: {exc}); rerun `curate report {run_dir}`")
 
 
 def funnel_line(record: dict) -> str:

@@ -19,9 +19,10 @@ from pipeline.demo.world_web import build_demo_web
 from pipeline.web.fakeweb import FakeWeb
 
 WORLD_SEED = 7          # the web's pool (the trusted bootstrap set uses world seed 0)
+TRAIN_STEPS = 150
 
 
-def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path) -> dict:
+def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path, steps: int) -> dict:
     return {
         "input": {"path": [str(pairs)], "url_col": "URL", "text_col": "TEXT", "part_rows": 2000},
         "output": str(output), "engine": "local", "seed": 0,
@@ -32,20 +33,30 @@ def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path) -
         "language": {"keep": ["en"], "min_score": 0.3},
         "metadata": {"entries": ["wordnet", "wordfreq:50000"], "t": 400},
         "download": {"image_size": 64, "threads": 16, "timeout": 5, "retries": 1, "part_rows": 1000},
-        "image_dedup": {"phash_distance": 4},
+        "image_dedup": {"phash_distance": 0},   # drawn shapes: distance > 0 merges distinct scenes
         "clip_score": {"model": "curate-tiny", "pretrained": str(checkpoint), "threshold": 0.8,
                        "device": "cpu", "precision": "fp32", "batch_size": 128},
         "shard": {"samples_per_shard": 250},
+        "train": train_section(steps),
     }
 
 
-def uncurated_config(pairs: Path, output: Path) -> dict:
-    """The same pool, downloaded and sharded with no curation at all."""
+def train_section(steps: int) -> dict:
+    """The same training for the curated and the uncurated shards (mini-DataComp)."""
+    return {"model": "curate-tiny", "steps": steps, "batch_size": 64, "launcher": "inline",
+            "lr": 2e-3, "warmup": 10, "checkpoint_every": steps, "eval_data": "world",
+            "precision": "fp32", "workers": 1}
+
+
+def uncurated_config(pools: list[Path], output: Path, steps: int) -> dict:
+    """The same pool (files with `url`, `text`), downloaded and sharded with no curation."""
     return {
-        "input": {"path": [str(pairs)], "part_rows": 2000}, "output": str(output), "engine": "local",
+        "input": {"path": [str(p) for p in pools], "part_rows": 2000}, "output": str(output),
+        "engine": "local",
         "seed": 0, "allow_networks": ["127.0.0.1/32"],
         "download": {"image_size": 64, "threads": 16, "timeout": 5, "retries": 1, "part_rows": 1000},
         "shard": {"samples_per_shard": 250},
+        "train": train_section(steps),
     }
 
 
@@ -57,7 +68,7 @@ def bootstrap_model(output: Path, log) -> Path:
     return ensure_tiny_checkpoint(output / "bootstrap", TinyTrainConfig(threads=1))
 
 
-def run_demo(output: Path, rows: int = 3000, log=print) -> dict:
+def run_demo(output: Path, rows: int = 3000, steps: int = TRAIN_STEPS, log=print) -> dict:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = bootstrap_model(output, log)
@@ -68,27 +79,31 @@ def run_demo(output: Path, rows: int = 3000, log=print) -> dict:
         pq.write_table(world.pairs, pairs)
         log(f"demo: a fake web of {rows:,} images on {web.url('/')}: {world.pairs.num_rows:,} listed "
             f"pairs, the rest on a site to crawl")
-        config = demo_config(pairs, world.seeds, output, checkpoint)
+        config = demo_config(pairs, world.seeds, output, checkpoint, steps)
         (output / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         summary = run_pipeline(settings_from_dict(config, str(output / "demo.yaml")), output, log=log)
-        pool = uncurated_config(output / "steps" / "crawl" / "pairs.parquet", output / "uncurated")
-        pool["input"]["path"] = [str(pairs), str(output / "steps" / "crawl" / "pairs.parquet")]
-        pool["input"]["url_col"], pool["input"]["text_col"] = "url", "text"
+        listed = pairs.with_name("pairs_url_text.parquet")
+        pq.write_table(world.pairs.rename_columns(["url", "text"]), listed)
+        pool = uncurated_config([listed, output / "steps" / "crawl" / "pairs.parquet"],
+                                output / "uncurated", steps)
         log("demo: the uncurated pool (download + shard only), for comparison")
-        run_pipeline(settings_from_dict(normalise_pool(pool, pairs), "uncurated"), output / "uncurated",
-                     log=log)
-    log(f"demo: kept {summary['kept_rows']:,} of {summary['input_rows']:,} pairs; "
-        f"see {output}/summary.json, {output}/shards/ and {output}/ledger/")
+        run_pipeline(settings_from_dict(pool, "uncurated"), output / "uncurated", log=log)
+    comparison = compare(output)
+    log(f"demo: kept {summary['kept_rows']:,} of {summary['input_rows']:,} pairs")
+    log(f"demo: zero-shot top-1 after {comparison['steps']} steps: curated "
+        f"{comparison['curated']['top1']:.3f} vs uncurated {comparison['uncurated']['top1']:.3f}")
+    log(f"demo: look at {output}/report.html, summary.json, eval.json, shards/, ledger/, train/")
     return summary
 
 
-def normalise_pool(pool: dict, pairs: Path) -> dict:
-    """The URL list uses LAION's column names; give the pool one naming (url, text)."""
-    table = pq.read_table(pairs).rename_columns(["url", "text"])
-    renamed = pairs.with_name("pairs_url_text.parquet")
-    pq.write_table(table, renamed)
-    pool["input"]["path"] = [str(renamed), pool["input"]["path"][1]]
-    return pool
+def compare(output: Path) -> dict:
+    """eval.json: both models' zero-shot top-1 on the same held-out set (mini-DataComp)."""
+    curated = parts.read_json(output / "train" / "eval.json")
+    uncurated = parts.read_json(output / "uncurated" / "train" / "eval.json")
+    comparison = {"curated": curated, "uncurated": uncurated, "steps": curated["steps"],
+                  "curated_beats_uncurated": curated["top1"] > uncurated["top1"]}
+    parts.write_json(comparison, output / "eval.json")
+    return comparison
 
 
-__all__ = ["run_demo", "parts"]
+__all__ = ["run_demo"]
