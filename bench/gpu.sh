@@ -5,7 +5,8 @@
 #
 # 1. CLIP scoring pairs/s: ViT-B-32, bf16, random weights (pretrained=None) on 256 px world
 #    JPEGs: our ClipScoreStage vs a raw open_clip encode loop on the same model (ratio).
-# 2. Trainer throughput: runs bench/bench_train.py when the trainer's benchmark exists.
+# 2. Trainer samples/s: ViT-B-32, bf16, batch $BATCH, 8 dataloader workers, on 224 px world shards:
+#    our `curate train` (inline launcher) vs open_clip_train's main, same shards and settings (ratio).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -22,7 +23,7 @@ echo "== clip_score: ViT-B-32 bf16, $N pairs, batch $BATCH"
 
 if [ -f bench/bench_train.py ]; then
     echo "== trainer throughput"
-    "$PY" bench/bench_train.py --device cuda
+    "$PY" bench/bench_train.py --device cuda --batch-size "$BATCH"
 else
     echo "== trainer throughput: skipped (bench/bench_train.py not there yet)"
 fi

@@ -60,7 +60,9 @@ def find_shards(data: str) -> ShardSet:
         urls = []
         for pattern in braceexpand.braceexpand(str(data)):
             urls.extend(sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern])
-    missing = [u for u in urls if "://" not in u and not os.path.isfile(u)]
+    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.isfile(u)]
+    if missing == [str(data)]:
+        raise UserError(f"train.data: {data} does not exist (expected a shard folder, a brace pattern or a .tar)")
     if not urls or missing:
         what = f"{missing[0]} does not exist" if missing else "no .tar shards found"
         raise UserError(f"train.data: {data}: {what}")

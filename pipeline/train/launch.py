@@ -37,6 +37,7 @@ def train(settings: TrainSettings, run_dir: str | Path) -> dict:
     """Train `settings.model` on the shards, evaluate if `eval_data` is set; return the result."""
     data, train_dir = resolve_paths(settings, run_dir)
     shards = find_shards(data)  # a missing or empty shard folder fails here, in one line
+    settings = dataclasses.replace(settings, pretrained=resolve_pretrained(settings.pretrained))
     train_dir.mkdir(parents=True, exist_ok=True)
     (train_dir / RESULT_FILE).unlink(missing_ok=True)
     launchers = {"torchrun": launch_torchrun, "ray": launch_ray, "inline": launch_inline}
@@ -63,6 +64,18 @@ def resolve_paths(settings: TrainSettings, run_dir: str | Path) -> tuple[str, Pa
         data = os.path.abspath(data)
     train_dir = Path(settings.output) if settings.output else run_dir / "train"
     return data, train_dir.resolve()
+
+
+def resolve_pretrained(pretrained: str | None) -> str | None:
+    """A checkpoint path made absolute (workers may start elsewhere); an open_clip tag as is."""
+    if not pretrained:
+        return None
+    path = Path(pretrained)
+    if path.is_file():
+        return str(path.resolve())
+    if path.suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt") or os.sep in pretrained:
+        raise UserError(f"train.pretrained: checkpoint file not found: {pretrained}")
+    return pretrained
 
 
 def write_job(settings: TrainSettings, data: str, train_dir: Path) -> Path:

@@ -116,7 +116,8 @@ def accumulated_backward(model, loss_fn, batches, cast, scaler) -> torch.Tensor:
     """open_clip's accumulation: features of all micro-batches form one contrastive batch.
 
     Features are first computed without gradients, then each micro-batch is recomputed with
-    gradients and its features put in place, so the gradient equals one big batch's.
+    gradients and its features put in place, so the gradient equals one big batch's
+    (logit_scale's too: unlike open_clip_train, which counts it once per micro-batch).
     """
     if len(batches) == 1:
         with cast:
@@ -133,7 +134,8 @@ def accumulated_backward(model, loss_fn, batches, cast, scaler) -> torch.Tensor:
                 image_features, text_features, logit_scale = model(images, texts)[:3]
                 all_images = torch.cat([f[0] for f in cached[:j]] + [image_features] + [f[0] for f in cached[j + 1:]])
                 all_texts = torch.cat([f[1] for f in cached[:j]] + [text_features] + [f[1] for f in cached[j + 1:]])
-                loss = loss_fn(all_images, all_texts, logit_scale)
+                # each loss is the whole batch's: let only the last one reach logit_scale
+                loss = loss_fn(all_images, all_texts, logit_scale if last else logit_scale.detach())
             scaler.scale(loss).backward()
     return loss.detach()
 
@@ -248,7 +250,7 @@ def _to_device(batch, device: torch.device):
 def _finish(result: dict, checkpoints: Path, place: Dist, loss, rate) -> dict:
     latest = ckpt.latest_checkpoint(checkpoints)
     result.update(checkpoint=str(checkpoints / ckpt.LATEST_NAME) if latest else None,
-                  loss=None if loss is None else float(loss), samples_per_second=rate)
+                  loss=None if loss is None else float(loss), samples_per_s=rate)
     if place.rank == 0:
         ckpt.write_atomic(checkpoints.parent / "result.json", json.dumps(result, indent=1).encode())
     if place.world_size > 1:

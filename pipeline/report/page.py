@@ -1,0 +1,198 @@
+"""`write_report(run_dir)`: RUN_DIR/report.html, one self-contained page (inline CSS, inline
+SVG plots, images as data: URIs); each section appears only when the run has its data."""
+from __future__ import annotations
+
+import json
+import os
+from html import escape
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.report import data, samples, svg
+
+KEPT, DROPPED, OTHER = "#2e86de", "#e67e22", "#8e44ad"
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1000px;color:#222;padding:0 16px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}
+td.text,th:first-child{text-align:left}.note{color:#666;font-size:13px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:10px}
+figure{margin:0;border:1px solid #ddd;padding:5px;font-size:12px;background:#fafafa}
+figure img{display:block;margin:0 auto 4px;max-width:160px;max-height:160px}
+figcaption .why{color:#b34700;display:block}pre{font-size:12px;background:#f6f6f6;padding:8px;overflow:auto}
+"""
+# Sets data-* attributes on <html> once loaded: how many images decoded and plots have a box
+# (the report test reads them from Chromium's --dump-dom).
+CHECK_SCRIPT = """
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var plots = Array.prototype.slice.call(document.querySelectorAll("svg.plot"));
+  var root = document.documentElement;
+  root.setAttribute("data-images", images.length);
+  root.setAttribute("data-images-decoded", images.filter(function (i) {
+    return i.complete && i.naturalWidth > 0; }).length);
+  root.setAttribute("data-plots", plots.length);
+  root.setAttribute("data-plots-drawn", plots.filter(function (p) {
+    var box = p.getBoundingClientRect(); return box.width > 0 && box.height > 0; }).length);
+});
+"""
+CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)write RUN_DIR/report.html from what the run folder holds; returns its path."""
+    run_dir = Path(run_dir)
+    summary = data.read_json(run_dir / "summary.json")
+    if not isinstance(summary, dict) or not summary.get("stages"):
+        raise UserError(f"{run_dir}: no readable summary.json (not a finished run folder)")
+    html = render(run_dir, summary)
+    path = run_dir / "report.html"
+    tmp = path.with_name(f".report.html.{os.getpid()}.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def render(run_dir: Path, summary: dict) -> str:
+    stages = summary["stages"]
+    names = [s["name"] for s in stages]
+    sections = [funnel_section(summary), throughput_section(stages), download_section(stages),
+                language_section(run_dir), clip_section(run_dir, stages), entries_section(run_dir),
+                grid_section("kept", "Sample of kept pairs", samples.kept_samples(run_dir)),
+                grid_section("dropped", "Sample of dropped pairs (with images)",
+                             samples.dropped_samples(run_dir, names)),
+                train_section(summary), config_section(run_dir)]
+    kept, total = summary.get("kept_rows", 0), summary.get("input_rows", 0)
+    share = f" ({kept / total:.1%})" if total else ""
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f"<title>curate report: {escape(run_dir.name)}</title><style>{CSS}</style></head><body>"
+            f"<h1>curate run report: {escape(run_dir.name)}</h1>"
+            f'<p>{total:,} input rows &rarr; <b>{kept:,}</b> kept{share}. '
+            f'<span class="note">{escape(str(run_dir.resolve()))}</span></p>'
+            f"{''.join(s for s in sections if s)}<script>{CHECK_SCRIPT}</script></body></html>")
+
+
+def section(key: str, title: str, *content: str) -> str:
+    return f'<section id="{key}"><h2>{escape(title)}</h2>{"".join(content)}</section>'
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def cell(value) -> str:
+    """A table cell: numbers right-aligned (the default), text left-aligned."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f'<td class="text">{escape(str(value))}</td>'
+    shown = f"{value:,}" if isinstance(value, int) else svg.fmt_number(value)
+    return f"<td>{shown}</td>"
+
+
+def reasons_text(dropped: dict) -> str:
+    return ", ".join(f"{reason} {count:,}" for reason, count in dropped.items()) or "-"
+
+
+def throughput(stage: dict) -> float | None:
+    seconds = stage.get("seconds") or 0
+    return stage["rows_in"] / seconds if seconds > 0 else None
+
+
+def funnel_section(summary: dict) -> str:
+    stages = summary["stages"]
+    rows = [(s["name"], [s["rows_out"], s["rows_in"] - s["rows_out"]]) for s in stages]
+    chart = svg.hbar_chart(rows, [KEPT, DROPPED], "rows per stage", names=["rows out", "dropped"],
+                           value_text=lambda i: f"{stages[i]['rows_out']:,} / {stages[i]['rows_in']:,}")
+    body = [[s["name"], s["rows_in"], s["rows_out"], reasons_text(s["dropped"]),
+             f"{s['rows_out'] / s['rows_in']:.1%}" if s["rows_in"] else "-", float(s.get("seconds", 0))]
+            for s in stages]
+    return section("funnel", "Funnel: rows per stage", chart,
+                   table(["stage", "rows in", "rows out", "dropped (reason count)", "kept", "seconds"], body))
+
+
+def throughput_section(stages: list[dict]) -> str:
+    rates = [(s["name"], throughput(s)) for s in stages]
+    rates = [(name, rate) for name, rate in rates if rate is not None]
+    if not rates:
+        return ""
+    chart = svg.hbar_chart([(name, [rate]) for name, rate in rates], [KEPT], "rows per second per stage",
+                           value_text=lambda i: f"{rates[i][1]:,.0f} rows/s")
+    return section("throughput", "Throughput per stage (rows in / seconds)", chart)
+
+
+def download_section(stages: list[dict]) -> str:
+    stage = next((s for s in stages if s["name"] == "download"), None)
+    if stage is None:
+        return ""
+    errors = sorted(stage["dropped"].items(), key=lambda rc: (-rc[1], rc[0]))
+    rows_in = stage["rows_in"] or 1
+    note = (f'<p class="note">{stage["rows_out"]:,} of {stage["rows_in"]:,} downloads succeeded '
+            f'({stage["rows_out"] / rows_in:.1%}).</p>')
+    if not errors:
+        return section("download", "Download errors", note)
+    chart = svg.hbar_chart([(reason, [n]) for reason, n in errors], [DROPPED], "download errors by reason")
+    rows = [[reason, n, f"{n / rows_in:.1%}"] for reason, n in errors]
+    return section("download", "Download errors", note, chart, table(["reason", "rows", "of downloads"], rows))
+
+
+def language_section(run_dir: Path) -> str:
+    counts = data.language_counts(run_dir)
+    if not counts:
+        return ""
+    chart = svg.hbar_chart([(lang, [n]) for lang, n in counts], [KEPT], "kept rows per language")
+    return section("languages", "Languages of kept rows", chart)
+
+
+def clip_section(run_dir: Path, stages: list[dict]) -> str:
+    scores = data.clip_scores(run_dir)
+    if scores is None or len(scores.kept) + len(scores.dropped) == 0:
+        return ""
+    marks = [scores.threshold] if scores.threshold is not None else []
+    edges = data.bin_edges([scores.kept, scores.dropped], marks)
+    series = [("kept", data.histogram_counts(scores.kept, edges), KEPT)]
+    if len(scores.dropped):
+        series.append(("scored, not kept", data.histogram_counts(scores.dropped, edges), DROPPED))
+    vline = (scores.threshold, f"threshold {scores.threshold:.3f}") if marks else None
+    chart = svg.histogram(edges, series, "CLIP score histogram", "CLIP score (cosine similarity)", vline)
+    stage = next((s for s in stages if s["name"] == "clip_score"), {"dropped": {}})
+    unseen = sum(stage["dropped"].values()) - len(scores.dropped)
+    note = (f'<p class="note">filter: {escape(scores.filter)}. The scores of {unseen:,} rows dropped by '
+            f"clip_score are not stored in the run folder and are not shown.</p>" if unseen > 0 else "")
+    return section("clip", "CLIP scores", chart, note)
+
+
+def entries_section(run_dir: Path) -> str:
+    series = data.entry_counts(run_dir)
+    if not series:
+        return ""
+    chart = svg.loglog_lines([("before balancing", series["before"], DROPPED),
+                              ("after balancing", series["after"], KEPT)],
+                             "metadata entry counts, rank vs count", "entry rank", "matched rows")
+    return section("entries", "Metadata entry counts before and after balancing", chart)
+
+
+def grid_section(key: str, title: str, items: list[samples.Sample]) -> str:
+    if not items:
+        return ""
+    figures = "".join(
+        f'<figure><img src="{s.image}" alt="{escape(s.caption)}"><figcaption>{escape(s.caption)}'
+        f'<span class="why">{escape(s.note)}</span></figcaption></figure>' for s in items)
+    return section(key, title, f'<div class="grid">{figures}</div>')
+
+
+def train_section(summary: dict) -> str:
+    train = summary.get("train")
+    if not isinstance(train, dict) or not train:
+        return ""
+    return section("train", "Training", table(["key", "value"], [[k, v] for k, v in sorted(train.items())]))
+
+
+def config_section(run_dir: Path) -> str:
+    config = data.read_json(run_dir / "config.json")
+    if not config:
+        return ""
+    text = escape(json.dumps(config, indent=1, sort_keys=True))
+    return section("config", "Config", f"<details><summary>config.json</summary><pre>{text}</pre></details>")

@@ -1,0 +1,128 @@
+"""Sample pairs for the report's image grids: kept pairs from `shards/*.tar`, and pairs dropped
+after download (their images are in the download step's data parts, found by uid from the
+ledger). Images are re-encoded as small JPEG thumbnails in `data:` URIs."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.report.data import read_columns, step_dirs
+
+THUMB = 160
+
+
+@dataclass
+class Sample:
+    image: str     # data: URI of a JPEG thumbnail
+    caption: str
+    note: str      # clip score of a kept pair, stage and reason of a dropped one
+
+
+def thumbnail_uri(jpg: bytes | None, size: int = THUMB) -> str | None:
+    """A small JPEG `data:` URI of an encoded image, or None when it does not decode."""
+    if not jpg:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(jpg)) as image:
+            image = image.convert("RGB")
+            image.thumbnail((size, size))
+            out = io.BytesIO()
+            image.save(out, format="JPEG", quality=85)
+    except Exception:  # noqa: BLE001 - any undecodable image is simply not shown
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def kept_samples(run_dir: Path, limit: int = 24) -> list[Sample]:
+    """The first `limit` samples of the shards (shards are already shuffled by uid hash)."""
+    samples: list[Sample] = []
+    for path in sorted((run_dir / "shards").glob("*.tar")):
+        for members in tar_samples(path):
+            sample = kept_sample(members)
+            if sample is not None:
+                samples.append(sample)
+            if len(samples) >= limit:
+                return samples
+    return samples
+
+
+def tar_samples(path: Path):
+    """Yield {extension: bytes} per webdataset sample (members grouped by key) of one tar."""
+    current, members = None, {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, extension = member.name.partition(".")
+            if key != current and members:
+                yield members
+                members = {}
+            current = key
+            members[extension] = tar.extractfile(member).read()
+    if members:
+        yield members
+
+
+def kept_sample(members: dict[str, bytes]) -> Sample | None:
+    image = thumbnail_uri(members.get("jpg"))
+    if image is None:
+        return None
+    caption = members.get("txt", b"").decode("utf-8", "replace")
+    try:
+        score = json.loads(members.get("json", b"{}")).get("clip_score")
+    except ValueError:
+        score = None
+    note = f"clip score {score:.3f}" if isinstance(score, (int, float)) else "kept"
+    return Sample(image, caption, note)
+
+
+def dropped_samples(run_dir: Path, stages: list[str], limit: int = 24) -> list[Sample]:
+    """Pairs dropped after download, spread over their (stage, reason)s, with images."""
+    if "download" not in stages:
+        return []
+    later = stages[stages.index("download") + 1:]
+    ledger = read_columns(run_dir / "ledger", ["uid", "stage", "reason"],
+                          filter=pc.field("stage").isin(later or ["-"]))
+    if ledger is None or ledger.num_rows == 0:
+        return []
+    picked = pick_spread(ledger, limit)
+    paths = [str(p) for d in step_dirs(run_dir, "download") for p in sorted(d.glob("*/data/*.parquet"))]
+    found = read_columns(paths, ["uid", "text", "jpg"], filter=pc.field("uid").isin(list(picked)))
+    if found is None or "jpg" not in found.column_names:
+        return []
+    images = {row["uid"]: row for row in found.to_pylist()}
+    samples = []
+    for uid, (stage, reason) in picked.items():
+        row = images.get(uid)
+        image = thumbnail_uri(row["jpg"]) if row else None
+        if image is not None:
+            samples.append(Sample(image, row.get("text") or "", f"{stage}: {reason}"))
+    return samples
+
+
+def pick_spread(ledger: pa.Table, limit: int) -> dict[str, tuple[str, str]]:
+    """Up to `limit` uids, taken in turn from each (stage, reason), lowest uids first
+    (uids are hashes, so that is an arbitrary but stable sample)."""
+    ledger = ledger.sort_by("uid")
+    groups = ledger.group_by(["stage", "reason"]).aggregate([]).to_pylist()
+    lists = []
+    for group in sorted(groups, key=lambda g: (str(g["stage"]), str(g["reason"]))):
+        mask = pc.and_(pc.equal(ledger["stage"], group["stage"]), pc.equal(ledger["reason"], group["reason"]))
+        uids = ledger.filter(mask).slice(0, limit)["uid"].to_pylist()
+        lists.append([(uid, (group["stage"], group["reason"])) for uid in uids])
+    picked: dict[str, tuple[str, str]] = {}
+    for turn in range(limit):
+        for items in lists:
+            if turn < len(items) and len(picked) < limit:
+                picked.setdefault(*items[turn])
+    return picked
+
