@@ -17,6 +17,12 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporary files an earlier, killed attempt at `path` left behind."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def write_parquet(table: pa.Table, path: str | Path, row_group_key: str | None = None) -> dict:
     """Write `table` atomically. With `row_group_key`, rows are written one row group per
     distinct key value (the table must be sorted by it); returns {value: row_group_index}."""

@@ -48,6 +48,8 @@ def run_part_task(task: PartTask) -> dict:
     done = task.path("done", ".json")
     if done.exists():
         return parts.read_json(done)
+    for kind, suffix in (("data", ".parquet"), ("dropped", ".parquet"), ("done", ".json"), ("done", ".npz")):
+        parts.remove_stale_temporaries(task.path(kind, suffix))
     started = time.perf_counter()
     table = task.reader()
     rows_in = table.num_rows
