@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -193,7 +192,3 @@ def link_or_copy(src: str, dst: Path) -> None:
         Path(dst).hardlink_to(src)
     except OSError:
         shutil.copyfile(src, dst)
-
-
-def eprint(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)

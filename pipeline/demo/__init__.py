@@ -7,6 +7,7 @@ uncurated downloaded pool (mini-DataComp), zero-shot evaluation of both, and the
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -60,6 +61,15 @@ def uncurated_config(pools: list[Path], output: Path, steps: int) -> dict:
     }
 
 
+def clear_previous_demo(output: Path) -> None:
+    """Each demo serves its fake web on a new port, so an old run cannot be resumed: start
+    clean, keeping only the cached bootstrap model."""
+    output.mkdir(parents=True, exist_ok=True)
+    for child in output.iterdir():
+        if child.name != "bootstrap":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
 def bootstrap_model(output: Path, log) -> Path:
     """The reference CLIP: curate-tiny trained briefly on a small trusted set (world seed 0)."""
     from pipeline.models.tiny_train import TinyTrainConfig, ensure_tiny_checkpoint
@@ -70,7 +80,7 @@ def bootstrap_model(output: Path, log) -> Path:
 
 def run_demo(output: Path, rows: int = 3000, steps: int = TRAIN_STEPS, log=print) -> dict:
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    clear_previous_demo(output)
     checkpoint = bootstrap_model(output, log)
     with FakeWeb() as web:
         world = build_demo_web(web, rows, seed=WORLD_SEED)

@@ -25,7 +25,8 @@ class LocalEngine(Engine):
             ctx = multiprocessing.get_context("spawn")
             threads = max(1, (os.cpu_count() or 1) // self.processes)
             self._pool = ctx.Pool(self.processes, initializer=_share_cores, initargs=(threads,))
-        return self._pool.map(fn, tasks, chunksize=1)
+        results = self._pool.imap(fn, tasks, chunksize=1)
+        return list(progress(results, len(tasks)))
 
     def close(self):
         if self._pool is not None:
@@ -39,3 +40,14 @@ def _share_cores(threads: int) -> None:
     OpenMP pool per core in every process, model stages spin against each other."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(name, str(threads))
+
+
+def progress(results, total: int):
+    """A progress bar on stderr when someone is watching (a terminal), else nothing."""
+    import sys
+
+    if not sys.stderr.isatty() or total < 4:
+        return results
+    from tqdm import tqdm
+
+    return tqdm(results, total=total, unit="part", leave=False, file=sys.stderr)
