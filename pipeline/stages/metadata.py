@@ -12,6 +12,7 @@ with probability min(1, t / count[e]), drawn from (uid, e, seed). Dropped: `bala
 from __future__ import annotations
 
 import json
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,8 @@ class EntryMatcher:
     def _find(self, haystack: str) -> np.ndarray:
         """(key, start, end) of every match, overlapping ones included, as an (n, 3) array."""
         found = self.automaton.find_matches_as_indexes(haystack, overlapping=True)
-        return np.array(found, dtype=np.int64).reshape(-1, 3)
+        flat = np.fromiter(chain.from_iterable(found), dtype=np.int64, count=3 * len(found))
+        return flat.reshape(-1, 3)
 
     def match(self, text: str | None) -> list[int]:
         if not text:
