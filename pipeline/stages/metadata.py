@@ -28,6 +28,7 @@ from pipeline.core.tasks import ReadParts, load_extras
 from pipeline.stages.metadata_entries import load_entries
 
 WRAPPED = [",", ".", ";", ":", "?", "!", "`"]
+WRAPPED_PATTERN = "([" + "".join(WRAPPED) + "])"
 _CACHE: dict = {}
 
 
@@ -80,12 +81,12 @@ class EntryMatcher:
 
     def match_column(self, texts: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """(rows, entry ids) of every match, sorted by row then entry, without repeats."""
-        spaced = spaced_column(texts, self.case_sensitive)
+        spaced, lengths = spaced_column(texts, self.case_sensitive)
         if not len(spaced):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         # " t1 \n t2 \n ... ": no key contains a newline, so no match spans two captions
         joined = " " + " \n ".join(spaced) + " "
-        starts = np.concatenate([[0], np.cumsum([len(t) + 3 for t in spaced])])
+        starts = np.concatenate([[0], np.cumsum(lengths + 3)])
         found = self._find(joined)
         keys = found[:, 0]
         rows = np.searchsorted(starts, found[:, 1], side="right") - 1
@@ -104,16 +105,16 @@ class EntryMatcher:
         return self.key_entries[starts + within], np.repeat(rows, counts)
 
 
-def spaced_column(texts, case_sensitive: bool) -> list[str]:
-    """MetaCLIP's spacing for a whole column, in Arrow (without the outer padding)."""
+def spaced_column(texts, case_sensitive: bool) -> tuple[list[str], np.ndarray]:
+    """MetaCLIP's spacing for a whole column, in Arrow (without the outer padding), and the
+    length of each spaced caption in characters."""
     column = pc.fill_null(texts, "")
     if not case_sensitive:
         column = pc.utf8_lower(column)
-    for punct in WRAPPED:
-        column = pc.replace_substring(column, punct, f" {punct} ")
-    for char in ("\t", "\n", "\r"):
-        column = pc.replace_substring(column, char, " ")
-    return column.to_pylist()
+    column = pc.replace_substring_regex(column, WRAPPED_PATTERN, r" \1 ")
+    column = pc.replace_substring_regex(column, r"[\t\n\r]", " ")
+    lengths = pc.utf8_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    return column.to_pylist(), lengths
 
 
 class MetadataStage(Stage):

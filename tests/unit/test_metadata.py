@@ -17,7 +17,8 @@ def metaclip_reference(text, entries):
 
 
 ENTRIES = ["dog", "hot dog", "red", "New York", "a", "U.S.", "dog.", "ball", "cat"]
-TEXTS = ["A dog, a red ball.", "hot dog in New York!", "dogs and cats", "made in the U.S.",
+TEXTS = ["公园里的 dog, 很好", "café red; ball? ünïcödé cat",
+         "A dog, a red ball.", "hot dog in New York!", "dogs and cats", "made in the U.S.",
          "the dog.", "DOG", "", "red\tball\ncat"]
 
 
