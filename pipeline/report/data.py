@@ -69,8 +69,24 @@ def clip_scores(run_dir: Path) -> ClipScores | None:
         others = steps.filter(pc.invert(pc.is_in(steps["uid"], value_set=kept["uid"].combine_chunks())))
         unique = others.group_by("uid").aggregate([(SCORE, "max")])
         dropped = unique[f"{SCORE}_max"].combine_chunks()
+    stored = dropped_scores(run_dir)
+    if stored is not None:
+        dropped = pa.concat_arrays([dropped.cast(pa.float32()), stored])
     threshold, mode = clip_threshold(run_dir)
     return ClipScores(finite(kept[SCORE].combine_chunks()), finite(dropped), threshold, mode)
+
+
+def dropped_scores(run_dir: Path) -> pa.Array | None:
+    """Scores of rows the threshold dropped, kept by the step as per-part extras."""
+    import numpy as np
+
+    arrays = []
+    for step in step_dirs(run_dir, "clip_score"):
+        for path in sorted(step.glob("*/done/*.npz")):
+            with np.load(path) as extras:
+                if "dropped_scores" in extras.files:
+                    arrays.append(extras["dropped_scores"])
+    return pa.array(np.concatenate(arrays), pa.float32()) if arrays else None
 
 
 def finite(values: pa.Array) -> pa.Array:

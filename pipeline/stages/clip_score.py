@@ -127,6 +127,18 @@ class ScoreAndHistogram:
 
 
 @dataclass
+class ScoreKeepingDroppedScores:
+    """Threshold mode: score and filter, and keep the scores of the dropped rows as extras
+    (the ledger keeps only their reason; the report plots both sides of the threshold)."""
+    stage: StageOp
+
+    def __call__(self, table: pa.Table):
+        scored = self.stage(table)
+        dropped = scored.filter(pc.is_valid(scored["_reason"]))[SCORE].to_numpy(zero_copy_only=False)
+        return scored, {"dropped_scores": dropped.astype(np.float32)}
+
+
+@dataclass
 class CutBelow:
     """Phase 2 of `top_fraction`: drop rows scoring below the global threshold."""
     threshold: float
@@ -143,6 +155,11 @@ class ClipScoreStep(Step):
         super().__init__(ClipScoreStage, settings)
 
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
+        if self.settings.filter == "threshold":
+            op = ScoreKeepingDroppedScores(StageOp(ClipScoreStage, self.settings, ctx.seed))
+            ctx.run_phase("map", [ReadParts([p]) for p in inputs], op,
+                          ClipScoreStage(self.settings).resources)
+            return ctx.data_paths("map", len(inputs))
         if self.settings.filter != "top_fraction":
             return super().run(ctx, inputs)
         scoring = dataclasses.replace(self.settings, filter="none")
