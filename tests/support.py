@@ -78,3 +78,22 @@ def ledger_rows(run_dir: Path) -> list[tuple]:
     ledger = read_dataset(Path(run_dir) / "ledger")
     return sorted(zip(*(ledger[c].to_pylist() for c in ("uid", "url", "stage", "reason"))),
                   key=lambda r: tuple("" if v is None else v for v in r))
+
+
+def run_and_kill(config_path: Path, done_dir: Path, parts: int, timeout: float = 120) -> list[Path]:
+    """Start `curate run CONFIG` and SIGKILL its whole process group once `parts` parts of a
+    step are done (`done_dir` holds their done files); returns the finished parts' files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config_path)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list(done_dir.glob("*.json"))) < parts and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return sorted(done_dir.glob("*.json"))

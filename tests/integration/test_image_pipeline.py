@@ -1,14 +1,12 @@
 """Crawl + ingest + text stages + download against the fake web, end to end."""
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.compute as pc
 import pytest
 import yaml
-from support import assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary
+from support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
+                     run_and_kill)
 
 from pipeline.core.config import settings_from_dict
 from pipeline.core.runner import run_pipeline
@@ -112,15 +110,8 @@ def test_sigkill_during_download_resumes_without_refetching(tmp_path):
         config = image_config(web, tmp_path / "in.parquet", tmp_path / "run", crawl=False)
         config["download"]["threads"] = 2
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(tmp_path / "c.yaml")],
-                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         done = tmp_path / "run" / "steps" / "03_download" / "map" / "done"
-        deadline = time.time() + 120
-        while time.time() < deadline and len(list(done.glob("*.json"))) < 2:
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        finished = sorted(done.glob("*.json"))
+        finished = run_and_kill(tmp_path / "c.yaml", done, 2)
         assert 2 <= len(finished) < 11, "killed part-way through the download"
         fetched_before = {u: web.count(u) for u in _pair_urls(web, 200)}
         result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(tmp_path / "c.yaml")],

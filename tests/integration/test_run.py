@@ -1,9 +1,6 @@
 """The text pipeline end to end on the local engine: contract, conservation, errors, resume."""
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +9,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
-                     text_config, write_sample)
+                     run_and_kill, text_config, write_sample)
 
 from pipeline.core.config import settings_from_dict
 from pipeline.core.runner import run_pipeline
@@ -95,15 +92,8 @@ def test_sigkill_then_rerun_gives_identical_output(tmp_path):
     clean = dict(config, output=str(tmp_path / "clean"))
     run(clean, tmp_path)
 
-    proc = subprocess.Popen(CURATE + ["run", str(tmp_path / "killed.yaml")], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_dir = tmp_path / "killed" / "steps" / "03_language" / "map" / "done"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(done_dir.glob("*.json"))) < 3:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = {p: p.stat().st_mtime_ns for p in done_dir.glob("*.json")}
+    finished = {p: p.stat().st_mtime_ns for p in run_and_kill(tmp_path / "killed.yaml", done_dir, 3)}
     assert finished, "the run should have been killed part-way through the language step"
     assert not (tmp_path / "killed" / "summary.json").exists()
 
