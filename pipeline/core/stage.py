@@ -22,6 +22,7 @@ REASON = "_reason"
 class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
+    stateful: bool = False   # setup() loads a model: engines keep long-lived workers for it
 
 
 class Stage:

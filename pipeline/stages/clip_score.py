@@ -37,7 +37,8 @@ class ClipScoreStage(Stage):
 
     def __init__(self, settings, seed: int = 0):
         super().__init__(settings, seed)
-        self.resources = Resources(cpus=1.0, gpus=1.0 if _wants_gpu(settings.device) else 0.0)
+        self.resources = Resources(cpus=1.0, gpus=1.0 if _wants_gpu(settings.device) else 0.0,
+                                   stateful=True)
         self.scorer: ClipScorer | None = None  # set by setup(), once per worker
 
     def setup(self) -> None:

@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ray_cli(*args, env, timeout=180):
-    result = subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True,
-                            timeout=timeout)
+def ray_cli(*args, env, timeout=180, attempts=1):
+    """Run the `ray` CLI; `attempts` > 1 retries while the cluster's job agent is starting."""
+    for attempt in range(attempts):
+        result = subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True,
+                                timeout=timeout)
+        starting = "No available agent to submit job" in result.stdout + result.stderr
+        if result.returncode == 0 or not starting or attempt == attempts - 1:
+            break
+        time.sleep(3)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result.stdout
 
@@ -60,7 +67,7 @@ def test_job_submit_on_two_nodes_matches_local(tmp_path, two_node_cluster):
     out = ray_cli("job", "submit", f"--address={two_node_cluster['dashboard']}", f"--working-dir={ROOT}",
                   f"--runtime-env-json={runtime_env}", "--",
                   sys.executable, "jobs/curate.py", "--config", str(tmp_path / "cluster.yaml"),
-                  "--engine", "ray", env=env, timeout=400)
+                  "--engine", "ray", env=env, timeout=400, attempts=20)
     assert "succeeded" in out.lower(), out[-2000:]
     assert "running on the Ray cluster (2 node(s), 2 CPUs)" in out, out[-2000:]
     assert kept_uids(tmp_path / "cluster") == kept_uids(tmp_path / "local")

@@ -1,0 +1,32 @@
+"""Stages that load a model run on long-lived Ray actors: one process per slot for a whole
+step (Ray would otherwise start a fresh process per GPU task), and the slots are released."""
+import os
+import sys
+
+import pytest
+
+from pipeline.core.config import RaySettings
+from pipeline.core.stage import Resources
+
+
+def which_process(task):
+    return task, os.getpid()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    import ray.cloudpickle as cloudpickle
+
+    from pipeline.engines.ray_engine import RayEngine
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray_engine = RayEngine(RaySettings(num_cpus=2))
+    yield ray_engine
+    ray_engine.close()
+
+
+def test_stateful_stage_runs_on_one_process_per_slot(engine):
+    results = engine.map(which_process, list(range(12)), Resources(cpus=1, stateful=True))
+    assert [task for task, _ in results] == list(range(12))      # in order
+    assert len({pid for _, pid in results}) == 2                   # two slots, two processes
+    again = engine.map(which_process, list(range(4)), Resources(cpus=1))
+    assert [task for task, _ in again] == list(range(4))           # the slots were given back
