@@ -67,7 +67,45 @@ def concat(tables: list[pa.Table]) -> pa.Table:
         return pa.table({})
     if len(tables) == 1:
         return tables[0]
-    return pa.concat_tables(tables, promote_options="permissive")
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # e.g. a column int in one file, text in another
+        schema = unify_schemas([t.schema for t in tables])
+        return pa.concat_tables([conform(t, schema) for t in tables])
+
+
+def unify_schemas(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for all: types promoted where Arrow can, else the column becomes text."""
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        names = list(dict.fromkeys(f.name for s in schemas for f in s))
+        fields = []
+        for name in names:
+            found = [s.field(name) for s in schemas if name in s.names]
+            try:
+                fields.append(pa.unify_schemas([pa.schema([f]) for f in found],
+                                               promote_options="permissive").field(0))
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                fields.append(pa.field(name, pa.string()))
+        return pa.schema(fields)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast to `schema`, adding null columns the table lacks (values that cannot be cast
+    to text are written as their JSON)."""
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table[field.name]
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            columns.append(pa.array([None if v is None else json.dumps(v, default=str)
+                                     for v in column.to_pylist()], field.type))
+    return pa.table(columns, schema=schema)
 
 
 def write_json(obj: Any, path: str | Path) -> None:

@@ -161,8 +161,7 @@ def finalize(engine, run_dir: Path, final_parts: list[str], records: list[dict])
 
 
 def unified_schema(paths: list[str]) -> pa.Schema:
-    schemas = [pq.read_schema(p) for p in paths]
-    merged = pa.unify_schemas(schemas, promote_options="permissive")
+    merged = parts.unify_schemas([pq.read_schema(p) for p in paths])
     return pa.schema([f for f in merged if not f.name.startswith(parts.INTERNAL_PREFIX)])
 
 
@@ -170,7 +169,7 @@ def finalize_part(job) -> int:
     data_path, kept_path, ledger_path, schema = job
     table = parts.public_columns(pq.read_table(data_path))
     table = table.select([n for n in schema.names if n in table.column_names])
-    table = conform(table, schema)
+    table = parts.conform(table, schema)
     parts.write_parquet(table, kept_path)
     ledger = pa.table({"uid": table["uid"], "url": table["url"],
                        "stage": pa.array(["kept"] * table.num_rows, pa.string()),
@@ -178,13 +177,6 @@ def finalize_part(job) -> int:
                       schema=LEDGER_SCHEMA)
     parts.write_parquet(ledger, ledger_path)
     return table.num_rows
-
-
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast to the run-wide schema, adding null columns a part lacks."""
-    columns = [table[f.name].cast(f.type) if f.name in table.column_names
-               else pa.nulls(table.num_rows, f.type) for f in schema]
-    return pa.table(columns, schema=schema)
 
 
 def link_or_copy(src: str, dst: Path) -> None:

@@ -90,3 +90,22 @@ def test_parquet_is_cut_into_parts_by_row_groups(tmp_path):
                    row_group_size=100)
     slices = plan_input(InputSettings(path=[str(tmp_path / "a.parquet")], part_rows=250))
     assert [len(s.row_groups) for s in slices] == [3, 3, 3, 1]
+
+
+def test_files_whose_columns_disagree_on_type_still_run(tmp_path):
+    """One parquet has `score` as integers, another as text: the run goes through and the
+    column comes out as text."""
+    import pyarrow.dataset as ds
+
+    from pipeline.core.config import settings_from_dict
+    from pipeline.core.runner import run_pipeline
+    pq.write_table(pa.table({"url": ["http://h/1.jpg", "http://h/2.jpg"], "text": ["a b", "c d"],
+                             "score": [1, 2]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"url": ["http://h/3.jpg", "http://h/1.jpg"], "text": ["e f", "a b"],
+                             "score": ["high", "low"]}), tmp_path / "b.parquet")
+    config = {"input": {"path": [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]},
+              "output": str(tmp_path / "run"), "processes": 1, "dedup": {}}
+    summary = run_pipeline(settings_from_dict(config, "t.yaml"), config["output"], log=lambda *_: None)
+    assert summary["kept_rows"] == 3
+    kept = ds.dataset(str(tmp_path / "run" / "kept")).to_table()
+    assert sorted(kept["score"].to_pylist()) == ["1", "2", "high"]
