@@ -53,3 +53,10 @@ def test_overrides_are_typed(tmp_path):
     assert settings.engine == "spark"
     with pytest.raises(UserError, match="metadata.t: expected an integer"):
         settings_from_dict({}, "x.yaml", ["metadata.t=lots"])
+
+
+def test_shipped_example_configs_load():
+    from support import ROOT
+    for path in sorted((ROOT / "jobs" / "configs").glob("*.yaml")):
+        settings = load_config(path)
+        assert settings.section("dedup") is not None, path
