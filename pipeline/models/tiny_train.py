@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import math
 import os
 import shutil
@@ -27,7 +26,6 @@ from pipeline.models import TINY_NAME, register_models
 from pipeline.world import make_world
 
 CHECKPOINT_NAME = "epoch_latest.pt"
-CONFIG_NAME = "model_config.json"
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ def run_training(model, images: torch.Tensor, tokens: torch.Tensor, config: Tiny
     import open_clip
 
     loss_fn = open_clip.ClipLoss()
-    optimizer = _optimizer(model, config)
+    optimizer = clip_optimizer(model, config.lr, config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
     loss_value = float("nan")
@@ -100,7 +98,7 @@ def run_training(model, images: torch.Tensor, tokens: torch.Tensor, config: Tiny
     return loss_value
 
 
-def _optimizer(model: torch.nn.Module, config: TinyTrainConfig) -> torch.optim.Optimizer:
+def clip_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW with open_clip's grouping: no weight decay on gains, biases, embeddings, scale."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -108,8 +106,8 @@ def _optimizer(model: torch.nn.Module, config: TinyTrainConfig) -> torch.optim.O
             or "logit_scale" in name or "embedding" in name
         (no_decay if exclude else decay).append(param)
     groups = [{"params": no_decay, "weight_decay": 0.0},
-              {"params": decay, "weight_decay": config.weight_decay}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
+              {"params": decay, "weight_decay": weight_decay}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
 
 
 def _learning_rate(step: int, config: TinyTrainConfig) -> float:
@@ -122,20 +120,15 @@ def _learning_rate(step: int, config: TinyTrainConfig) -> float:
 def save_checkpoint(model: torch.nn.Module, out_dir: str | Path, model_name: str, epoch: int,
                     file_name: str = CHECKPOINT_NAME) -> Path:
     """Write an open_clip checkpoint plus the architecture JSON beside it (atomically)."""
-    import open_clip
+    from pipeline.train.checkpoint import write_atomic, write_model_config
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = open_clip.get_model_config(model_name)
-    if config is None:
-        raise ValueError(f"unknown open_clip architecture {model_name!r}")
-    for name in (CONFIG_NAME, f"{model_name}.json"):
-        _write_atomic(out / name, json.dumps(config, indent=2, sort_keys=True).encode())
+    write_model_config(out, model_name)
     buffer = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"epoch": epoch, "name": model_name, "state_dict": state}, buffer)
     path = out / file_name
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -169,12 +162,6 @@ def _cache_key(config: TinyTrainConfig) -> str:
         if source is not None:
             digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,9 +76,9 @@ def build_model(name: str, pretrained: Optional[str], device: torch.device):
 
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     """AdamW with open_clip's grouping (no decay on gains, biases, embeddings, logit scale)."""
-    from pipeline.models.tiny_train import TinyTrainConfig, _optimizer
+    from pipeline.models.tiny_train import clip_optimizer
 
-    return _optimizer(model, TinyTrainConfig(lr=lr, weight_decay=WEIGHT_DECAY))
+    return clip_optimizer(model, lr, WEIGHT_DECAY)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

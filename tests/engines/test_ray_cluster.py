@@ -1,7 +1,6 @@
 """A real two-node Ray cluster on this machine; the text pipeline goes in with `ray job submit`."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
