@@ -32,7 +32,6 @@ from pipeline.crawl.html_extract import (extract_page, normalize_http_url, resol
 from pipeline.crawl.politeness import PoliteRunner, host_of
 from pipeline.crawl.robots import Fetch, RobotsCache
 from pipeline.download import addresses
-from pipeline.download.addresses import address_allowed  # noqa: F401  (re-exported)
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.crawl.crawler import (CRAWL_SCHEMA, STATS_METADATA_KEY, address_allowed, crawl,
-                                    guarded_fetch, parse_networks)
+from pipeline.crawl.crawler import (CRAWL_SCHEMA, STATS_METADATA_KEY, crawl, guarded_fetch,
+                                    parse_networks)
+from pipeline.download.addresses import address_allowed
 from pipeline.crawl.testsite import Response, serve_generated_site
 from pipeline.errors import UserError
 
