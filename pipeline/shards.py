@@ -57,6 +57,12 @@ def shard_name(index: int) -> str:
     return f"{index:05d}.tar"
 
 
+def shard_keys(index: int, count: int, samples_per_shard: int) -> list[str]:
+    """Sample keys of a shard: its index, then the position (digits only: no dots)."""
+    digits = len(str(max(samples_per_shard - 1, 0)))
+    return [f"{index:05d}{i:0{digits}d}" for i in range(count)]
+
+
 def write_shards(tables_or_rows, out_dir: str | Path, samples_per_shard: int, seed: int = 0,
                  start_index: int = 0, write_sizes: bool = True, warn_few: bool = True) -> pa.Table:
     """Write the samples as shuffled shards; return a table `uid, shard, key` per sample.
@@ -75,12 +81,11 @@ def write_shards(tables_or_rows, out_dir: str | Path, samples_per_shard: int, se
     out.mkdir(parents=True, exist_ok=True)
     order = shuffled_order(table[UID_COLUMN].to_pylist(), seed)
     n_shards = math.ceil(len(order) / samples_per_shard)
-    key_digits = len(str(max(samples_per_shard - 1, 0)))
     sizes, placed = {}, []
     for shard in range(n_shards):
         rows = order[shard * samples_per_shard:(shard + 1) * samples_per_shard]
         index = start_index + shard
-        keys = [f"{index:05d}{i:0{key_digits}d}" for i in range(len(rows))]
+        keys = shard_keys(index, len(rows), samples_per_shard)
         write_tar(out / shard_name(index), table.take(rows), keys)
         sizes[shard_name(index)] = len(rows)
         placed.append(pa.table({"uid": table[UID_COLUMN].take(rows),
@@ -106,6 +111,7 @@ def write_tar(path: Path, rows: pa.Table, keys: list[str]) -> None:
     import webdataset as wds
 
     tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(tmp, "wb") as stream:
             writer = wds.TarWriter(stream, encoder=False, mtime=MTIME, user="", group="", mode=0o444)

@@ -156,6 +156,7 @@ class RunSettings:
     engine: Literal["local", "ray", "spark"] = "local"
     seed: int = 0
     processes: Optional[int] = None      # local engine worker processes; default: all cores
+    task_rows: int = 1_000_000           # rows one task of a global step holds at most (memory)
     allow_networks: list[str] = field(default_factory=list)
     ray: RaySettings = field(default_factory=RaySettings)
     spark: SparkSettings = field(default_factory=SparkSettings)

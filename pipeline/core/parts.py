@@ -4,10 +4,14 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 INTERNAL_PREFIX = "_"
@@ -23,17 +27,93 @@ def remove_stale_temporaries(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def write_parquet(table: pa.Table, path: str | Path, row_group_key: str | None = None) -> dict:
+@dataclass(frozen=True)
+class PartRef:
+    """One part of a step's output: a parquet file, or some of its row groups. Global steps
+    write one file per task with one row group per output part, so the number of files
+    follows the number of tasks (data volume), not the number of parts."""
+    path: str
+    row_groups: Optional[tuple] = None   # None: the whole file
+
+    def to_json(self) -> Union[str, dict]:
+        if self.row_groups is None:
+            return self.path
+        return {"path": self.path, "row_groups": list(self.row_groups)}
+
+
+def as_ref(value: Union[str, Path, dict, PartRef]) -> PartRef:
+    """A `PartRef` from itself, a path, or its JSON form."""
+    if isinstance(value, PartRef):
+        return value
+    if isinstance(value, dict):
+        return PartRef(value["path"], tuple(value["row_groups"]))
+    return PartRef(str(value))
+
+
+def as_refs(values: Sequence) -> list[PartRef]:
+    return [as_ref(v) for v in values]
+
+
+def num_rows(ref: Union[str, PartRef]) -> int:
+    ref = as_ref(ref)
+    meta = pq.read_metadata(ref.path)
+    if ref.row_groups is None:
+        return meta.num_rows
+    return sum(meta.row_group(i).num_rows for i in ref.row_groups)
+
+
+def read_schema(ref: Union[str, PartRef]) -> pa.Schema:
+    return pq.read_schema(as_ref(ref).path)
+
+
+def file_rows_of(ref: PartRef) -> np.ndarray:
+    """The row numbers (in its file) of each row of a part, in order."""
+    meta = pq.read_metadata(ref.path)
+    if ref.row_groups is None:
+        return np.arange(meta.num_rows, dtype=np.int64)
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    pieces = [np.arange(starts[i], starts[i + 1], dtype=np.int64) for i in ref.row_groups]
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+
+
+def read_ref(ref: Union[str, PartRef], columns: Optional[list[str]] = None) -> pa.Table:
+    ref = as_ref(ref)
+    if ref.row_groups is None:
+        return pq.read_table(ref.path, columns=columns)
+    return pq.ParquetFile(ref.path).read_row_groups(list(ref.row_groups), columns=columns)
+
+
+def read_file_rows(path: str, rows: np.ndarray, columns: list[str]) -> pa.Table:
+    """Rows `rows` (row numbers in the file, any order) of `columns`, reading only the row
+    groups that hold them."""
+    file = pq.ParquetFile(path)
+    meta = file.metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    group_of = np.searchsorted(starts, rows, side="right") - 1
+    groups = np.unique(group_of)
+    table = file.read_row_groups(groups.tolist(), columns=columns)
+    group_starts = np.concatenate([[0], np.cumsum([sizes[g] for g in groups])]).astype(np.int64)
+    position = group_starts[np.searchsorted(groups, group_of)]
+    within = rows - starts[group_of]
+    return table.take(pa.array(position + within))
+
+
+def write_parquet(table: pa.Table, path: str | Path, row_group_key: str | None = None,
+                  row_group_rows: int | None = None) -> dict:
     """Write `table` atomically. With `row_group_key`, rows are written one row group per
-    distinct key value (the table must be sorted by it); returns {value: row_group_index}."""
+    distinct key value, in key order (a stable sort keeps the order within a key); returns
+    {value: row_group_index}. Otherwise row groups of `row_group_rows` (default: one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
     groups: dict = {}
     with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
         if row_group_key is None or table.num_rows == 0:
-            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            writer.write_table(table, row_group_size=max(row_group_rows or table.num_rows, 1))
         else:
+            table = table.take(pc.sort_indices(table[row_group_key]))
             keys = table[row_group_key].to_numpy()
             bounds = _run_bounds(keys)
             for index, (start, stop) in enumerate(bounds):
@@ -44,8 +124,6 @@ def write_parquet(table: pa.Table, path: str | Path, row_group_key: str | None =
 
 
 def _run_bounds(sorted_keys) -> list[tuple[int, int]]:
-    import numpy as np
-
     if len(sorted_keys) == 0:
         return []
     change = np.flatnonzero(np.diff(sorted_keys)) + 1
@@ -55,10 +133,7 @@ def _run_bounds(sorted_keys) -> list[tuple[int, int]]:
 
 
 def read_parquet(path: str | Path, row_groups: list[int] | None = None) -> pa.Table:
-    if row_groups is None:
-        return pq.read_table(path)
-    pf = pq.ParquetFile(path)
-    return pf.read_row_groups(row_groups)
+    return read_ref(PartRef(str(path), None if row_groups is None else tuple(row_groups)))
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

@@ -9,7 +9,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core import parts
+from pipeline.core import images, parts
 from pipeline.core.config import RunSettings
 from pipeline.core.steps import Step, execute_step
 from pipeline.core.tasks import LEDGER_SCHEMA
@@ -81,7 +81,8 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
         inputs: list = []
         records = []
         for index, step in enumerate(steps):
-            record = execute_step(step, engine, run_dir, index, settings.seed, inputs)
+            record = execute_step(step, engine, run_dir, index, settings.seed, inputs,
+                                  settings.task_rows)
             inputs = record["parts"]
             records.append(record)
             log(funnel_line(record))
@@ -140,12 +141,13 @@ def make_summary(records: list[dict]) -> dict:
             "stages": stages}
 
 
-def finalize(engine, run_dir: Path, final_parts: list[str], records: list[dict]) -> None:
+def finalize(engine, run_dir: Path, final_parts: list, records: list[dict]) -> None:
     """Write `kept/` and `ledger/` (atomically: built under .tmp names, then swapped in)."""
     kept_tmp, ledger_tmp = run_dir / "kept.tmp", run_dir / "ledger.tmp"
     for folder in (kept_tmp, ledger_tmp):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
+    final_parts = parts.as_refs(final_parts)
     schema = unified_schema(final_parts)
     jobs = [(p, str(kept_tmp / f"part-{i:05d}.parquet"), str(ledger_tmp / f"kept-{i:05d}.parquet"),
              schema) for i, p in enumerate(final_parts)]
@@ -160,14 +162,18 @@ def finalize(engine, run_dir: Path, final_parts: list[str], records: list[dict])
         tmp.rename(run_dir / name)
 
 
-def unified_schema(paths: list[str]) -> pa.Schema:
-    merged = parts.unify_schemas([pq.read_schema(p) for p in paths])
+def unified_schema(refs: list) -> pa.Schema:
+    """The kept rows' columns; `jpg` when their images are referenced (no shard step took them)."""
+    schemas = [parts.read_schema(r) for r in refs]
+    if any(images.IMAGE_FILE in s.names for s in schemas):
+        schemas.append(pa.schema([(images.IMAGE, pa.binary())]))
+    merged = parts.unify_schemas(schemas)
     return pa.schema([f for f in merged if not f.name.startswith(parts.INTERNAL_PREFIX)])
 
 
 def finalize_part(job) -> int:
-    data_path, kept_path, ledger_path, schema = job
-    table = parts.public_columns(pq.read_table(data_path))
+    ref, kept_path, ledger_path, schema = job
+    table = parts.public_columns(images.attach_images(parts.read_ref(ref)))
     table = table.select([n for n in schema.names if n in table.column_names])
     table = parts.conform(table, schema)
     parts.write_parquet(table, kept_path)

@@ -28,6 +28,7 @@ class Resources:
 class Stage:
     name: ClassVar[str] = ""
     resources: ClassVar[Resources] = Resources()
+    reads_images: ClassVar[bool] = False   # process() needs the image bytes (`jpg`)
 
     def __init__(self, settings: Any, seed: int = 0):
         self.settings = settings

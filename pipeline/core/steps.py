@@ -3,6 +3,11 @@
 A step folder holds one subfolder per phase, and `_SUCCESS` plus `stats.json` when the step
 is complete. A rerun skips a complete step, and inside an incomplete one every finished part.
 Global steps (dedup, balancing) run two phases with a small merge on the driver in between.
+
+The tasks of a global step follow data volume, not the number of parts: `run_grouped` hands
+one task consecutive parts holding up to `task_rows` rows and writes one file per task with a
+row group per part, so a step over 10x the parts of the same rows runs as many tasks, writes
+as many files and reads each part once.
 """
 from __future__ import annotations
 
@@ -11,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pipeline.core import parts
-from pipeline.core.stage import Resources
 import pyarrow.parquet as pq
 
-from pipeline.core.tasks import PartTask, ReadParts, ReadRows, StageOp, run_part_task
+from pipeline.core import parts
+from pipeline.core.parts import PartRef
+from pipeline.core.stage import Resources
+from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, StageOp, run_part_task
 from pipeline.engines.base import Engine
+
+TASK_ROWS = 1_000_000   # default rows one task of a global step holds at most
 
 
 @dataclass
@@ -25,6 +33,7 @@ class StepContext:
     step_dir: Path
     stage: str
     seed: int
+    task_rows: int = TASK_ROWS
     phase_stats: list = field(default_factory=list)   # stats lists of the phases run so far
     phase_dirs: list = field(default_factory=list)
 
@@ -33,11 +42,12 @@ class StepContext:
 
     def run_phase(self, name: str, readers: list[Callable], op: Callable,
                   resources: Resources = Resources(), row_group_key: Optional[str] = None,
-                  counted: bool = True) -> list[dict]:
+                  counted: bool = True, images: bool = False) -> list[dict]:
         """Run `op` over every reader's table as part tasks; returns their stats in order.
-        `counted=False` phases (pure reshuffles) do not enter the step's row accounting."""
+        `counted=False` phases (pure reshuffles) do not enter the step's row accounting;
+        `images=True` hands the op the image bytes of its rows."""
         phase_dir = self.phase_dir(name)
-        tasks = [PartTask(str(phase_dir), i, self.stage, reader, op, row_group_key, resources)
+        tasks = [PartTask(str(phase_dir), i, self.stage, reader, op, row_group_key, resources, images)
                  for i, reader in enumerate(readers)]
         pending = [t for t in tasks if not t.path("done", ".json").exists()]
         if pending:
@@ -48,8 +58,53 @@ class StepContext:
         self.phase_dirs.append(phase_dir)
         return stats
 
-    def data_paths(self, name: str, count: int) -> list[str]:
-        return [str(self.phase_dir(name) / "data" / f"part-{i:05d}.parquet") for i in range(count)]
+    def data_path(self, name: str, task: int) -> str:
+        return str(self.phase_dir(name) / "data" / f"part-{task:05d}.parquet")
+
+    def data_parts(self, name: str, count: int) -> list[PartRef]:
+        """The whole output files of a phase's `count` tasks, as parts."""
+        return [PartRef(self.data_path(name, i)) for i in range(count)]
+
+    def keyed_parts(self, name: str, stats: list[dict], keys: list[list[int]]) -> list[PartRef]:
+        """The row groups of a phase written by key (`row_group_key`): task i's keys
+        `keys[i]`, in order, skipping empty ones (at least one part is kept, for its schema)."""
+        found = [PartRef(self.data_path(name, i), (s["row_groups"][str(k)],))
+                 for i, (s, task_keys) in enumerate(zip(stats, keys))
+                 for k in task_keys if str(k) in s["row_groups"]]
+        return found or [PartRef(self.data_path(name, 0), ())]
+
+    def run_grouped(self, name: str, refs: list[PartRef], op: Callable, **options) -> list[PartRef]:
+        """Run `op` over groups of consecutive parts of up to `task_rows` rows; the output
+        keeps the parts (one row group each, empty ones left out)."""
+        groups = group_by_rows(refs, self.task_rows)
+        readers = [ReadParts(group, tagged=True) for group in groups]
+        stats = self.run_phase(name, readers, op, row_group_key=SOURCE_PART, **options)
+        return self.keyed_parts(name, stats, [list(range(len(g))) for g in groups])
+
+
+def rows_of(refs: list[PartRef]) -> list[int]:
+    """Row count of each part, from the parquet footers (one read per file)."""
+    metas: dict = {}
+    counts = []
+    for ref in refs:
+        meta = metas.get(ref.path) or metas.setdefault(ref.path, pq.read_metadata(ref.path))
+        groups = range(meta.num_row_groups) if ref.row_groups is None else ref.row_groups
+        counts.append(sum(meta.row_group(g).num_rows for g in groups))
+    return counts
+
+
+def group_by_rows(refs: list[PartRef], task_rows: int, counts: Optional[list[int]] = None) -> list[list[PartRef]]:
+    """Consecutive parts in groups of at most `task_rows` rows (a larger part alone)."""
+    counts = rows_of(refs) if counts is None else counts
+    groups: list[list[PartRef]] = []
+    total = 0
+    for ref, rows in zip(refs, counts):
+        if not groups or total + rows > task_rows:
+            groups.append([])
+            total = 0
+        groups[-1].append(ref)
+        total += rows
+    return groups or [[]]
 
 
 class Step:
@@ -64,41 +119,41 @@ class Step:
         self.name = stage_cls.name
         self.rows_per_task = rows_per_task
 
-    def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
+    def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         op = StageOp(self.stage_cls, self.settings, ctx.seed)
         readers = split_readers(inputs, self.rows_per_task)
-        resources = self.stage_cls(self.settings, seed=ctx.seed).resources  # may depend on settings
-        ctx.run_phase("map", readers, op, resources)
-        return ctx.data_paths("map", len(readers))
+        stage = self.stage_cls(self.settings, seed=ctx.seed)
+        ctx.run_phase("map", readers, op, stage.resources, images=stage.reads_images)
+        return ctx.data_parts("map", len(readers))
 
 
-def split_readers(inputs: list[str], rows_per_task: Optional[int]) -> list[Callable]:
+def split_readers(inputs: list[PartRef], rows_per_task: Optional[int]) -> list[Callable]:
     if not rows_per_task:
         return [ReadParts([p]) for p in inputs]
     readers: list[Callable] = []
-    for path in inputs:
-        rows = pq.read_metadata(path).num_rows
+    for ref, rows in zip(inputs, rows_of(inputs)):
         if rows <= rows_per_task:
-            readers.append(ReadParts([path]))
+            readers.append(ReadParts([ref]))
             continue
-        readers.extend(ReadRows(path, start, min(rows_per_task, rows - start))
+        readers.extend(ReadSlice(ref, start, min(rows_per_task, rows - start))
                        for start in range(0, rows, rows_per_task))
     return readers
 
 
 def execute_step(step: Step, engine: Engine, run_dir: Path, index: int, seed: int,
-                 inputs: list) -> dict:
-    """Run (or skip, when complete) one step; returns its record for stats/summary."""
+                 inputs: list, task_rows: int = TASK_ROWS) -> dict:
+    """Run (or skip, when complete) one step; returns its record for stats/summary
+    (`parts`: the output parts, in their JSON form)."""
     step_dir = run_dir / "steps" / f"{index:02d}_{step.name}"
     success = step_dir / "_SUCCESS"
     if success.exists():
         return parts.read_json(step_dir / "stats.json")
     started = time.perf_counter()
-    ctx = StepContext(engine, step_dir, step.name, seed)
-    outputs = step.run(ctx, inputs)
+    ctx = StepContext(engine, step_dir, step.name, seed, task_rows)
+    outputs = step.run(ctx, parts.as_refs(inputs))
     record = summarize(step.name, ctx.phase_stats)
     record["seconds"] = round(time.perf_counter() - started, 3)
-    record["parts"] = outputs
+    record["parts"] = [ref.to_json() for ref in outputs]
     record["dropped_files"] = sorted(
         str(p) for d in ctx.phase_dirs for p in (d / "dropped").glob("part-*.parquet"))
     parts.write_json(record, step_dir / "stats.json")

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core import parts
+from pipeline.core import images, parts
 from pipeline.core.stage import REASON, Resources
 
 LEDGER_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()),
@@ -38,6 +38,7 @@ class PartTask:
     op: Callable[[pa.Table], Any]   # returns a table, or (table, {name: ndarray})
     row_group_key: Optional[str] = None
     resources: Resources = field(default_factory=Resources)
+    images: bool = False            # the op reads image bytes (`jpg`)
 
     def path(self, kind: str, suffix: str = ".parquet") -> Path:
         return Path(self.phase_dir) / kind / f"part-{self.part:05d}{suffix}"
@@ -53,10 +54,14 @@ def run_part_task(task: PartTask) -> dict:
     started = time.perf_counter()
     table = task.reader()
     rows_in = table.num_rows
+    if task.images:
+        table = images.attach_images(table)
     result = task.op(table)
     table, extras = result if isinstance(result, tuple) else (result, {})
     kept, dropped = split_by_reason(table, task.stage)
-    groups = parts.write_parquet(kept, task.path("data"), task.row_group_key)
+    kept = images.without_stored_images(kept)
+    groups = parts.write_parquet(kept, task.path("data"), task.row_group_key,
+                                 images.image_row_groups(kept))
     parts.write_parquet(dropped, task.path("dropped"))
     if extras:
         _write_npz(extras, task.path("done", ".npz"))
@@ -114,26 +119,45 @@ def load_extras(task_or_phase_dir: str, part: int) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+SOURCE_PART = "_source_part"   # a row's part within a grouped task's input
+
+
 @dataclass
 class ReadParts:
-    """Reader: concatenation of whole parquet files (or selected row groups of them)."""
-    paths: list[str]
-    row_groups: Optional[list[Optional[list[int]]]] = None
+    """Reader: the concatenation of parts, image bytes replaced by references. With
+    `tagged`, each row gets `_source_part`, the index of its part in `refs` (so a task
+    over several parts can write one row group per part)."""
+    refs: list
+    columns: Optional[list[str]] = None
+    tagged: bool = False
 
     def __call__(self) -> pa.Table:
-        groups = self.row_groups or [None] * len(self.paths)
-        return parts.concat([parts.read_parquet(p, g) for p, g in zip(self.paths, groups)])
+        tables = []
+        for index, ref in enumerate(parts.as_refs(self.refs)):
+            table = images.read_detached(ref, self.columns)
+            if self.tagged:
+                table = set_column(table, SOURCE_PART, pa.array(np.full(table.num_rows, index, np.int32)))
+            tables.append(table)
+        return parts.concat(tables)
 
 
 @dataclass
-class ReadRows:
-    """Reader: rows [offset, offset + length) of one parquet file."""
-    path: str
+class ReadSlice:
+    """Reader: rows [offset, offset + length) of one part."""
+    ref: Any
     offset: int
     length: int
 
     def __call__(self) -> pa.Table:
-        return parts.read_parquet(self.path).slice(self.offset, self.length)
+        return images.read_detached(parts.as_ref(self.ref)).slice(self.offset, self.length)
+
+
+def set_column(table: pa.Table, name: str, values) -> pa.Table:
+    """`table` with column `name` set to `values` (replaced or appended)."""
+    index = table.schema.get_field_index(name)
+    if index >= 0:
+        return table.set_column(index, name, values)
+    return table.append_column(name, values)
 
 
 _STAGES: dict = {}

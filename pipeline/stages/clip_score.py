@@ -20,9 +20,10 @@ from pipeline.clip.model import load_clip
 from pipeline.clip.score import ClipScorer, ScoreResult
 from pipeline.clip.threshold import ScoreHistogram
 from pipeline.core import parts
+from pipeline.core.parts import PartRef
 from pipeline.core.stage import Resources, Stage, with_reason
 from pipeline.core.steps import Step, StepContext
-from pipeline.core.tasks import ReadParts, StageOp, load_extras
+from pipeline.core.tasks import ReadParts, StageOp, load_extras, set_column
 from pipeline.errors import UserError
 
 SCORE = "clip_score"
@@ -34,6 +35,7 @@ UNDECODABLE = "undecodable_image"
 
 class ClipScoreStage(Stage):
     name = "clip_score"
+    reads_images = True
 
     def __init__(self, settings, seed: int = 0):
         super().__init__(settings, seed)
@@ -77,24 +79,17 @@ def _wants_gpu(device: str) -> bool:
 
 def add_score_columns(table: pa.Table, result: ScoreResult) -> pa.Table:
     """`clip_score` and, when present, the float16 embedding columns (replacing old ones)."""
-    table = _put_column(table, SCORE, pa.array(result.scores, pa.float32()))
+    table = set_column(table, SCORE, pa.array(result.scores, pa.float32()))
     if result.image_embeddings is not None:
-        table = _put_column(table, IMAGE_EMBEDDING, embedding_array(result.image_embeddings))
+        table = set_column(table, IMAGE_EMBEDDING, embedding_array(result.image_embeddings))
     if result.text_embeddings is not None:
-        table = _put_column(table, TEXT_EMBEDDING, embedding_array(result.text_embeddings))
+        table = set_column(table, TEXT_EMBEDDING, embedding_array(result.text_embeddings))
     return table
 
 
 def embedding_array(embeddings: np.ndarray) -> pa.FixedSizeListArray:
     values = np.ascontiguousarray(embeddings, dtype=np.float16)
     return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1])
-
-
-def _put_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
-    index = table.schema.get_field_index(name)
-    if index >= 0:
-        return table.set_column(index, name, values)
-    return table.append_column(name, values)
 
 
 def score_reasons(scores: np.ndarray, threshold: float | None) -> pa.Array:
@@ -155,18 +150,18 @@ class ClipScoreStep(Step):
     def __init__(self, settings):
         super().__init__(ClipScoreStage, settings)
 
-    def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
+    def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         if self.settings.filter == "threshold":
             op = ScoreKeepingDroppedScores(StageOp(ClipScoreStage, self.settings, ctx.seed))
             ctx.run_phase("map", [ReadParts([p]) for p in inputs], op,
-                          ClipScoreStage(self.settings).resources)
-            return ctx.data_paths("map", len(inputs))
+                          ClipScoreStage(self.settings).resources, images=True)
+            return ctx.data_parts("map", len(inputs))
         if self.settings.filter != "top_fraction":
             return super().run(ctx, inputs)
         scoring = dataclasses.replace(self.settings, filter="none")
         op = ScoreAndHistogram(StageOp(ClipScoreStage, scoring, ctx.seed))
         resources = ClipScoreStage(scoring).resources
-        ctx.run_phase("score", [ReadParts([p]) for p in inputs], op, resources)
+        ctx.run_phase("score", [ReadParts([p]) for p in inputs], op, resources, images=True)
         histogram = ScoreHistogram()
         for part in range(len(inputs)):
             counts = load_extras(str(ctx.phase_dir("score")), part)["histogram"]
@@ -174,6 +169,4 @@ class ClipScoreStep(Step):
         threshold = histogram.threshold(self.settings.top_fraction)
         parts.write_json({"top_fraction": self.settings.top_fraction, "threshold": threshold,
                           "scored": histogram.total}, ctx.step_dir / "threshold.json")
-        scored = ctx.data_paths("score", len(inputs))
-        ctx.run_phase("cut", [ReadParts([p]) for p in scored], CutBelow(threshold))
-        return ctx.data_paths("cut", len(inputs))
+        return ctx.run_grouped("cut", ctx.data_parts("score", len(inputs)), CutBelow(threshold))

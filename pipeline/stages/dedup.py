@@ -1,8 +1,13 @@
 """dedup: exact, global deduplication on the configured keys (default url + text).
 
-Two phases, no engine shuffle: `scatter` hashes each row's key into one of N buckets (written
-as row groups of the part file), then `reduce` reads bucket b from every part and keeps the
-first occurrence in input order (smallest `_pos`). Drops: `duplicate`.
+Two phases, no engine shuffle: `scatter` hashes each row's key into one of B buckets (B from
+the row count and `part_rows`: the output has about `part_rows` rows per part), written as row
+groups of one file per task; then each `reduce` task takes a range of buckets (up to
+`task_rows` rows), reads it from every scatter file as one contiguous run of row groups, and
+keeps the first occurrence of each key in input order (smallest `_pos`), writing one row
+group per bucket. Both phases have about rows / `task_rows` tasks whatever the number of
+input parts, so the reduce reads (scatter files x reduce tasks) follow data volume only.
+Drops: `duplicate`.
 """
 from __future__ import annotations
 
@@ -10,11 +15,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.core.hashing import bucket_of, hash_strings
 from pipeline.core.stage import REASON, Stage
-from pipeline.core.steps import Step, StepContext
+from pipeline.core.parts import PartRef
+from pipeline.core.steps import Step, StepContext, group_by_rows, rows_of
 from pipeline.core.tasks import ReadParts
 from pipeline.stages.ingest import POS
 
@@ -46,12 +51,13 @@ def key_hashes(table: pa.Table, keys: list) -> list[str]:
 
 
 def drop_duplicates(table: pa.Table) -> pa.Table:
-    """Mark all but the first occurrence (smallest `_pos`) of each key as `duplicate`."""
+    """Mark all but the first occurrence (smallest `_pos`) of each key as `duplicate`
+    (`_bucket` stays: the reduce output is written by bucket)."""
     table = table.sort_by([(POS, "ascending")])
     firsts = table.group_by(KEY, use_threads=False).aggregate([(POS, "min")])[f"{POS}_min"]
     is_first = pc.is_in(table[POS], value_set=firsts)
     reason = pc.if_else(is_first, pa.scalar(None, pa.string()), pa.scalar("duplicate"))
-    return table.drop_columns([KEY, BUCKET]).append_column(REASON, reason)
+    return table.drop_columns([KEY]).append_column(REASON, reason)
 
 
 class DedupStep(Step):
@@ -61,24 +67,33 @@ class DedupStep(Step):
         super().__init__(DedupStage, settings)
         self.part_rows = part_rows
 
-    def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
-        rows = sum(pq.read_metadata(p).num_rows for p in inputs)
-        buckets = max(1, len(inputs), -(-rows // self.part_rows))
-        stats = ctx.run_phase("scatter", [ReadParts([p]) for p in inputs],
+    def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
+        counts = rows_of(inputs)
+        rows = sum(counts)
+        buckets = max(1, -(-rows // self.part_rows))
+        groups = group_by_rows(inputs, ctx.task_rows, counts)
+        stats = ctx.run_phase("scatter", [ReadParts(g) for g in groups],
                               ScatterByKey(self.settings.keys, buckets), row_group_key=BUCKET)
-        scattered = ctx.data_paths("scatter", len(inputs))
-        readers = [bucket_reader(scattered, stats, b) for b in range(buckets)]
-        ctx.run_phase("reduce", readers, drop_duplicates)
-        return ctx.data_paths("reduce", buckets)
+        ranges = bucket_ranges(buckets, -(-rows // ctx.task_rows))
+        scattered = ctx.data_parts("scatter", len(groups))
+        readers = [ReadParts(bucket_refs(scattered, stats, r)) for r in ranges]
+        reduced = ctx.run_phase("reduce", readers, drop_duplicates, row_group_key=BUCKET)
+        return ctx.keyed_parts("reduce", reduced, [list(r) for r in ranges])
 
 
-def bucket_reader(paths: list[str], stats: list[dict], bucket: int) -> ReadParts:
-    chosen, groups = [], []
-    for path, part in zip(paths, stats):
-        index = part["row_groups"].get(str(bucket))
-        if index is not None:
-            chosen.append(path)
-            groups.append([index])
-    if not chosen:  # an empty bucket still yields a table with the right columns
-        return ReadParts(paths[:1], [[]])
-    return ReadParts(chosen, groups)
+def bucket_ranges(buckets: int, tasks: int) -> list[range]:
+    """`buckets` cut into `tasks` (at most `buckets`) consecutive ranges of about equal size."""
+    tasks = max(1, min(tasks, buckets))
+    bounds = [buckets * i // tasks for i in range(tasks + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def bucket_refs(files: list[PartRef], stats: list[dict], keys: range) -> list[PartRef]:
+    """The row groups of keys `keys` in each file written by key (one contiguous run per
+    file, since row groups are in key order); an empty selection keeps the schema."""
+    refs = []
+    for file, part in zip(files, stats):
+        groups = [part["row_groups"][str(k)] for k in keys if str(k) in part["row_groups"]]
+        if groups:
+            refs.append(PartRef(file.path, tuple(groups)))
+    return refs or [PartRef(files[0].path, ())]

@@ -8,10 +8,14 @@ two hashes within distance d agree exactly on at least one band (pigeonhole), so
 sharing a (band, value) key are compared (`phash_lsh`). Four phases, no engine shuffle:
 
     hash     per part:   phash + sha256 of each image (small rows, input order)
-    scatter  per part:   d+2 key rows per image -> row groups by bucket of hash(band, value)
+    scatter  per group:  d+2 key rows per image -> row groups by bucket of hash(band, value)
     pairs    per bucket: compare rows within each key group -> `_dup` per key row,
-                         written as row groups by the input part it belongs to
-    apply    per part:   its own rows of every pairs file -> `_reason`
+                         written as row groups by the group its part belongs to
+    apply    per group:  its rows of every pairs file -> `_reason`, a row group per part
+
+A group is consecutive parts holding up to `task_rows` rows and buckets hold up to
+`key_rows_per_bucket` key rows, so the pairs and apply reads (groups x buckets) follow data
+volume, not the number of parts.
 
 Only `apply` enters the row accounting; the others move auxiliary rows. Every task keeps
 its row count (the core checks it), so `scatter` gets its d+2 key rows per image from its
@@ -25,12 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline.core import parts
+from pipeline.core import images, parts
+from pipeline.core.images import IMAGE
+from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage, with_reason
-from pipeline.core.steps import Step, StepContext
-from pipeline.stages.dedup import bucket_reader
+from pipeline.core.steps import Step, StepContext, group_by_rows, rows_of
+from pipeline.core.tasks import SOURCE_PART, ReadParts, set_column
+from pipeline.stages.dedup import bucket_refs
 from pipeline.stages.ingest import POS
 from pipeline.stages.phash_lsh import (SHA_BAND, band_keys, band_masks, key_bucket,
                                        later_duplicates, phash_of, sha_halves)
@@ -38,6 +44,7 @@ from pipeline.errors import UserError
 
 DUPLICATE_IMAGE = "duplicate_image"
 PART, BUCKET, BAND, KEY, VALUE, DUP = "_part", "_bucket", "_band", "_key", "_value", "_dup"
+GROUP = "_group"
 KEY_ROWS_PER_BUCKET = 2_000_000
 
 
@@ -52,13 +59,14 @@ def phash_hex(hashes: pa.Table) -> pa.Array:
 
 @dataclass
 class ReadImages:
-    """Reader: position, sha256 and image of each row of one part, tagged with the part index."""
-    path: str
+    """Reader: position, sha256 and image reference of each row of one part, tagged with
+    the part index (the `hash` phase gets the bytes)."""
+    ref: PartRef
     part: int
 
     def __call__(self) -> pa.Table:
-        names = pq.read_schema(self.path).names
-        table = pq.read_table(self.path, columns=[c for c in (POS, "sha256", "jpg") if c in names])
+        names = parts.read_schema(self.ref).names
+        table = images.read_detached(self.ref, [c for c in (POS, "sha256") if c in names] + [IMAGE])
         return table.append_column(PART, pa.array(np.full(table.num_rows, self.part, np.int32)))
 
 
@@ -77,12 +85,12 @@ def hash_images(table: pa.Table) -> pa.Table:
 
 @dataclass
 class ReadKeys:
-    """Reader: the key rows of one part's hashes (one sha256 row, d+1 band rows per image)."""
-    path: str
+    """Reader: the key rows of some parts' hashes (one sha256 row, d+1 band rows per image)."""
+    refs: list
     distance: int
 
     def __call__(self) -> pa.Table:
-        return key_rows(pq.read_table(self.path), self.distance)
+        return key_rows(ReadParts(self.refs)(), self.distance)
 
 
 def key_rows(hashes: pa.Table, distance: int) -> pa.Table:
@@ -114,12 +122,15 @@ class AssignBuckets:
 
 @dataclass
 class FindDuplicates:
-    """Op of `pairs`: `_dup` per key row, rows sorted by the part they belong to."""
+    """Op of `pairs`: `_dup` per key row, with the group of its part (`group_starts`: the
+    first part of each group) for writing by group."""
     distance: int
+    group_starts: list
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        out = pa.table({PART: table[PART], POS: table[POS], DUP: key_duplicates(table, self.distance)})
-        return out.sort_by([(PART, "ascending"), (POS, "ascending")])
+        group = np.searchsorted(np.asarray(self.group_starts), table[PART].to_numpy(), side="right") - 1
+        return pa.table({GROUP: pa.array(group.astype(np.int32)), POS: table[POS],
+                         DUP: key_duplicates(table, self.distance)})
 
 
 def key_duplicates(keys: pa.Table, distance: int) -> pa.Array:
@@ -129,15 +140,16 @@ def key_duplicates(keys: pa.Table, distance: int) -> pa.Array:
 
 @dataclass
 class ReadMarked:
-    """Reader: one part's rows with `phash` and `_dup` (found a duplicate in some bucket)."""
-    path: str
-    hashes_path: str
-    pairs: list  # (pairs file, row group of this part)
+    """Reader: a group of parts' rows (tagged by part) with `phash` and `_dup` (found a
+    duplicate in some bucket)."""
+    refs: list
+    hashes: list     # the `hash` output of each of these parts
+    pairs: list      # this group's row group of each pairs file
 
     def __call__(self) -> pa.Table:
-        found = [parts.read_parquet(path, [group]) for path, group in self.pairs]
+        found = [parts.read_ref(ref, [POS, DUP]) for ref in self.pairs]
         dup_pos = flat_int64([pc.filter(t[POS], t[DUP]) for t in found])
-        return attach(parts.read_parquet(self.path), pq.read_table(self.hashes_path), dup_pos)
+        return attach(ReadParts(self.refs, tagged=True)(), ReadParts(self.hashes)(), dup_pos)
 
 
 def attach(table: pa.Table, hashes: pa.Table, dup_pos: pa.Array) -> pa.Table:
@@ -155,12 +167,6 @@ def mark_duplicates(table: pa.Table) -> pa.Table:
 def flat_int64(columns: list) -> pa.Array:
     chunks = [chunk for column in columns for chunk in column.chunks]
     return pa.concat_arrays(chunks) if chunks else pa.array([], pa.int64())
-
-
-def set_column(table: pa.Table, name: str, values) -> pa.Table:
-    if name in table.column_names:
-        return table.set_column(table.schema.get_field_index(name), name, values)
-    return table.append_column(name, values)
 
 
 # --- stage and step ------------------------------------------------------------------------
@@ -185,30 +191,28 @@ class ImageDedupStep(Step):
         band_masks(int(settings.phash_distance))  # validates the distance
         self.key_rows_per_bucket = key_rows_per_bucket
 
-    def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
+    def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         distance = int(self.settings.phash_distance)
-        for path in inputs[:1]:
-            if "jpg" not in pq.read_schema(path).names:
+        for ref in inputs[:1]:
+            names = parts.read_schema(ref).names
+            if IMAGE not in names and images.IMAGE_FILE not in names:
                 raise UserError("image_dedup: the rows have no `jpg` column (enable `download`)")
-        count = len(inputs)
-        rows = sum(pq.read_metadata(p).num_rows for p in inputs)
-        buckets = max(1, count, -(-rows * (distance + 2) // self.key_rows_per_bucket))
-        ctx.run_phase("hash", [ReadImages(p, i) for i, p in enumerate(inputs)], hash_images,
-                      counted=False)
-        hashed = ctx.data_paths("hash", count)
-        scatter = ctx.run_phase("scatter", [ReadKeys(p, distance) for p in hashed],
+        counts = rows_of(inputs)
+        groups = group_by_rows(inputs, ctx.task_rows, counts)
+        starts = np.cumsum([0] + [len(g) for g in groups]).tolist()
+        buckets = max(1, -(-sum(counts) * (distance + 2) // self.key_rows_per_bucket))
+        ctx.run_phase("hash", [ReadImages(ref, i) for i, ref in enumerate(inputs)], hash_images,
+                      counted=False, images=True)
+        hashed = ctx.data_parts("hash", len(inputs))
+        hashed_groups = [hashed[a:b] for a, b in zip(starts, starts[1:])]
+        scatter = ctx.run_phase("scatter", [ReadKeys(g, distance) for g in hashed_groups],
                                 AssignBuckets(buckets), row_group_key=BUCKET, counted=False)
-        readers = [bucket_reader(ctx.data_paths("scatter", count), scatter, b) for b in range(buckets)]
-        pairs = ctx.run_phase("pairs", readers, FindDuplicates(distance), row_group_key=PART,
-                              counted=False)
-        pairs_paths = ctx.data_paths("pairs", buckets)
-        marked = [ReadMarked(path, hashed[i], part_groups(pairs_paths, pairs, i))
-                  for i, path in enumerate(inputs)]
-        ctx.run_phase("apply", marked, mark_duplicates)
-        return ctx.data_paths("apply", count)
-
-
-def part_groups(paths: list[str], stats: list[dict], part: int) -> list[tuple[str, int]]:
-    """(file, row group) of `part`'s rows in each pairs file that has some."""
-    return [(path, s["row_groups"][str(part)]) for path, s in zip(paths, stats)
-            if str(part) in s["row_groups"]]
+        scattered = ctx.data_parts("scatter", len(groups))
+        readers = [ReadParts(bucket_refs(scattered, scatter, [b])) for b in range(buckets)]
+        pairs = ctx.run_phase("pairs", readers, FindDuplicates(distance, starts[:-1]),
+                              row_group_key=GROUP, counted=False)
+        pairs_files = ctx.data_parts("pairs", buckets)
+        marked = [ReadMarked(group, hashed_groups[g], bucket_refs(pairs_files, pairs, [g]))
+                  for g, group in enumerate(groups)]
+        applied = ctx.run_phase("apply", marked, mark_duplicates, row_group_key=SOURCE_PART)
+        return ctx.keyed_parts("apply", applied, [list(range(len(g))) for g in groups])

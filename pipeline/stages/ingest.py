@@ -112,7 +112,7 @@ class IngestStep(Step):
         readers = [ReadSource(piece, url_col, text_col, i)
                    for i, (piece, (url_col, text_col)) in enumerate(sources)]
         ctx.run_phase("map", readers, StageOp(IngestStage, None, ctx.seed))
-        return ctx.data_paths("map", len(readers))
+        return ctx.data_parts("map", len(readers))
 
 
 def plan_input(settings, optional: bool = False) -> list[SourceSlice]:

@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 from pipeline.core import parts
 from pipeline.core.hashing import uid_to_u64, uniform
 from pipeline.core.stage import Stage, with_reason
+from pipeline.core.parts import PartRef
 from pipeline.core.steps import Step, StepContext
-from pipeline.core.tasks import ReadParts, load_extras
 from pipeline.stages.metadata_entries import load_entries
 
 WRAPPED = [",", ".", ";", ":", "?", "!", "`"]
@@ -143,8 +143,7 @@ class MatchEntries:
         entry_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.int32)))
         table = table.append_column("entry_ids", entry_ids)
         reason = pc.if_else(pa.array(lengths == 0), pa.scalar("no_entry"), pa.scalar(None, pa.string()))
-        counts = np.bincount(flat, minlength=self.entry_count).astype(np.int64)
-        return with_reason(table, reason), {"counts": counts}
+        return with_reason(table, reason), sparse_counts(flat, "counts")
 
 
 def balance_keep(uids: list[str], entry_ids: pa.ListArray, counts: np.ndarray, t: int,
@@ -176,38 +175,47 @@ class BalanceEntries:
                             counts, self.t, self.seed)
         reason = pc.if_else(pa.array(kept), pa.scalar(None, pa.string()), pa.scalar("balanced"))
         kept_ids = pc.list_flatten(table["entry_ids"].filter(pa.array(kept)))
-        after = np.bincount(kept_ids.to_numpy(zero_copy_only=False).astype(np.int64),
-                            minlength=len(counts)).astype(np.int64)
-        return with_reason(table, reason), {"counts_after": after}
+        flat = kept_ids.to_numpy(zero_copy_only=False).astype(np.int64)
+        return with_reason(table, reason), sparse_counts(flat, "counts_after")
+
+
+def sparse_counts(entry_ids: np.ndarray, name: str) -> dict[str, np.ndarray]:
+    """How often each entry occurs, as `<name>_ids` and `<name>` (only entries that occur:
+    a task's extras grow with its rows, not with the 500k entries)."""
+    ids, counts = np.unique(entry_ids, return_counts=True)
+    return {f"{name}_ids": ids.astype(np.int64), name: counts.astype(np.int64)}
 
 
 class MetadataStep(Step):
+    """`match` and `balance` each run over groups of parts (up to `task_rows` rows a task),
+    keeping the parts; the driver only sums the tasks' sparse entry counts."""
+
     def __init__(self, settings):
         super().__init__(MetadataStage, settings)
 
-    def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
+    def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         s = self.settings
         entries_path = ctx.step_dir / "entries.json"
         if not entries_path.exists():
             parts.write_json(load_entries(s.entries, s.wordfreq_top, s.wordfreq_lang), entries_path)
         entries = json.loads(entries_path.read_text())
         match = MatchEntries(str(entries_path), s.case_sensitive, len(entries))
-        ctx.run_phase("match", [ReadParts([p]) for p in inputs], match)
-        before = sum_extras(ctx.phase_dir("match"), len(inputs), "counts", len(entries))
+        matched = ctx.run_grouped("match", inputs, match)
+        before = sum_extras(ctx.phase_dir("match"), "counts", len(entries))
         counts_path = ctx.step_dir / "counts_before.npy"
         np.save(counts_path, before)
-        matched = ctx.data_paths("match", len(inputs))
-        ctx.run_phase("balance", [ReadParts([p]) for p in matched],
-                      BalanceEntries(str(counts_path), s.t, ctx.seed))
-        after = sum_extras(ctx.phase_dir("balance"), len(inputs), "counts_after", len(entries))
+        balanced = ctx.run_grouped("balance", matched, BalanceEntries(str(counts_path), s.t, ctx.seed))
+        after = sum_extras(ctx.phase_dir("balance"), "counts_after", len(entries))
         write_entry_counts(ctx.step_dir / "entry_counts.parquet", entries, before, after)
-        return ctx.data_paths("balance", len(inputs))
+        return balanced
 
 
-def sum_extras(phase_dir: Path, count: int, name: str, size: int) -> np.ndarray:
+def sum_extras(phase_dir: Path, name: str, size: int) -> np.ndarray:
+    """The sum of every task's sparse counts `name` in a phase (a dense array of `size`)."""
     total = np.zeros(size, dtype=np.int64)
-    for part in range(count):
-        total += load_extras(str(phase_dir), part)[name]
+    for path in sorted((phase_dir / "done").glob("part-*.npz")):
+        with np.load(path) as extras:
+            np.add.at(total, extras[f"{name}_ids"], extras[name])
     return total
 
 

@@ -1,10 +1,12 @@
 """shard: the kept pairs as WebDataset tars that open_clip reads as is (`<run>/shards/`).
 
-Global and engine-agnostic: `assign` puts each row in shard hash(uid, seed) mod S, where
-S = ceil(rows / samples_per_shard), written as row groups; `write` builds each shard from its
-row group in every part, in the order of a hash of (uid, seed), with fixed mtimes
-(byte-identical on every engine and rerun). The rows go on without their image bytes, with
-the `shard` and `key` where each one landed; `sizes.json` gives each tar's sample count.
+Global and engine-agnostic, and linear in the number of parts: the kept rows, in part order,
+are cut into shards of `samples_per_shard` rows (shard s holds rows [s*n, (s+1)*n), all shards
+full but the last); each task writes a run of consecutive shards (up to `task_rows` rows),
+reading only the parts that hold them, and the image bytes of each shard from where download
+stored them. Within a shard, samples are in the order of a hash of (uid, seed), with fixed
+mtimes (byte-identical on every engine and rerun). The rows go on without their image bytes,
+with the `shard` and `key` where each one landed; `sizes.json` gives each tar's sample count.
 """
 from __future__ import annotations
 
@@ -15,18 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.core.hashing import uid_to_u64, uniform
+from pipeline.core import images, parts
+from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage
-from pipeline.core.steps import Step, StepContext
-from pipeline.core.tasks import ReadParts
+from pipeline.core.steps import Step, StepContext, rows_of
 from pipeline.errors import UserError
-from pipeline.shards import MIN_SHARDS, shard_name, shuffled_order, write_shards, write_sizes_json, write_tar
-from pipeline.stages.dedup import bucket_reader
+from pipeline.shards import MIN_SHARDS, as_table, shard_keys, shard_name, shuffled_order, write_sizes_json, write_tar
 
 SHARD = "_shard"
-IMAGE_COLUMNS = ("jpg",)
 log = logging.getLogger(__name__)
 
 
@@ -35,50 +34,74 @@ class ShardStage(Stage):
 
 
 @dataclass
-class AssignShard:
-    shards: int
-    seed: int
+class ReadShardRows:
+    """Reader: global rows [start, stop) of the kept rows (parts in order), with `_shard`."""
+    refs: list
+    counts: list
+    start: int
+    stop: int
+    samples_per_shard: int
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        draws = uniform(uid_to_u64(table["uid"].to_pylist()), 0x5AD, self.seed)
-        shard = np.minimum((draws * self.shards).astype(np.int64), self.shards - 1)
-        return table.append_column(SHARD, pa.array(shard)).sort_by([(SHARD, "ascending"), ("uid", "ascending")])
+    def __call__(self) -> pa.Table:
+        tables, offset = [], 0
+        for ref, rows in zip(self.refs, self.counts):
+            lo, hi = max(self.start, offset), min(self.stop, offset + rows)
+            if lo < hi:
+                tables.append(images.read_detached(ref).slice(lo - offset, hi - lo))
+            offset += rows
+        if not tables:  # no rows: still the columns
+            tables.append(images.read_detached(self.refs[0]).slice(0, 0))
+        table = parts.concat(tables)
+        shard = (self.start + np.arange(table.num_rows)) // self.samples_per_shard
+        return table.append_column(SHARD, pa.array(shard.astype(np.int64)))
 
 
 @dataclass
-class WriteShard:
+class WriteShards:
+    """Op: one tar per `_shard` value of the table, images read shard by shard."""
     out_dir: str
     seed: int
+    samples_per_shard: int
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        if table.num_rows == 0:
-            return table.drop_columns([c for c in (SHARD, *IMAGE_COLUMNS) if c in table.column_names])
-        index = int(table[SHARD][0].as_py())
-        table = table.drop_columns([SHARD])
-        placed = write_shards(table, self.out_dir, samples_per_shard=table.num_rows, seed=self.seed,
-                              start_index=index, write_sizes=False, warn_few=False)
-        ordered = table.take(shuffled_order(table["uid"].to_pylist(), self.seed))
-        assert ordered["uid"].to_pylist() == placed["uid"].to_pylist()
-        ordered = ordered.drop_columns([c for c in IMAGE_COLUMNS if c in ordered.column_names])
-        return ordered.append_column("shard", placed["shard"]).append_column("key", placed["key"])
+        shards = table[SHARD].to_numpy()
+        bounds = np.flatnonzero(np.diff(shards)) + 1
+        written = [self.write_one(table.slice(a, b - a), int(shards[a]))
+                   for a, b in zip([0, *bounds], [*bounds, len(shards)]) if b > a]
+        if not written:
+            return images.without_references(table).append_column(
+                "shard", pa.array([], pa.string())).append_column("key", pa.array([], pa.string()))
+        return pa.concat_tables(written)
+
+    def write_one(self, rows: pa.Table, index: int) -> pa.Table:
+        ordered = rows.take(shuffled_order(rows["uid"].to_pylist(), self.seed))
+        keys = shard_keys(index, ordered.num_rows, self.samples_per_shard)
+        write_tar(Path(self.out_dir) / shard_name(index), images.attach_images(ordered), keys)
+        placed = images.without_references(ordered)
+        return placed.append_column("shard", pa.array([shard_name(index)] * len(keys), pa.string())) \
+                     .append_column("key", pa.array(keys, pa.string()))
 
 
 class ShardStep(Step):
     def __init__(self, settings):
         super().__init__(ShardStage, settings)
 
-    def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
-        if inputs and "jpg" not in pq.read_schema(inputs[0]).names:
+    def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
+        names = parts.read_schema(inputs[0]).names if inputs else []
+        if images.IMAGE not in names and images.IMAGE_FILE not in names:
             raise UserError("shard: the rows have no images; add a download section before shard")
-        rows = sum(pq.read_metadata(p).num_rows for p in inputs)
-        shards = max(1, math.ceil(rows / self.settings.samples_per_shard))
-        stats = ctx.run_phase("assign", [ReadParts([p]) for p in inputs],
-                              AssignShard(shards, ctx.seed), row_group_key=SHARD)
+        counts = rows_of(inputs)
+        rows, per = sum(counts), self.settings.samples_per_shard
+        shards = max(1, math.ceil(rows / per))
+        step = max(1, ctx.task_rows // per)   # shards per task
+        ranges = [range(a, min(a + step, shards)) for a in range(0, shards, step)]
         out_dir = ctx.step_dir.parents[1] / "shards"
-        readers = [bucket_reader(ctx.data_paths("assign", len(inputs)), stats, s) for s in range(shards)]
-        written = ctx.run_phase("write", readers, WriteShard(str(out_dir), ctx.seed))
-        finish_shard_folder(out_dir, [s["rows_out"] for s in written])
-        return ctx.data_paths("write", shards)
+        readers = [ReadShardRows(inputs, counts, r.start * per, min(rows, r.stop * per), per)
+                   for r in ranges]
+        written = ctx.run_phase("write", readers, WriteShards(str(out_dir), ctx.seed, per),
+                                row_group_key=SHARD)
+        finish_shard_folder(out_dir, [min(per, rows - s * per) for s in range(shards)])
+        return ctx.keyed_parts("write", written, [list(r) for r in ranges])
 
 
 def finish_shard_folder(out_dir: Path, sizes: list[int]) -> None:
@@ -86,7 +109,7 @@ def finish_shard_folder(out_dir: Path, sizes: list[int]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for index, size in enumerate(sizes):
         if size == 0:
-            write_tar(out_dir / shard_name(index), pa.table({"uid": pa.array([], pa.string())}), [])
+            write_tar(out_dir / shard_name(index), as_table([]), [])
     write_sizes_json(out_dir, {shard_name(i): n for i, n in enumerate(sizes)})
     if len(sizes) < MIN_SHARDS:
         log.warning("%d shard(s) in %s: fewer than a typical trainer's %d dataloader workers; "

@@ -107,3 +107,40 @@ def test_same_scores_and_byte_identical_shards_everywhere(tmp_path, world_web, t
     b = read_dataset(tmp_path / engine / "kept").sort_by("uid")
     assert pc.max(pc.abs(pc.subtract(a["clip_score"], b["clip_score"]))).as_py() < 1e-6
     assert read_summary(reference)["kept_rows"] == read_summary(tmp_path / engine)["kept_rows"]
+
+
+def test_no_step_after_download_writes_image_bytes(tmp_path, world_web, tiny_clip_checkpoint):
+    """Images are stored once: download's parts hold the bytes, the tars hold the kept ones;
+    image_dedup, clip_score and shard write only their columns and a reference."""
+    web, urls, texts = world_web
+    cfg = config(tmp_path, "once", urls, texts, tiny_clip_checkpoint)
+    cfg["image_dedup"] = {"phash_distance": 2}
+    summary = run(cfg)
+    assert_run_invariants(tmp_path / "once")
+    steps = tmp_path / "once" / "steps"
+    download_files = sorted(steps.glob("*_download/*/data/*.parquet"))
+    later_files = [p for p in sorted(steps.glob("*/*/data/*.parquet"))
+                   if "_download" not in p.parts[-4] and "_ingest" not in p.parts[-4]]
+    assert download_files and {p.parts[-4].split("_", 1)[1] for p in later_files} == {
+        "image_dedup", "clip_score", "shard"}
+    for path in later_files:
+        schema = pq.read_schema(path)
+        binary = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+        assert not binary, f"{path} holds binary columns {binary}"
+    assert all("jpg" in pq.read_schema(p).names for p in download_files)
+    # every kept image went into a tar with the very bytes download stored
+    stored = read_dataset(steps.glob("*_download").__next__() / "map" / "data")
+    by_sha = dict(zip(stored["sha256"].to_pylist(), stored["jpg"].to_pylist()))
+    tar_jpegs = list(tar_jpeg_members(tmp_path / "once" / "shards"))
+    assert len(tar_jpegs) == summary["kept_rows"] > 0
+    assert all(by_sha[hashlib.sha256(j).hexdigest()] == j for j in tar_jpegs)
+
+
+def tar_jpeg_members(shards):
+    import tarfile
+
+    for path in sorted(shards.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith(".jpg"):
+                    yield tar.extractfile(member).read()

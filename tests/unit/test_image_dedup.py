@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from pipeline.core.steps import execute_step
 from pipeline.engines.local import LocalEngine
 from pipeline.errors import UserError
+from pipeline.core import parts
 from pipeline.stages.image_dedup import ImageDedupStage, ImageDedupStep
 from pipeline.stages.phash_lsh import SHA_BAND, band_keys, band_masks, later_duplicates, phash_of
 
@@ -156,15 +157,18 @@ def test_step_on_local_engine_is_global_conserving_and_resumable(tmp_path):
     inputs = write_parts(tmp_path, [part0, part1, part2, part2.slice(0, 0)])
     records = []
     with LocalEngine(2) as engine:
-        for run, per_bucket in (("a", 2_000_000), ("b", 3)):  # 4 buckets, then 20 (many empty)
+        # 1 bucket and one group; then 20 buckets (many empty) and groups of <= 4 rows
+        for run, per_bucket, task_rows in (("a", 2_000_000, 1_000_000), ("b", 3, 4)):
             step = ImageDedupStep(SimpleNamespace(phash_distance=4), key_rows_per_bucket=per_bucket)
-            records.append(execute_step(step, engine, tmp_path / run, 5, 0, inputs))
-        again = execute_step(step, engine, tmp_path / "b", 5, 0, inputs)
+            records.append(execute_step(step, engine, tmp_path / run, 5, 0, inputs, task_rows))
+        again = execute_step(step, engine, tmp_path / "b", 5, 0, inputs, 4)
     assert again == records[1]
+    assert len(list((tmp_path / "a" / "steps" / "05_image_dedup" / "apply" / "done").glob("*.json"))) == 1
+    assert len(list((tmp_path / "b" / "steps" / "05_image_dedup" / "apply" / "done").glob("*.json"))) == 3
     for record in records:
         assert record["rows_in"] == 10 and record["dropped"] == {"duplicate_image": 4}
-        assert record["rows_out"] == 6 and len(record["parts"]) == 4
-        kept = pa.concat_tables([pq.read_table(p) for p in record["parts"]])
+        assert record["rows_out"] == 6 and len(record["parts"]) == 3  # the empty part is left out
+        kept = pa.concat_tables([parts.read_ref(p) for p in parts.as_refs(record["parts"])])
         assert sorted(kept["_pos"].to_pylist()) == [10, 11, 12, 13, 43, 90]
         assert kept["phash"].null_count == 0 and "_dup" not in kept.column_names
     # the same kept set as the in-memory stage over all rows at once

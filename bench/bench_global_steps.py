@@ -1,0 +1,212 @@
+"""Global steps at 10x the parts over the same rows, and bytes stored per JPEG byte.
+
+1. scale: the same rows cut into P and 10 P input parts (`part_rows` and `samples_per_shard`
+   scaled with them, as a run with smaller parts would set them), through `dedup`,
+   `metadata` and `shard` (and `image_dedup` on fewer rows: it hashes every image), each
+   step timed on the local engine (2 processes). Target: 10x parts <= 1.6x the time.
+2. storage: download -> image_dedup -> clip_score -> shard over loopback photo-like images
+   (200..800 px, resized to 256 px): the bytes in the run folder over the JPEG bytes in its
+   tars. Target: <= 2.5 (images are written once by download and once into the tars).
+
+    python bench/bench_global_steps.py [--rows 200000] [--parts 40] [--image-rows 20000] [--photos 600]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import multiprocessing
+import os
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import caption_table, report  # noqa: E402
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def photo_like(seed: int, width: int, height: int, quality: int = 90) -> bytes:
+    """A JPEG with the byte size of a photo: smooth colour fields plus fine noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (max(2, height // 24), max(2, width // 24), 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+    pixels = np.asarray(image, dtype=np.int16) + rng.normal(0, 10, (height, width, 3)).astype(np.int16)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def image_rows(rows: int, seed: int = 0) -> pa.Table:
+    """Rows as download leaves them: uid, url, text, `_pos`, a small JPEG and its sha256
+    (5% exact duplicate pairs, 64 distinct images)."""
+    from pipeline.core.hashing import uids_of
+
+    base = caption_table(rows, seed)
+    copies = np.arange(rows)
+    copies[::20] = np.maximum(copies[::20] - 1, 0)    # every 20th row repeats the one before
+    urls = base["url"].take(pa.array(copies)).to_pylist()
+    texts = base["text"].take(pa.array(copies)).to_pylist()
+    jpgs = [photo_like(i, 24, 24, 75) for i in range(64)]
+    jpg = [jpgs[i % 64] for i in copies]
+    return pa.table({"uid": uids_of(urls, texts), "url": urls, "text": texts,
+                     "_pos": pa.array(np.arange(rows, dtype=np.int64)),
+                     "jpg": pa.array(jpg, pa.binary()),
+                     "sha256": [hashlib.sha256(j).hexdigest() for j in jpg]})
+
+
+def write_parts(table: pa.Table, folder: Path, count: int) -> list[str]:
+    from pipeline.core import parts
+
+    size = -(-table.num_rows // count)
+    paths = []
+    for i in range(count):
+        path = folder / f"part-{i:05d}.parquet"
+        parts.write_parquet(table.slice(i * size, size), path, row_group_rows=256)
+        paths.append(str(path))
+    return paths
+
+
+def run_chain(folder: Path, inputs: list[str], steps: list, engine) -> dict:
+    from pipeline.core.steps import execute_step
+
+    seconds = {}
+    for index, step in enumerate(steps):
+        record = execute_step(step, engine, folder, index, 0, inputs)
+        seconds[step.name] = record["seconds"]
+        inputs = record["parts"]
+    return seconds
+
+
+def scale(rows: int, parts_low: int, image_rows_count: int, work: Path) -> dict:
+    from pipeline.core.config import DedupSettings, ImageDedupSettings, MetadataSettings, ShardSettings
+    from pipeline.engines.local import LocalEngine
+    from pipeline.stages.dedup import DedupStep
+    from pipeline.stages.image_dedup import ImageDedupStep
+    from pipeline.stages.metadata import MetadataStep
+    from pipeline.stages.shard import ShardStep
+
+    table = image_rows(rows)
+    images = table.slice(0, image_rows_count)
+    results = {}
+    with LocalEngine(2) as engine:
+        engine.map(abs, [1, 2])   # start the workers outside the timings
+        for count in (parts_low, parts_low * 10):
+            per_part = -(-rows // count)
+            inputs = write_parts(table, work / f"in-{count}", count)
+            chain = [DedupStep(DedupSettings(), per_part),
+                     MetadataStep(MetadataSettings(entries=["wordfreq:20000"], t=200)),
+                     ShardStep(ShardSettings(samples_per_shard=per_part))]
+            results[count] = run_chain(work / f"run-{count}", inputs, chain, engine)
+            image_inputs = write_parts(images, work / f"img-{count}", count)
+            results[count].update(run_chain(work / f"img-run-{count}", image_inputs,
+                                            [ImageDedupStep(ImageDedupSettings(phash_distance=4))], engine))
+    low, high = results[parts_low], results[parts_low * 10]
+    out = {"rows": rows, "image_dedup_rows": image_rows_count, "parts": [parts_low, parts_low * 10]}
+    for name in low:
+        out[f"{name}_seconds"] = [low[name], high[name]]
+        out[f"{name}_ratio_10x_parts"] = round(high[name] / max(low[name], 1e-9), 2)
+    return out
+
+
+def serve(sizes, port_pipe, stop) -> None:
+    """Child process: a FakeWeb serving photo-like JPEGs, generated once up front."""
+    from pipeline.web.fakeweb import FakeWeb
+
+    with FakeWeb("127.0.0.1") as web:
+        for i, (width, height) in enumerate(sizes):
+            web.add_image(f"/p/{i}.jpg", photo_like(1000 + i, width, height))
+        port_pipe.send(web.port)
+        stop.wait()
+
+
+def folder_bytes(folder: Path) -> dict[str, int]:
+    """Bytes under each top-level entry of a run folder (`steps/` per step)."""
+    sizes: dict[str, int] = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(folder).parts
+            key = "/".join(rel[:2]) if rel[0] == "steps" and len(rel) > 1 else rel[0]
+            sizes[key] = sizes.get(key, 0) + path.stat().st_size
+    return dict(sorted(sizes.items()))
+
+
+def tar_jpeg_bytes(shards: Path) -> int:
+    total = 0
+    for path in shards.glob("*.tar"):
+        with tarfile.open(path) as tar:
+            total += sum(m.size for m in tar if m.name.endswith(".jpg"))
+    return total
+
+
+def reference_model() -> Path:
+    """curate-tiny, trained once and cached in bench/results/ (as the demo does)."""
+    from common import RESULTS
+    from pipeline.models.tiny_train import TinyTrainConfig, ensure_tiny_checkpoint
+
+    return ensure_tiny_checkpoint(RESULTS / "curate-tiny", TinyTrainConfig(threads=1))
+
+
+def storage(photos: int, work: Path) -> dict:
+    from pipeline.core.config import settings_from_dict
+    from pipeline.core.runner import run_pipeline
+
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    sizes = [(int(rng.integers(200, 801)), int(rng.integers(200, 801))) for _ in range(photos)]
+    checkpoint = reference_model()
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    stop = ctx.Event()
+    server = ctx.Process(target=serve, args=(sizes, send, stop), daemon=True)
+    server.start()
+    try:
+        port = receive.recv()
+        captions = caption_table(photos)["text"].to_pylist()
+        urls = [f"http://127.0.0.1:{port}/p/{i}.jpg" for i in range(photos)]
+        pairs = work / "pairs.parquet"
+        pq.write_table(pa.table({"url": urls, "text": captions}), pairs)
+        run_dir = work / "storage-run"
+        config = {"input": {"path": [str(pairs)]}, "output": str(run_dir), "processes": 2,
+                  "allow_networks": ["127.0.0.1/32"],
+                  "download": {"image_size": 256, "threads": 16, "part_rows": 100},
+                  "image_dedup": {"phash_distance": 2},
+                  "clip_score": {"model": "curate-tiny", "pretrained": str(checkpoint), "device": "cpu",
+                                 "precision": "fp32", "filter": "none"},
+                  "shard": {"samples_per_shard": 100}}
+        summary = run_pipeline(settings_from_dict(config, "bench"), run_dir, log=lambda *_: None)
+    finally:
+        stop.set()
+        server.join(5)
+    by_folder = folder_bytes(run_dir)
+    jpeg = tar_jpeg_bytes(run_dir / "shards")
+    return {"photos": photos, "kept": summary["kept_rows"], "tar_jpeg_bytes": jpeg,
+            "run_folder_bytes": sum(by_folder.values()),
+            "bytes_stored_per_jpeg_byte": round(sum(by_folder.values()) / max(jpeg, 1), 2),
+            "by_folder": by_folder}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--parts", type=int, default=40)
+    parser.add_argument("--image-rows", type=int, default=20_000)
+    parser.add_argument("--photos", type=int, default=600)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = scale(args.rows, args.parts, args.image_rows, Path(tmp))
+        results["storage"] = storage(args.photos, Path(tmp) / "storage")
+    report("global_steps", results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
