@@ -1,9 +1,12 @@
 """Global steps at 10x the parts over the same rows, and bytes stored per JPEG byte.
 
 1. scale: the same rows cut into P and 10 P input parts (`part_rows` and `samples_per_shard`
-   scaled with them, as a run with smaller parts would set them), through `dedup`,
-   `metadata` and `shard` (and `image_dedup` on fewer rows: it hashes every image), each
-   step timed on the local engine (2 processes). Target: 10x parts <= 1.6x the time.
+   scaled with them, as a run with smaller parts would set them), each global step timed on
+   the local engine (2 processes): `dedup` then `metadata` on caption rows; `shard` on rows
+   as download leaves them (small JPEGs in the parts); `image_dedup` on fewer rows (it
+   hashes every image). Target: 10x parts <= 1.6x the time.
+   image_dedup runs on 128 px images: its `hash` phase decodes every image, part by part,
+   like any per-part stage; the rest of the step is the global exchange.
 2. storage: download -> image_dedup -> clip_score -> shard over loopback photo-like images
    (200..800 px, resized to 256 px): the bytes in the run folder over the JPEG bytes in its
    tars. Target: <= 2.5 (images are written once by download and once into the tars).
@@ -45,9 +48,9 @@ def photo_like(seed: int, width: int, height: int, quality: int = 90) -> bytes:
     return out.getvalue()
 
 
-def image_rows(rows: int, seed: int = 0) -> pa.Table:
-    """Rows as download leaves them: uid, url, text, `_pos`, a small JPEG and its sha256
-    (5% exact duplicate pairs, 64 distinct images)."""
+def image_rows(rows: int, seed: int = 0, image_size: int = 24, distinct: int = 64) -> pa.Table:
+    """Rows as download leaves them: uid, url, text, `_pos`, a JPEG and its sha256
+    (5% exact duplicate pairs, `distinct` different images)."""
     from pipeline.core.hashing import uids_of
 
     base = caption_table(rows, seed)
@@ -55,8 +58,8 @@ def image_rows(rows: int, seed: int = 0) -> pa.Table:
     copies[::20] = np.maximum(copies[::20] - 1, 0)    # every 20th row repeats the one before
     urls = base["url"].take(pa.array(copies)).to_pylist()
     texts = base["text"].take(pa.array(copies)).to_pylist()
-    jpgs = [photo_like(i, 24, 24, 75) for i in range(64)]
-    jpg = [jpgs[i % 64] for i in copies]
+    jpgs = [photo_like(i, image_size, image_size, 75) for i in range(distinct)]
+    jpg = [jpgs[i % distinct] for i in copies]
     return pa.table({"uid": uids_of(urls, texts), "url": urls, "text": texts,
                      "_pos": pa.array(np.arange(rows, dtype=np.int64)),
                      "jpg": pa.array(jpg, pa.binary()),
@@ -95,20 +98,22 @@ def scale(rows: int, parts_low: int, image_rows_count: int, work: Path) -> dict:
     from pipeline.stages.shard import ShardStep
 
     table = image_rows(rows)
-    images = table.slice(0, image_rows_count)
+    images = image_rows(image_rows_count, image_size=128, distinct=2048)  # phash decodes them
     results = {}
     with LocalEngine(2) as engine:
         engine.map(abs, [1, 2])   # start the workers outside the timings
         for count in (parts_low, parts_low * 10):
             per_part = -(-rows // count)
-            inputs = write_parts(table, work / f"in-{count}", count)
-            chain = [DedupStep(DedupSettings(), per_part),
-                     MetadataStep(MetadataSettings(entries=["wordfreq:20000"], t=200)),
-                     ShardStep(ShardSettings(samples_per_shard=per_part))]
-            results[count] = run_chain(work / f"run-{count}", inputs, chain, engine)
-            image_inputs = write_parts(images, work / f"img-{count}", count)
-            results[count].update(run_chain(work / f"img-run-{count}", image_inputs,
-                                            [ImageDedupStep(ImageDedupSettings(phash_distance=4))], engine))
+            text = write_parts(table.drop_columns(["jpg", "sha256"]), work / f"text-{count}", count)
+            results[count] = run_chain(work / f"text-run-{count}", text, [
+                DedupStep(DedupSettings(), per_part),
+                MetadataStep(MetadataSettings(entries=["wordfreq:20000"], t=200))], engine)
+            downloaded = write_parts(table, work / f"img-{count}", count)
+            results[count].update(run_chain(work / f"shard-run-{count}", downloaded, [
+                ShardStep(ShardSettings(samples_per_shard=per_part))], engine))
+            hashed = write_parts(images, work / f"big-img-{count}", count)
+            results[count].update(run_chain(work / f"image-run-{count}", hashed, [
+                ImageDedupStep(ImageDedupSettings(phash_distance=4))], engine))
     low, high = results[parts_low], results[parts_low * 10]
     out = {"rows": rows, "image_dedup_rows": image_rows_count, "parts": [parts_low, parts_low * 10]}
     for name in low:
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--parts", type=int, default=40)
-    parser.add_argument("--image-rows", type=int, default=20_000)
+    parser.add_argument("--image-rows", type=int, default=10_000)
     parser.add_argument("--photos", type=int, default=600)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

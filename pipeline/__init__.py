@@ -1,2 +1,2 @@
-"""curate: build CLIP-scale image-text training sets (see ../shared/DESIGN.md)."""
+"""curate: build CLIP-scale image-text training sets."""
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The `curate` command line (DESIGN.md section 3)."""
+"""The `curate` command line (the contract in the README's Running section)."""
 from __future__ import annotations
 
 import argparse

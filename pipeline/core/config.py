@@ -1,4 +1,4 @@
-"""The run configuration (DESIGN.md section 3): typed settings, loaded from YAML.
+"""The run configuration: typed settings, loaded from YAML.
 
 A stage runs when its section is present and not `enabled: false`.
 """
@@ -35,7 +35,7 @@ class CrawlSettings:
     user_agent: str = "curate-bot/0.1 (+https://github.com/curate)"
     timeout: float = 10.0
     concurrency: int = 16
-    per_host_limit: int = 4
+    per_host_limit: int = 2
     enabled: bool = True
 
 
@@ -74,16 +74,23 @@ class MetadataSettings:
 
 @dataclass
 class DownloadSettings:
+    """The download stage's settings and the one place of their defaults."""
     image_size: int = 256
-    processes: int = 2
+    processes: int = 2                   # kept for the contract; workers come from the engine
     threads: int = 64
     timeout: float = 10.0
     retries: int = 1
     max_bytes: int = 20_000_000
     max_redirects: int = 5
-    max_pixels: int = 89_478_485
+    max_pixels: int = 89_478_485         # PIL's Image.MAX_IMAGE_PIXELS
     resize_mode: str = "center_crop"
+    resize_only_if_bigger: bool = False
     encode_quality: int = 95
+    deadline: Optional[float] = None     # seconds per image, all hops and bytes; default `timeout`
+    retry_backoff: float = 1.0
+    user_agent_token: Optional[str] = None
+    disallowed_header_directives: list[str] = field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
     part_rows: int = 10_000              # rows per download task (and per image part)
     enabled: bool = True
 
@@ -105,6 +112,7 @@ class ClipScoreSettings:
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     keep_embeddings: bool = False
+    decode_workers: Optional[int] = None   # threads decoding images; default from the device
     enabled: bool = True
 
 

@@ -1,6 +1,7 @@
 """Atomic files: every output is written under a temporary name, then renamed into place."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -54,47 +55,59 @@ def as_refs(values: Sequence) -> list[PartRef]:
     return [as_ref(v) for v in values]
 
 
+@functools.lru_cache(maxsize=256)
+def _footer(path: str, mtime_ns: int, size: int) -> tuple[pq.FileMetaData, np.ndarray]:
+    meta = pq.read_metadata(path)
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    return meta, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def footer(path: str) -> tuple[pq.FileMetaData, np.ndarray]:
+    """A parquet file's metadata and the first row of each row group (and the row count
+    last), parsed once per process: a task over many row-group parts of one file would
+    otherwise parse its footer once per part."""
+    stat = os.stat(path)
+    return _footer(str(path), stat.st_mtime_ns, stat.st_size)
+
+
 def num_rows(ref: Union[str, PartRef]) -> int:
     ref = as_ref(ref)
-    meta = pq.read_metadata(ref.path)
+    _, starts = footer(ref.path)
     if ref.row_groups is None:
-        return meta.num_rows
-    return sum(meta.row_group(i).num_rows for i in ref.row_groups)
+        return int(starts[-1])
+    return int(sum(starts[i + 1] - starts[i] for i in ref.row_groups))
 
 
 def read_schema(ref: Union[str, PartRef]) -> pa.Schema:
-    return pq.read_schema(as_ref(ref).path)
+    return footer(as_ref(ref).path)[0].schema.to_arrow_schema()
 
 
 def file_rows_of(ref: PartRef) -> np.ndarray:
     """The row numbers (in its file) of each row of a part, in order."""
-    meta = pq.read_metadata(ref.path)
+    _, starts = footer(ref.path)
     if ref.row_groups is None:
-        return np.arange(meta.num_rows, dtype=np.int64)
-    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        return np.arange(starts[-1], dtype=np.int64)
     pieces = [np.arange(starts[i], starts[i + 1], dtype=np.int64) for i in ref.row_groups]
     return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
 
 
 def read_ref(ref: Union[str, PartRef], columns: Optional[list[str]] = None) -> pa.Table:
     ref = as_ref(ref)
-    if ref.row_groups is None:
-        return pq.read_table(ref.path, columns=columns)
-    return pq.ParquetFile(ref.path).read_row_groups(list(ref.row_groups), columns=columns)
+    meta, _ = footer(ref.path)
+    file = pq.ParquetFile(ref.path, metadata=meta)
+    groups = range(meta.num_row_groups) if ref.row_groups is None else ref.row_groups
+    return file.read_row_groups(list(groups), columns=columns)
 
 
 def read_file_rows(path: str, rows: np.ndarray, columns: list[str]) -> pa.Table:
     """Rows `rows` (row numbers in the file, any order) of `columns`, reading only the row
     groups that hold them."""
-    file = pq.ParquetFile(path)
-    meta = file.metadata
-    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    meta, starts = footer(path)
     group_of = np.searchsorted(starts, rows, side="right") - 1
     groups = np.unique(group_of)
-    table = file.read_row_groups(groups.tolist(), columns=columns)
-    group_starts = np.concatenate([[0], np.cumsum([sizes[g] for g in groups])]).astype(np.int64)
+    table = pq.ParquetFile(path, metadata=meta).read_row_groups(groups.tolist(), columns=columns)
+    group_sizes = starts[groups + 1] - starts[groups]
+    group_starts = np.concatenate([[0], np.cumsum(group_sizes)]).astype(np.int64)
     position = group_starts[np.searchsorted(groups, group_of)]
     within = rows - starts[group_of]
     return table.take(pa.array(position + within))

@@ -1,4 +1,4 @@
-"""Run a configured pipeline on an engine into a run folder (DESIGN.md section 3)."""
+"""Run a configured pipeline on an engine into a run folder."""
 from __future__ import annotations
 
 import dataclasses

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import pyarrow.parquet as pq
-
 from pipeline.core import parts
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Resources
@@ -84,13 +82,7 @@ class StepContext:
 
 def rows_of(refs: list[PartRef]) -> list[int]:
     """Row count of each part, from the parquet footers (one read per file)."""
-    metas: dict = {}
-    counts = []
-    for ref in refs:
-        meta = metas.get(ref.path) or metas.setdefault(ref.path, pq.read_metadata(ref.path))
-        groups = range(meta.num_row_groups) if ref.row_groups is None else ref.row_groups
-        counts.append(sum(meta.row_group(g).num_rows for g in groups))
-    return counts
+    return [parts.num_rows(ref) for ref in refs]
 
 
 def group_by_rows(refs: list[PartRef], task_rows: int, counts: Optional[list[int]] = None) -> list[list[PartRef]]:

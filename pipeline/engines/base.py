@@ -13,7 +13,7 @@ class Engine:
         raise NotImplementedError
 
     def parallelism(self) -> int:
-        """How many tasks run at once (used to size parts)."""
+        """How many tasks run at once (for messages)."""
         return 1
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""What the report reads from a run folder (DESIGN.md section 3); each loader returns None
+"""What the report reads from a run folder; each loader returns None
 when the run has no such data, so its section is left out."""
 from __future__ import annotations
 

@@ -46,8 +46,7 @@ class ClipScoreStage(Stage):
     def setup(self) -> None:
         s = self.settings
         clip = load_clip(s.model, s.pretrained, device=s.device, precision=s.precision)
-        self.scorer = ClipScorer(clip, batch_size=s.batch_size,
-                                 decode_workers=getattr(s, "decode_workers", None))
+        self.scorer = ClipScorer(clip, batch_size=s.batch_size, decode_workers=s.decode_workers)
 
     def __getstate__(self) -> dict:
         """Ship the stage to workers without its model: each worker runs `setup()` itself."""
@@ -59,7 +58,7 @@ class ClipScoreStage(Stage):
                 raise UserError(f"clip_score: input lacks the column {column!r} (run download first)")
         if self.scorer is None:
             self.setup()
-        keep_embeddings = bool(getattr(self.settings, "keep_embeddings", False))
+        keep_embeddings = self.settings.keep_embeddings
         result = self.scorer.score(table["jpg"].to_pylist(), table["text"].to_pylist(),
                                     with_embeddings=keep_embeddings)
         table = add_score_columns(table, result)

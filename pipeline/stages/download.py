@@ -13,6 +13,7 @@ Adds `jpg` (binary), `width, height, original_width, original_height` (int32), `
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.core.config import DownloadSettings
 from pipeline.core.stage import REASON, Resources, Stage, with_reason
 from pipeline.download.reasons import (
     DECODE_ERROR,
@@ -36,16 +38,8 @@ from pipeline.download.safe_fetch import FetchPolicy, install_guarded_opener
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import
 
-# img2dataset's own defaults (main.download), so a side-by-side benchmark is like for like.
-IMG2DATASET_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
-PIL_MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS
-DEFAULTS = {
-    "image_size": 256, "threads": 64, "timeout": 10.0, "retries": 1, "max_bytes": 20_000_000,
-    "max_redirects": 10, "max_pixels": PIL_MAX_PIXELS, "resize_mode": "border",
-    "resize_only_if_bigger": False, "encode_quality": 95, "deadline": None, "retry_backoff": 1.0,
-    "user_agent_token": None, "disallowed_header_directives": IMG2DATASET_DIRECTIVES,
-    "allow_networks": (),
-}
+DEFAULTS = {**{k: v for k, v in dataclasses.asdict(DownloadSettings()).items()
+               if k not in ("enabled", "part_rows", "processes")}, "allow_networks": ()}
 OUTPUT_SCHEMA = pa.schema([
     ("jpg", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
     ("original_width", pa.int32()), ("original_height", pa.int32()), ("sha256", pa.string()),

@@ -2,10 +2,11 @@ import io
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
+
+from pipeline.core.config import ClipScoreSettings
 import pytest
 import torch
 from PIL import Image
@@ -51,7 +52,7 @@ def settings(checkpoint, **overrides):
                   device="cpu", precision="fp32", filter="threshold", top_fraction=0.5,
                   keep_embeddings=False)
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return ClipScoreSettings(**values)
 
 
 def reference_scores(checkpoint, jpgs, captions) -> np.ndarray:
