@@ -162,7 +162,7 @@ def reference_model() -> Path:
 
 def storage(photos: int, work: Path) -> dict:
     from pipeline.core.config import settings_from_dict
-    from pipeline.core.runner import run_pipeline
+    from pipeline.app import run_pipeline
 
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

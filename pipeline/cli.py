@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from pipeline.core.config import load_config
-    from pipeline.core.runner import run_pipeline
+    from pipeline.app import run_pipeline
 
     overrides = list(args.set)
     if args.engine:

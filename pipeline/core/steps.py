@@ -20,7 +20,7 @@ from pipeline.core import parts
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Resources
 from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, StageOp, run_part_task
-from pipeline.engines.base import Engine
+from pipeline.core.engine import Engine
 
 TASK_ROWS = 1_000_000   # default rows one task of a global step holds at most
 

@@ -6,7 +6,7 @@ idempotent (their outputs are written atomically), so an engine may retry them f
 from __future__ import annotations
 
 from pipeline.core.config import RunSettings
-from pipeline.engines.base import Engine
+from pipeline.core.engine import Engine
 from pipeline.errors import UserError
 
 

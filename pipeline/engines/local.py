@@ -4,7 +4,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-from pipeline.engines.base import Engine
+from pipeline.core.engine import Engine
 
 
 class LocalEngine(Engine):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pipeline.engines.base import Engine
+from pipeline.core.engine import Engine
 
 
 class SparkEngine(Engine):

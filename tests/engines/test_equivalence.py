@@ -2,7 +2,7 @@
 from support import assert_run_invariants, kept_uids, ledger_rows, read_summary, text_config, write_sample
 
 from pipeline.core.config import settings_from_dict
-from pipeline.core.runner import run_pipeline
+from pipeline.app import run_pipeline
 
 
 def counts(run_dir):

@@ -9,7 +9,7 @@ import yaml
 from support import ROOT, kept_uids, ledger_rows, text_config, write_sample
 
 from pipeline.core.config import settings_from_dict
-from pipeline.core.runner import run_pipeline
+from pipeline.app import run_pipeline
 
 
 def test_spark_submit_matches_local(tmp_path):

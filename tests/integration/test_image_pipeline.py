@@ -9,7 +9,7 @@ from support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset
                      run_and_kill)
 
 from pipeline.core.config import settings_from_dict
-from pipeline.core.runner import run_pipeline
+from pipeline.app import run_pipeline
 from pipeline.demo.text_sample import english_caption
 from pipeline.web.fakeweb import FakeWeb
 

@@ -12,7 +12,7 @@ from support import text_config, write_sample
 
 from pipeline.cli import main as curate
 from pipeline.core.config import settings_from_dict
-from pipeline.core.runner import run_pipeline
+from pipeline.app import run_pipeline
 from pipeline.errors import UserError
 from pipeline.report import write_report
 from pipeline.report import data as report_data

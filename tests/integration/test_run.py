@@ -12,7 +12,7 @@ from support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset
                      run_and_kill, text_config, write_sample)
 
 from pipeline.core.config import settings_from_dict
-from pipeline.core.runner import run_pipeline
+from pipeline.app import run_pipeline
 
 CURATE = [sys.executable, "-m", "pipeline"]
 

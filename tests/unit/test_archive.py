@@ -145,7 +145,7 @@ def test_archives_as_pipeline_input_one_task_each(tmp_path):
     import pyarrow.dataset as ds
 
     from pipeline.core.config import settings_from_dict
-    from pipeline.core.runner import run_pipeline
+    from pipeline.app import run_pipeline
     folder = tmp_path / "crawl"
     folder.mkdir()
     for i in range(3):

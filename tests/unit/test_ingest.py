@@ -98,7 +98,7 @@ def test_files_whose_columns_disagree_on_type_still_run(tmp_path):
     import pyarrow.dataset as ds
 
     from pipeline.core.config import settings_from_dict
-    from pipeline.core.runner import run_pipeline
+    from pipeline.app import run_pipeline
     pq.write_table(pa.table({"url": ["http://h/1.jpg", "http://h/2.jpg"], "text": ["a b", "c d"],
                              "score": [1, 2]}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"url": ["http://h/3.jpg", "http://h/1.jpg"], "text": ["e f", "a b"],

@@ -1,4 +1,5 @@
-"""Run a configured pipeline on an engine into a run folder."""
+"""The application layer: composes sources, stages, engines, train and report into a run
+(core below it never imports any of them)."""
 from __future__ import annotations
 
 import dataclasses
