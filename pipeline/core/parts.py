@@ -145,10 +145,6 @@ def _run_bounds(sorted_keys) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), stops.tolist()))
 
 
-def read_parquet(path: str | Path, row_groups: list[int] | None = None) -> pa.Table:
-    return read_ref(PartRef(str(path), None if row_groups is None else tuple(row_groups)))
-
-
 def concat(tables: list[pa.Table]) -> pa.Table:
     tables = [t for t in tables if t is not None]
     if not tables:
