@@ -96,7 +96,7 @@ def run_raw(table: pa.Table, threads: int, processes: int, folder: Path) -> dict
 
 def run_step(table: pa.Table, threads: int, folder: Path) -> dict:
     """The pipeline with only `download` (after ingest) on the Ray engine, in 2 tasks."""
-    from pipeline.core.config import settings_from_dict
+    from pipeline.config import settings_from_dict
     from pipeline.app import run_pipeline
 
     source = folder / "input.parquet"

@@ -90,12 +90,11 @@ def run_chain(folder: Path, inputs: list[str], steps: list, engine) -> dict:
 
 
 def scale(rows: int, parts_low: int, image_rows_count: int, work: Path) -> dict:
-    from pipeline.core.config import DedupSettings, ImageDedupSettings, MetadataSettings, ShardSettings
     from pipeline.engines.local import LocalEngine
-    from pipeline.stages.dedup import DedupStep
-    from pipeline.stages.image_dedup import ImageDedupStep
-    from pipeline.stages.metadata import MetadataStep
-    from pipeline.stages.shard import ShardStep
+    from pipeline.stages.dedup import DedupSettings, DedupStep
+    from pipeline.stages.image_dedup import ImageDedupSettings, ImageDedupStep
+    from pipeline.stages.metadata import MetadataSettings, MetadataStep
+    from pipeline.stages.shard import ShardSettings, ShardStep
 
     table = image_rows(rows)
     images = image_rows(image_rows_count, image_size=128, distinct=2048)  # phash decodes them
@@ -161,7 +160,7 @@ def reference_model() -> Path:
 
 
 def storage(photos: int, work: Path) -> dict:
-    from pipeline.core.config import settings_from_dict
+    from pipeline.config import settings_from_dict
     from pipeline.app import run_pipeline
 
     work.mkdir(parents=True, exist_ok=True)

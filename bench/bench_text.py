@@ -56,7 +56,7 @@ def bench_matching(table: pa.Table) -> dict:
 
 
 def bench_language(table: pa.Table) -> dict:
-    from pipeline.core.config import LanguageSettings
+    from pipeline.stages.language import LanguageSettings
     from pipeline.stages.language import LanguageStage
 
     stage = LanguageStage(LanguageSettings(keep=["en"]))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core import images, parts
-from pipeline.core.config import RunSettings
+from pipeline.config import RunSettings
+from pipeline.stages import STAGES
+from pipeline.stages.ingest import IngestStep
 from pipeline.core.steps import Step, execute_step
 from pipeline.core.tasks import LEDGER_SCHEMA
 from pipeline.engines import make_engine
@@ -21,50 +22,13 @@ from pipeline.errors import UserError
 EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source")
 
 
-def step_factories(settings: RunSettings) -> dict[str, Callable]:
-    from pipeline.stages.caption_filter import CaptionFilterStage
-    from pipeline.stages.clip_score import ClipScoreStep
-    from pipeline.stages.download import DownloadStage
-    from pipeline.stages.image_dedup import ImageDedupStep
-    from pipeline.stages.shard import ShardStep
-    from pipeline.stages.dedup import DedupStep
-    from pipeline.stages.language import LanguageStage
-    from pipeline.stages.metadata import MetadataStep
-
-    return {
-        "dedup": lambda s: DedupStep(s, settings.input.part_rows),
-        "caption_filter": lambda s: Step(CaptionFilterStage, s),
-        "language": lambda s: Step(LanguageStage, s),
-        "metadata": MetadataStep,
-        "download": lambda s: Step(DownloadStage, download_options(s, settings.allow_networks),
-                                   rows_per_task=s.part_rows),
-        "image_dedup": ImageDedupStep,
-        "clip_score": ClipScoreStep,
-        "shard": ShardStep,
-    }
-
-
-def download_options(section, allow_networks: list[str]) -> dict:
-    options = {k: v for k, v in dataclasses.asdict(section).items() if k not in ("enabled", "part_rows")}
-    return {**options, "allow_networks": list(allow_networks)}
-
-
-PIPELINE_ORDER = ["dedup", "caption_filter", "language", "metadata", "download",
-                  "image_dedup", "clip_score", "shard"]
-
-
-def build_steps(settings: RunSettings, crawled: list[str] = ()) -> list[Step]:
-    factories = step_factories(settings)
-    from pipeline.stages.ingest import IngestStep
-
+def build_steps(settings, crawled: list[str] = ()) -> list[Step]:
+    """Ingest, then each registered stage whose section is present, in registry order."""
     steps: list[Step] = [IngestStep(settings.input, crawled)]
-    for name in PIPELINE_ORDER:
-        section = settings.section(name)
-        if section is None:
-            continue
-        if name not in factories:
-            raise UserError(f"{settings.source}: stage '{name}' is not available in this version")
-        steps.append(factories[name](section))
+    for stage in STAGES:
+        section = settings.section(stage.SECTION)
+        if section is not None:
+            steps.append(stage.build_step(section, settings))
     return steps
 
 

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from pipeline.core.config import load_config
+    from pipeline.config import load_config
     from pipeline.app import run_pipeline
 
     overrides = list(args.set)
@@ -80,7 +80,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pipeline.core.config import load_config
+    from pipeline.config import load_config
     from pipeline.train import train
 
     settings = load_config(args.config, list(args.set))

@@ -15,6 +15,9 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from pipeline.core.images import IMAGE, IMAGE_FILE
+from pipeline.errors import UserError
+
 REASON = "_reason"
 
 
@@ -27,8 +30,16 @@ class Resources:
 
 class Stage:
     name: ClassVar[str] = ""
+    inputs: ClassVar[tuple] = ()           # the columns process() reads
+    outputs: ClassVar[tuple] = ()          # the columns it adds
+    inputs_from: ClassVar[str] = ""        # the stage that makes its inputs (for messages)
     resources: ClassVar[Resources] = Resources()
     reads_images: ClassVar[bool] = False   # process() needs the image bytes (`jpg`)
+
+    @classmethod
+    def check_columns(cls, names) -> None:
+        """One clear error when rows lack a declared input (`jpg` may be a reference)."""
+        check_columns(cls.name, cls.inputs, names, cls.inputs_from)
 
     def __init__(self, settings: Any, seed: int = 0):
         self.settings = settings
@@ -39,6 +50,25 @@ class Stage:
 
     def process(self, table: pa.Table) -> pa.Table:
         raise NotImplementedError
+
+
+def check_columns(stage: str, needed, names, inputs_from: str = "") -> None:
+    present = set(names)
+    if IMAGE_FILE in present:
+        present.add(IMAGE)
+    missing = [c for c in needed if c not in present]
+    if missing:
+        hint = f" (add a {inputs_from} section before {stage})" if inputs_from else ""
+        raise UserError(f"{stage}: the rows have no {', '.join(repr(c) for c in missing)} "
+                        f"column{'s' if len(missing) > 1 else ''}{hint}")
+
+
+def set_column(table: pa.Table, name: str, values) -> pa.Table:
+    """`table` with column `name` set to `values` (replaced or appended)."""
+    index = table.schema.get_field_index(name)
+    if index >= 0:
+        return table.set_column(index, name, values)
+    return table.append_column(name, values)
 
 
 def with_reason(table: pa.Table, reasons: pa.Array) -> pa.Table:

@@ -142,7 +142,10 @@ def execute_step(step: Step, engine: Engine, run_dir: Path, index: int, seed: in
         return parts.read_json(step_dir / "stats.json")
     started = time.perf_counter()
     ctx = StepContext(engine, step_dir, step.name, seed, task_rows)
-    outputs = step.run(ctx, parts.as_refs(inputs))
+    inputs = parts.as_refs(inputs)
+    if inputs:
+        step.stage_cls.check_columns(parts.read_schema(inputs[0]).names)
+    outputs = step.run(ctx, inputs)
     record = summarize(step.name, ctx.phase_stats)
     record["seconds"] = round(time.perf_counter() - started, 3)
     record["parts"] = [ref.to_json() for ref in outputs]

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import images, parts
-from pipeline.core.stage import REASON, Resources
+from pipeline.core.stage import REASON, Resources, set_column
 
 LEDGER_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()),
                            ("stage", pa.string()), ("reason", pa.string())])
@@ -150,14 +150,6 @@ class ReadSlice:
 
     def __call__(self) -> pa.Table:
         return images.read_detached(parts.as_ref(self.ref)).slice(self.offset, self.length)
-
-
-def set_column(table: pa.Table, name: str, values) -> pa.Table:
-    """`table` with column `name` set to `values` (replaced or appended)."""
-    index = table.schema.get_field_index(name)
-    if index >= 0:
-        return table.set_column(index, name, values)
-    return table.append_column(name, values)
 
 
 _STAGES: dict = {}

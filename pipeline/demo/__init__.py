@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.core import parts
-from pipeline.core.config import settings_from_dict
+from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
 from pipeline.demo.world_web import build_demo_web
 from pipeline.web.fakeweb import FakeWeb

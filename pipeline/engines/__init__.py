@@ -5,12 +5,12 @@ idempotent (their outputs are written atomically), so an engine may retry them f
 """
 from __future__ import annotations
 
-from pipeline.core.config import RunSettings
+from pipeline.core.config import GeneralSettings
 from pipeline.core.engine import Engine
 from pipeline.errors import UserError
 
 
-def make_engine(settings: RunSettings) -> Engine:
+def make_engine(settings: GeneralSettings) -> Engine:
     name = settings.engine
     if name == "local":
         from pipeline.engines.local import LocalEngine

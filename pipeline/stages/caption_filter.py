@@ -6,9 +6,12 @@ name such as IMG_1234.jpg), `placeholder_text` (image, untitled, ...), `too_shor
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.steps import Step
 from pipeline.core.stage import Stage, with_reason
 
 FILENAME = r"(?i)^\S*\.(jpe?g|png|gif|webp|bmp|tiff?|heic|svg|avif)$"
@@ -20,8 +23,25 @@ PLACEHOLDERS = [
 ]
 
 
+SECTION = "caption_filter"
+
+
+@dataclass
+class CaptionFilterSettings:
+    min_chars: int = 5
+    max_chars: int = 1000
+    min_words: int = 2
+    drop_junk: bool = True
+    enabled: bool = True
+
+
+SETTINGS = CaptionFilterSettings
+
+
 class CaptionFilterStage(Stage):
     name = "caption_filter"
+    inputs = ("text",)
+    outputs = ()
 
     def process(self, table: pa.Table) -> pa.Table:
         s = self.settings
@@ -53,3 +73,7 @@ def first_reason(checks: list, rows: int) -> pa.Array:
         condition = pc.fill_null(condition, False)
         reason = pc.if_else(condition, pa.scalar(name), reason)
     return reason
+
+
+def build_step(settings: CaptionFilterSettings, run) -> Step:
+    return Step(CaptionFilterStage, settings)

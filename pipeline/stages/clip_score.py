@@ -11,20 +11,39 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.clip.model import load_clip
-from pipeline.clip.score import ClipScorer, ScoreResult
 from pipeline.clip.threshold import ScoreHistogram
 from pipeline.core import parts
 from pipeline.core.parts import PartRef
-from pipeline.core.stage import Resources, Stage, with_reason
+from pipeline.core.stage import Resources, Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext
-from pipeline.core.tasks import ReadParts, StageOp, load_extras, set_column
-from pipeline.errors import UserError
+from pipeline.core.tasks import ReadParts, StageOp, load_extras
+
+SECTION = "clip_score"
+
+
+@dataclass
+class ClipScoreSettings:
+    model: str = "ViT-B-32"
+    pretrained: Optional[str] = "openai"
+    threshold: float = 0.28
+    filter: Literal["threshold", "top_fraction", "none"] = "threshold"
+    top_fraction: float = 0.3
+    batch_size: int = 256
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    keep_embeddings: bool = False
+    decode_workers: Optional[int] = None   # threads decoding images; default from the device
+    enabled: bool = True
+
+
+SETTINGS = ClipScoreSettings
+
 
 SCORE = "clip_score"
 IMAGE_EMBEDDING = "image_embedding"
@@ -35,15 +54,21 @@ UNDECODABLE = "undecodable_image"
 
 class ClipScoreStage(Stage):
     name = "clip_score"
+    inputs = ("jpg", "text")
+    outputs = (SCORE,)
+    inputs_from = "download"
     reads_images = True
 
     def __init__(self, settings, seed: int = 0):
         super().__init__(settings, seed)
         self.resources = Resources(cpus=1.0, gpus=1.0 if _wants_gpu(settings.device) else 0.0,
                                    stateful=True)
-        self.scorer: ClipScorer | None = None  # set by setup(), once per worker
+        self.scorer = None  # a ClipScorer, set by setup(), once per worker
 
     def setup(self) -> None:
+        from pipeline.clip.model import load_clip
+        from pipeline.clip.score import ClipScorer
+
         s = self.settings
         clip = load_clip(s.model, s.pretrained, device=s.device, precision=s.precision)
         self.scorer = ClipScorer(clip, batch_size=s.batch_size, decode_workers=s.decode_workers)
@@ -53,9 +78,7 @@ class ClipScoreStage(Stage):
         return {**self.__dict__, "scorer": None}
 
     def process(self, table: pa.Table) -> pa.Table:
-        for column in ("jpg", "text"):
-            if column not in table.column_names:
-                raise UserError(f"clip_score: input lacks the column {column!r} (run download first)")
+        self.check_columns(table.column_names)
         if self.scorer is None:
             self.setup()
         keep_embeddings = self.settings.keep_embeddings
@@ -76,7 +99,7 @@ def _wants_gpu(device: str) -> bool:
     return False
 
 
-def add_score_columns(table: pa.Table, result: ScoreResult) -> pa.Table:
+def add_score_columns(table: pa.Table, result) -> pa.Table:
     """`clip_score` and, when present, the float16 embedding columns (replacing old ones)."""
     table = set_column(table, SCORE, pa.array(result.scores, pa.float32()))
     if result.image_embeddings is not None:
@@ -169,3 +192,7 @@ class ClipScoreStep(Step):
         parts.write_json({"top_fraction": self.settings.top_fraction, "threshold": threshold,
                           "scored": histogram.total}, ctx.step_dir / "threshold.json")
         return ctx.run_grouped("cut", ctx.data_parts("score", len(inputs)), CutBelow(threshold))
+
+
+def build_step(settings: ClipScoreSettings, run) -> ClipScoreStep:
+    return ClipScoreStep(settings)

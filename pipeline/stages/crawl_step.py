@@ -3,10 +3,31 @@ the input at ingest and then go through every stage like ingested rows."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core import parts
 from pipeline.crawl.crawler import crawl
+
+
+SECTION = "crawl"
+
+
+@dataclass
+class CrawlSettings:
+    seeds: list[str] = field(default_factory=list)
+    max_pages: int = 100_000
+    max_depth: int = 3
+    same_domain: bool = True
+    respect_robots: bool = True
+    user_agent: str = "curate-bot/0.1 (+https://github.com/curate)"
+    timeout: float = 10.0
+    concurrency: int = 16
+    per_host_limit: int = 2
+    enabled: bool = True
+
+
+SETTINGS = CrawlSettings
 
 
 def run_crawl(settings, allow_networks: list[str], run_dir: Path, log=print) -> str:

@@ -11,23 +11,37 @@ Drops: `duplicate`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.hashing import bucket_of, hash_strings
-from pipeline.core.stage import REASON, Stage
+from pipeline.core.parts import read_schema
+from pipeline.core.stage import REASON, Stage, check_columns
 from pipeline.core.parts import PartRef
 from pipeline.core.steps import Step, StepContext, group_by_rows, rows_of
 from pipeline.core.tasks import ReadParts
 from pipeline.stages.ingest import POS
 
 KEY, BUCKET = "_key", "_bucket"
+SECTION = "dedup"
+
+
+@dataclass
+class DedupSettings:
+    keys: list[str] = field(default_factory=lambda: ["url", "text"])
+    enabled: bool = True
+
+
+SETTINGS = DedupSettings
 
 
 class DedupStage(Stage):
     name = "dedup"
+    inputs = ("uid", POS)
+    outputs = ()
+    inputs_from = "ingest"
 
 
 @dataclass
@@ -68,6 +82,7 @@ class DedupStep(Step):
         self.part_rows = part_rows
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
+        check_columns(self.name, self.settings.keys, read_schema(inputs[0]).names)
         counts = rows_of(inputs)
         rows = sum(counts)
         buckets = max(1, -(-rows // self.part_rows))
@@ -97,3 +112,7 @@ def bucket_refs(files: list[PartRef], stats: list[dict], keys: range) -> list[Pa
         if groups:
             refs.append(PartRef(file.path, tuple(groups)))
     return refs or [PartRef(files[0].path, ())]
+
+
+def build_step(settings: DedupSettings, run) -> DedupStep:
+    return DedupStep(settings, run.input.part_rows)

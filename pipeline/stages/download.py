@@ -18,15 +18,15 @@ import hashlib
 import io
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.pool import ThreadPool
 from threading import Semaphore
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 
-from pipeline.core.config import DownloadSettings
-from pipeline.core.stage import REASON, Resources, Stage, with_reason
+from pipeline.core.stage import REASON, Resources, Stage, set_column, with_reason
+from pipeline.core.steps import Step
 from pipeline.download.reasons import (
     DECODE_ERROR,
     IMAGE_TOO_LARGE,
@@ -37,6 +37,35 @@ from pipeline.download.reasons import (
 from pipeline.download.safe_fetch import FetchPolicy, install_guarded_opener
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import
+
+SECTION = "download"
+
+
+@dataclass
+class DownloadSettings:
+    """The download stage's settings and the one place of their defaults."""
+    image_size: int = 256
+    processes: int = 2                   # kept for the contract; workers come from the engine
+    threads: int = 64
+    timeout: float = 10.0
+    retries: int = 1
+    max_bytes: int = 20_000_000
+    max_redirects: int = 5
+    max_pixels: int = 89_478_485         # PIL's Image.MAX_IMAGE_PIXELS
+    resize_mode: str = "center_crop"
+    resize_only_if_bigger: bool = False
+    encode_quality: int = 95
+    deadline: Optional[float] = None     # seconds per image, all hops and bytes; default `timeout`
+    retry_backoff: float = 1.0
+    user_agent_token: Optional[str] = None
+    disallowed_header_directives: list[str] = field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
+    part_rows: int = 10_000              # rows per download task (and per image part)
+    enabled: bool = True
+
+
+SETTINGS = DownloadSettings
+
 
 DEFAULTS = {**{k: v for k, v in dataclasses.asdict(DownloadSettings()).items()
                if k not in ("enabled", "part_rows", "processes")}, "allow_networks": ()}
@@ -97,6 +126,8 @@ def header_check(stream: io.BytesIO, max_pixels: int) -> str | None:
 
 class DownloadStage(Stage):
     name = "download"
+    inputs = ("url",)
+    outputs = tuple(OUTPUT_SCHEMA.names)
     resources = Resources(cpus=1.0)
 
     def __init__(self, settings: Any = None, seed: int = 0, allow_networks=None):
@@ -195,10 +226,13 @@ def attach_outcomes(table: pa.Table, outcomes: list[Outcome]) -> pa.Table:
         "original_height": [o.original_height for o in outcomes],
         "sha256": [o.sha256 for o in outcomes],
     }
-    for field in OUTPUT_SCHEMA:
-        array = pa.array(columns[field.name], type=field.type)
-        if field.name in table.column_names:
-            table = table.set_column(table.schema.get_field_index(field.name), field, array)
-        else:
-            table = table.append_column(field, array)
+    for column in OUTPUT_SCHEMA:
+        table = set_column(table, column.name, pa.array(columns[column.name], type=column.type))
     return with_reason(table, pa.array([o.reason for o in outcomes], type=pa.string()))
+
+
+def build_step(settings: DownloadSettings, run) -> Step:
+    """Tasks of `part_rows` rows; the stage gets its options and the run's `allow_networks`."""
+    options = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("enabled", "part_rows")}
+    return Step(DownloadStage, {**options, "allow_networks": list(run.allow_networks)},
+                rows_per_task=settings.part_rows)

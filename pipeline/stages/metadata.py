@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from itertools import chain
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,22 @@ from pipeline.core.stage import Stage, with_reason
 from pipeline.core.parts import PartRef
 from pipeline.core.steps import Step, StepContext
 from pipeline.stages.metadata_entries import load_entries
+
+SECTION = "metadata"
+
+
+@dataclass
+class MetadataSettings:
+    entries: list[str] = field(default_factory=lambda: ["wordnet", "wordfreq"])
+    t: int = 20_000
+    case_sensitive: bool = True
+    wordfreq_top: int = 1_000_000     # how many frequent words `wordfreq` contributes
+    wordfreq_lang: str = "en"
+    enabled: bool = True
+
+
+SETTINGS = MetadataSettings
+
 
 WRAPPED = [",", ".", ";", ":", "?", "!", "`"]
 WRAPPED_PATTERN = "([" + "".join(WRAPPED) + "])"
@@ -119,6 +135,8 @@ def spaced_column(texts, case_sensitive: bool) -> tuple[list[str], np.ndarray]:
 
 class MetadataStage(Stage):
     name = "metadata"
+    inputs = ("uid", "text")
+    outputs = ("entry_ids",)
 
 
 def cached(key, build):
@@ -226,3 +244,7 @@ def write_entry_counts(path: Path, entries: list[str], before: np.ndarray, after
                       "entry": pa.array([entries[i] for i in ids], pa.string()),
                       "count_before": pa.array(before[ids]), "count_after": pa.array(after[ids])})
     parts.write_parquet(table, path)
+
+
+def build_step(settings: MetadataSettings, run) -> MetadataStep:
+    return MetadataStep(settings)

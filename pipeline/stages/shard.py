@@ -22,8 +22,19 @@ from pipeline.core import images, parts
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage
 from pipeline.core.steps import Step, StepContext, rows_of
-from pipeline.errors import UserError
 from pipeline.shards import MIN_SHARDS, as_table, shard_keys, shard_name, shuffled_order, write_sizes_json, write_tar
+
+SECTION = "shard"
+
+
+@dataclass
+class ShardSettings:
+    samples_per_shard: int = 10_000
+    enabled: bool = True
+
+
+SETTINGS = ShardSettings
+
 
 SHARD = "_shard"
 log = logging.getLogger(__name__)
@@ -31,6 +42,9 @@ log = logging.getLogger(__name__)
 
 class ShardStage(Stage):
     name = "shard"
+    inputs = ("uid", "text", "jpg")
+    outputs = ("shard", "key")
+    inputs_from = "download"
 
 
 @dataclass
@@ -87,9 +101,6 @@ class ShardStep(Step):
         super().__init__(ShardStage, settings)
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
-        names = parts.read_schema(inputs[0]).names if inputs else []
-        if images.IMAGE not in names and images.IMAGE_FILE not in names:
-            raise UserError("shard: the rows have no images; add a download section before shard")
         counts = rows_of(inputs)
         rows, per = sum(counts), self.settings.samples_per_shard
         shards = max(1, math.ceil(rows / per))
@@ -114,3 +125,7 @@ def finish_shard_folder(out_dir: Path, sizes: list[int]) -> None:
     if len(sizes) < MIN_SHARDS:
         log.warning("%d shard(s) in %s: fewer than a typical trainer's %d dataloader workers; "
                     "lower shard.samples_per_shard", len(sizes), out_dir, MIN_SHARDS)
+
+
+def build_step(settings: ShardSettings, run) -> ShardStep:
+    return ShardStep(settings)

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.core.config import TrainSettings
+from pipeline.train.settings import TrainSettings
 from pipeline.errors import UserError
 from pipeline.train.data import find_shards
 

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from pipeline.core.config import TrainSettings
+from pipeline.train.settings import TrainSettings
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.data import StreamConfig, batch_stream, epoch_of, find_shards
 from pipeline.train.steplog import StepLog, log_every

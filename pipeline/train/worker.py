@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline.core.config import TrainSettings
+from pipeline.train.settings import TrainSettings
 
 
 def read_job(path: str | Path) -> tuple[TrainSettings, str, str]:

@@ -1,7 +1,7 @@
 """One config on the local, Ray and Spark engines: identical kept uids, ledger and summary counts."""
 from support import assert_run_invariants, kept_uids, ledger_rows, read_summary, text_config, write_sample
 
-from pipeline.core.config import settings_from_dict
+from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
 
 

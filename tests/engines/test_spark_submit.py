@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from support import ROOT, kept_uids, ledger_rows, text_config, write_sample
 
-from pipeline.core.config import settings_from_dict
+from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
 
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from support import assert_run_invariants, kept_uids, read_dataset, read_summary
 
-from pipeline.core.config import settings_from_dict
+from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
 from pipeline.web.fakeweb import FakeWeb
 from pipeline.world import make_world, shuffled_captions

@@ -8,7 +8,7 @@ import yaml
 from support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
                      run_and_kill)
 
-from pipeline.core.config import settings_from_dict
+from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
 from pipeline.demo.text_sample import english_caption
 from pipeline.web.fakeweb import FakeWeb

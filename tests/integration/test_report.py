@@ -11,7 +11,7 @@ from PIL import Image, ImageStat
 from support import text_config, write_sample
 
 from pipeline.cli import main as curate
-from pipeline.core.config import settings_from_dict
+from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
 from pipeline.errors import UserError
 from pipeline.report import write_report

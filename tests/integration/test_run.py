@@ -11,7 +11,7 @@ import yaml
 from support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
                      run_and_kill, text_config, write_sample)
 
-from pipeline.core.config import settings_from_dict
+from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
 
 CURATE = [sys.executable, "-m", "pipeline"]

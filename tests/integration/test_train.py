@@ -154,7 +154,7 @@ def test_zero_shot_on_a_labelled_folder(resumed, tmp_path):
 def test_ray_train_on_a_local_ray(run_dir, tmp_path, monkeypatch):
     import ray
 
-    from pipeline.core.config import TrainSettings
+    from pipeline.train.settings import TrainSettings
     from pipeline.train import train
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -173,7 +173,7 @@ def test_ray_train_on_a_local_ray(run_dir, tmp_path, monkeypatch):
 
 
 def test_inline_finetune_from_a_checkpoint_path_then_nothing_left(resumed, run_dir, tmp_path):
-    from pipeline.core.config import TrainSettings
+    from pipeline.train.settings import TrainSettings
     from pipeline.train import train
 
     pretrained = resumed["train_dir"] / "checkpoints" / "epoch_latest.pt"

@@ -144,7 +144,7 @@ def test_archives_as_pipeline_input_one_task_each(tmp_path):
     pairs go through the stages with their page_url/title/figcaption columns."""
     import pyarrow.dataset as ds
 
-    from pipeline.core.config import settings_from_dict
+    from pipeline.config import settings_from_dict
     from pipeline.app import run_pipeline
     folder = tmp_path / "crawl"
     folder.mkdir()

@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from pipeline.core.config import CaptionFilterSettings
+from pipeline.stages.caption_filter import CaptionFilterSettings
 from pipeline.stages.caption_filter import CaptionFilterStage
 
 CASES = [

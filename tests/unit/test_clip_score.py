@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.config import ClipScoreSettings
+from pipeline.stages.clip_score import ClipScoreSettings
 import pytest
 import torch
 from PIL import Image

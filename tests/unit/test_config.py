@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.core.config import load_config, settings_from_dict
+from pipeline.config import load_config, settings_from_dict
 from pipeline.errors import UserError
 
 
@@ -60,3 +60,33 @@ def test_shipped_example_configs_load():
     for path in sorted((ROOT / "jobs" / "configs").glob("*.yaml")):
         settings = load_config(path)
         assert settings.section("dedup") is not None, path
+
+
+def test_full_example_has_every_registered_section():
+    import yaml
+    from support import ROOT
+
+    from pipeline.config import SECTIONS
+    from pipeline.stages import STAGES
+
+    full = yaml.safe_load((ROOT / "jobs" / "configs" / "full.yaml").read_text())
+    assert {name for name, _ in SECTIONS} <= set(full), "full.yaml lacks a registered section"
+    settings = load_config(ROOT / "jobs" / "configs" / "full.yaml")
+    for stage in STAGES:  # each section loads into the settings class its module registers
+        assert isinstance(settings.section(stage.SECTION), stage.SETTINGS)
+        assert stage.SETTINGS.__module__ == stage.__name__, "a stage's settings live in its module"
+
+
+def test_missing_declared_input_is_one_clear_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.app import run_pipeline
+
+    pq.write_table(pa.table({"url": ["http://a.example/x.jpg"], "text": ["a red circle"]}),
+                   tmp_path / "in.parquet")
+    settings = settings_from_dict({"input": {"path": [str(tmp_path / "in.parquet")]}, "processes": 1,
+                                   "shard": {}}, "c.yaml")
+    with pytest.raises(UserError, match=r"^shard: the rows have no 'jpg' column \(add a download "
+                                        r"section before shard\)$"):
+        run_pipeline(settings, tmp_path / "run", log=lambda *_: None)

@@ -97,7 +97,7 @@ def test_files_whose_columns_disagree_on_type_still_run(tmp_path):
     column comes out as text."""
     import pyarrow.dataset as ds
 
-    from pipeline.core.config import settings_from_dict
+    from pipeline.config import settings_from_dict
     from pipeline.app import run_pipeline
     pq.write_table(pa.table({"url": ["http://h/1.jpg", "http://h/2.jpg"], "text": ["a b", "c d"],
                              "score": [1, 2]}), tmp_path / "a.parquet")

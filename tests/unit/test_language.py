@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from pipeline.core.config import LanguageSettings
+from pipeline.stages.language import LanguageSettings
 from pipeline.stages.language import LanguageStage
 
 

@@ -1,7 +1,7 @@
 import pyarrow.dataset as ds
 from support import text_config, write_sample
 
-from pipeline.core.config import settings_from_dict
+from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
 from schemas import LEDGER_V1, kept_schema, missing_or_mistyped
 

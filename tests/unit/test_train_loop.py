@@ -6,7 +6,7 @@ import contextlib
 import pytest
 import torch
 
-from pipeline.core.config import TrainSettings
+from pipeline.train.settings import TrainSettings
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.launch import resolve_paths, torchrun_command
 from pipeline.train.loop import accumulated_backward, make_optimizer, resolve_precision, resume
