@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core import images, parts
+from pipeline.core import images, parts, storage
 from pipeline.config import RunSettings
 from pipeline.stages import STAGES
 from pipeline.stages.ingest import IngestStep
@@ -53,7 +52,7 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
             log(funnel_line(record))
         finalize(engine, run_dir, inputs, records)
     summary = make_summary(records)
-    parts.write_json(summary, run_dir / "summary.json")
+    storage.write_json(summary, run_dir / "summary.json")
     if settings.section("train"):
         from pipeline.train import train
 
@@ -61,7 +60,7 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
         summary["train"] = {k: result.get(k) for k in ("steps", "checkpoint", "samples_per_s")}
         if result.get("eval"):
             summary["train"]["top1"] = result["eval"]["top1"]
-        parts.write_json(summary, run_dir / "summary.json")
+        storage.write_json(summary, run_dir / "summary.json")
     write_report_quietly(run_dir, log)
     return summary
 
@@ -89,14 +88,14 @@ def check_same_config(settings: RunSettings, run_dir: Path) -> None:
     current = {k: v for k, v in dataclasses.asdict(settings).items() if k not in EXECUTION_ONLY}
     path = run_dir / "config.json"
     if path.exists():
-        previous = parts.read_json(path)
-        if previous != parts.json_roundtrip(current):
+        previous = storage.read_json(path)
+        if previous != storage.json_roundtrip(current):
             changed = sorted(k for k in set(previous) | set(current)
-                             if previous.get(k) != parts.json_roundtrip(current).get(k))
+                             if previous.get(k) != storage.json_roundtrip(current).get(k))
             raise UserError(f"{run_dir}: holds a run of a different config (changed: "
                             f"{', '.join(changed)}); use another --output or delete it")
     else:
-        parts.write_json(current, path)
+        storage.write_json(current, path)
 
 
 def make_summary(records: list[dict]) -> dict:
@@ -107,11 +106,17 @@ def make_summary(records: list[dict]) -> dict:
 
 
 def finalize(engine, run_dir: Path, final_parts: list, records: list[dict]) -> None:
-    """Write `kept/` and `ledger/` (atomically: built under .tmp names, then swapped in)."""
-    kept_tmp, ledger_tmp = run_dir / "kept.tmp", run_dir / "ledger.tmp"
-    for folder in (kept_tmp, ledger_tmp):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+    """Write `kept/` and `ledger/`, each committed whole (built under a temporary name)."""
+    for name in ("kept", "ledger"):
+        storage.remove_stale_temporaries(run_dir / name)
+    with storage.committing(run_dir / "kept") as kept_tmp, storage.committing(run_dir / "ledger") as ledger_tmp:
+        kept_tmp.mkdir()
+        ledger_tmp.mkdir()
+        write_kept_and_ledger(engine, kept_tmp, ledger_tmp, final_parts, records)
+
+
+def write_kept_and_ledger(engine, kept_tmp: Path, ledger_tmp: Path, final_parts: list,
+                          records: list[dict]) -> None:
     final_parts = parts.as_refs(final_parts)
     schema = unified_schema(final_parts)
     jobs = [(p, str(kept_tmp / f"part-{i:05d}.parquet"), str(ledger_tmp / f"kept-{i:05d}.parquet"),
@@ -121,10 +126,7 @@ def finalize(engine, run_dir: Path, final_parts: list, records: list[dict]) -> N
         for path in record["dropped_files"]:
             if pq.read_metadata(path).num_rows:
                 step, phase = Path(path).parts[-4], Path(path).parts[-3]
-                link_or_copy(path, ledger_tmp / f"{step}-{phase}-{Path(path).name}")
-    for name, tmp in (("kept", kept_tmp), ("ledger", ledger_tmp)):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
-        tmp.rename(run_dir / name)
+                storage.link_or_copy(path, ledger_tmp / f"{step}-{phase}-{Path(path).name}")
 
 
 def unified_schema(refs: list) -> pa.Schema:
@@ -148,10 +150,3 @@ def finalize_part(job) -> int:
                       schema=LEDGER_SCHEMA)
     parts.write_parquet(ledger, ledger_path)
     return table.num_rows
-
-
-def link_or_copy(src: str, dst: Path) -> None:
-    try:
-        Path(dst).hardlink_to(src)
-    except OSError:
-        shutil.copyfile(src, dst)

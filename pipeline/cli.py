@@ -99,11 +99,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_metadata_build(args) -> int:
-    from pipeline.core import parts
+    from pipeline.core import storage
     from pipeline.stages.metadata_entries import load_entries
 
     entries = load_entries(args.sources, args.wordfreq_top)
-    parts.write_json(entries, args.output)
+    storage.write_json(entries, args.output)
     _log(f"wrote {len(entries):,} entries to {args.output}")
     return 0
 

@@ -6,7 +6,8 @@ and mode, and within a sample they come in webdataset's (sorted) order. Each sam
 `<key>.jpg`, `<key>.txt` (the caption), `<key>.json` (every other column that is not binary
 or an embedding) and, when embeddings are present, `<key>.npy` (float16, shape `(k, dim)`,
 rows in the order `image_embedding, text_embedding`). Keys are digits only (no dots):
-shard index then position. Each tar is written as `*.tar.tmp` and renamed when complete.
+shard index then position. Each tar is committed through `core.storage` (temporary name,
+fsync, rename).
 """
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ import io
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
+
+from pipeline.core import storage
 
 MTIME = 0
 IMAGE_COLUMN, TEXT_COLUMN, UID_COLUMN = "jpg", "text", "uid"
@@ -110,20 +112,11 @@ def write_tar(path: Path, rows: pa.Table, keys: list[str]) -> None:
     """Write one shard atomically (`<name>.tmp`, then rename)."""
     import webdataset as wds
 
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "wb") as stream:
-            writer = wds.TarWriter(stream, encoder=False, mtime=MTIME, user="", group="", mode=0o444)
-            for sample in samples_of(rows, keys):
-                writer.write(sample)
-            writer.close()
-            stream.flush()
-            os.fsync(stream.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with storage.committing(path, durable=True) as tmp, open(tmp, "wb") as stream:
+        writer = wds.TarWriter(stream, encoder=False, mtime=MTIME, user="", group="", mode=0o444)
+        for sample in samples_of(rows, keys):
+            writer.write(sample)
+        writer.close()
 
 
 def samples_of(rows: pa.Table, keys: list[str]) -> Iterable[dict[str, Any]]:
@@ -193,7 +186,5 @@ def sizes_of(placed: pa.Table) -> dict[str, int]:
 def write_sizes_json(out_dir: str | Path, sizes: dict[str, int]) -> Path:
     """`sizes.json` (`{"00000.tar": n, ...}`), written atomically; replaces any old one."""
     path = Path(out_dir) / SIZES_FILE
-    tmp = path.with_name(SIZES_FILE + ".tmp")
-    tmp.write_text(json.dumps(dict(sorted(sizes.items())), indent=1) + "\n")
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(dict(sorted(sizes.items())), indent=1) + "\n")
     return path

@@ -1,13 +1,13 @@
-"""Atomic files: every output is written under a temporary name, then renamed into place."""
+"""Parts: parquet files or some of their row groups (`PartRef`), read and written (through
+`storage`, atomically), and the schema helpers that join them."""
 from __future__ import annotations
 
 import functools
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -15,17 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.core import storage
+
 INTERNAL_PREFIX = "_"
-
-
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Temporary files an earlier, killed attempt at `path` left behind."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -118,11 +110,8 @@ def write_parquet(table: pa.Table, path: str | Path, row_group_key: str | None =
     """Write `table` atomically. With `row_group_key`, rows are written one row group per
     distinct key value, in key order (a stable sort keeps the order within a key); returns
     {value: row_group_index}. Otherwise row groups of `row_group_rows` (default: one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
     groups: dict = {}
-    with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
+    with storage.committing(path) as tmp, pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
         if row_group_key is None or table.num_rows == 0:
             writer.write_table(table, row_group_size=max(row_group_rows or table.num_rows, 1))
         else:
@@ -132,7 +121,6 @@ def write_parquet(table: pa.Table, path: str | Path, row_group_key: str | None =
             for index, (start, stop) in enumerate(bounds):
                 writer.write_table(table.slice(start, stop - start), row_group_size=stop - start)
                 groups[int(keys[start])] = index
-    os.replace(tmp, path)
     return groups
 
 
@@ -192,32 +180,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
-def write_json(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def public_columns(table: pa.Table) -> pa.Table:
     """Drop the framework's internal columns (names starting with '_')."""
     keep = [n for n in table.column_names if not n.startswith(INTERNAL_PREFIX)]
     return table.select(keep)
-
-
-def json_roundtrip(obj: Any) -> Any:
-    """`obj` as it reads back from JSON (tuples become lists, ...), for comparisons."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))

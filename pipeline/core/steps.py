@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pipeline.core import parts
+from pipeline.core import parts, storage
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Resources
 from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, StageOp, run_part_task
@@ -50,7 +50,7 @@ class StepContext:
         pending = [t for t in tasks if not t.path("done", ".json").exists()]
         if pending:
             self.engine.map(run_part_task, pending, resources)
-        stats = [parts.read_json(t.path("done", ".json")) for t in tasks]
+        stats = [storage.read_json(t.path("done", ".json")) for t in tasks]
         if counted:
             self.phase_stats.append(stats)
         self.phase_dirs.append(phase_dir)
@@ -139,7 +139,7 @@ def execute_step(step: Step, engine: Engine, run_dir: Path, index: int, seed: in
     step_dir = run_dir / "steps" / f"{index:02d}_{step.name}"
     success = step_dir / "_SUCCESS"
     if success.exists():
-        return parts.read_json(step_dir / "stats.json")
+        return storage.read_json(step_dir / "stats.json")
     started = time.perf_counter()
     ctx = StepContext(engine, step_dir, step.name, seed, task_rows)
     inputs = parts.as_refs(inputs)
@@ -151,8 +151,8 @@ def execute_step(step: Step, engine: Engine, run_dir: Path, index: int, seed: in
     record["parts"] = [ref.to_json() for ref in outputs]
     record["dropped_files"] = sorted(
         str(p) for d in ctx.phase_dirs for p in (d / "dropped").glob("part-*.parquet"))
-    parts.write_json(record, step_dir / "stats.json")
-    success.write_text("")
+    storage.write_json(record, step_dir / "stats.json")
+    storage.write_text(success, "")
     return record
 
 

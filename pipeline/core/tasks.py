@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core import images, parts
+from pipeline.core import images, parts, storage
 from pipeline.core.stage import REASON, Resources, set_column
 
 LEDGER_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()),
@@ -48,9 +48,9 @@ def run_part_task(task: PartTask) -> dict:
     """Run one task (idempotent): returns its stats dict."""
     done = task.path("done", ".json")
     if done.exists():
-        return parts.read_json(done)
+        return storage.read_json(done)
     for kind, suffix in (("data", ".parquet"), ("dropped", ".parquet"), ("done", ".json"), ("done", ".npz")):
-        parts.remove_stale_temporaries(task.path(kind, suffix))
+        storage.remove_stale_temporaries(task.path(kind, suffix))
     started = time.perf_counter()
     table = task.reader()
     rows_in = table.num_rows
@@ -77,7 +77,7 @@ def run_part_task(task: PartTask) -> dict:
     if rows_in != stats["rows_out"] + sum(stats["dropped"].values()):
         raise RuntimeError(f"{task.stage}: part {task.part} lost rows "
                            f"({rows_in} in, {stats['rows_out']} out, {stats['dropped']} dropped)")
-    parts.write_json(stats, done)
+    storage.write_json(stats, done)
     return stats
 
 
@@ -106,11 +106,8 @@ def _reason_counts(ledger: pa.Table) -> dict[str, int]:
 
 
 def _write_npz(extras: dict[str, np.ndarray], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = parts.tmp_name(path)
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **extras)
-    tmp.replace(path)
+    with storage.committing(path) as tmp, open(tmp, "wb") as stream:
+        np.savez(stream, **extras)
 
 
 def load_extras(task_or_phase_dir: str, part: int) -> dict[str, np.ndarray]:

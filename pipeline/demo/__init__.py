@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.core import parts
+from pipeline.core import storage
 from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
 from pipeline.demo.world_web import build_demo_web
@@ -108,11 +108,11 @@ def run_demo(output: Path, rows: int = 3000, steps: int = TRAIN_STEPS, log=print
 
 def compare(output: Path) -> dict:
     """eval.json: both models' zero-shot top-1 on the same held-out set (mini-DataComp)."""
-    curated = parts.read_json(output / "train" / "eval.json")
-    uncurated = parts.read_json(output / "uncurated" / "train" / "eval.json")
+    curated = storage.read_json(output / "train" / "eval.json")
+    uncurated = storage.read_json(output / "uncurated" / "train" / "eval.json")
     comparison = {"curated": curated, "uncurated": uncurated, "steps": curated["steps"],
                   "curated_beats_uncurated": curated["top1"] > uncurated["top1"]}
-    parts.write_json(comparison, output / "eval.json")
+    storage.write_json(comparison, output / "eval.json")
     return comparison
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from pipeline.core import storage
 from pipeline.models import TINY_NAME, register_models
 from pipeline.world import make_world
 
@@ -120,7 +121,7 @@ def _learning_rate(step: int, config: TinyTrainConfig) -> float:
 def save_checkpoint(model: torch.nn.Module, out_dir: str | Path, model_name: str, epoch: int,
                     file_name: str = CHECKPOINT_NAME) -> Path:
     """Write an open_clip checkpoint plus the architecture JSON beside it (atomically)."""
-    from pipeline.train.checkpoint import write_atomic, write_model_config
+    from pipeline.train.checkpoint import write_model_config
 
     out = Path(out_dir)
     write_model_config(out, model_name)
@@ -128,7 +129,7 @@ def save_checkpoint(model: torch.nn.Module, out_dir: str | Path, model_name: str
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"epoch": epoch, "name": model_name, "state_dict": state}, buffer)
     path = out / file_name
-    write_atomic(path, buffer.getvalue())
+    storage.write_bytes(path, buffer.getvalue(), durable=True)
     return path
 
 
@@ -142,7 +143,7 @@ def ensure_tiny_checkpoint(cache_dir: str | Path, config: TinyTrainConfig = Tiny
     checkpoint = folder / CHECKPOINT_NAME
     if checkpoint.is_file():
         return checkpoint
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    staging = storage.tmp_name(folder)
     train_tiny(staging, config)
     try:
         os.replace(staging, folder)  # atomic; another process may have won the race

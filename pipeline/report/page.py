@@ -3,10 +3,10 @@ SVG plots, images as data: URIs); each section appears only when the run has its
 from __future__ import annotations
 
 import json
-import os
 from html import escape
 from pathlib import Path
 
+from pipeline.core import storage
 from pipeline.errors import UserError
 from pipeline.report import data, samples, svg
 
@@ -48,9 +48,7 @@ def write_report(run_dir: str | Path) -> Path:
         raise UserError(f"{run_dir}: no readable summary.json (not a finished run folder)")
     html = render(run_dir, summary)
     path = run_dir / "report.html"
-    tmp = path.with_name(f".report.html.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
+    storage.write_text(path, html)
     return path
 
 

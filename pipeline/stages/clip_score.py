@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.clip.threshold import ScoreHistogram
-from pipeline.core import parts
+from pipeline.core import storage
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Resources, Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext
@@ -189,7 +189,7 @@ class ClipScoreStep(Step):
             counts = load_extras(str(ctx.phase_dir("score")), part)["histogram"]
             histogram = histogram.merge(ScoreHistogram(len(counts), counts))
         threshold = histogram.threshold(self.settings.top_fraction)
-        parts.write_json({"top_fraction": self.settings.top_fraction, "threshold": threshold,
+        storage.write_json({"top_fraction": self.settings.top_fraction, "threshold": threshold,
                           "scored": histogram.total}, ctx.step_dir / "threshold.json")
         return ctx.run_grouped("cut", ctx.data_parts("score", len(inputs)), CutBelow(threshold))
 

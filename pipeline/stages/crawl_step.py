@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core import parts
+from pipeline.core import parts, storage
 from pipeline.crawl.crawler import crawl
 
 
@@ -43,7 +43,7 @@ def run_crawl(settings, allow_networks: list[str], run_dir: Path, log=print) -> 
                   per_host_limit=settings.per_host_limit)
     stats = json.loads((table.schema.metadata or {}).get(b"curate.crawl.stats", b"{}"))
     parts.write_parquet(table.replace_schema_metadata(None), pairs_path)
-    parts.write_json({"pairs": table.num_rows, **stats}, step_dir / "stats.json")
-    (step_dir / "_SUCCESS").write_text("")
+    storage.write_json({"pairs": table.num_rows, **stats}, step_dir / "stats.json")
+    storage.write_text(step_dir / "_SUCCESS", "")
     log(f"{'crawl':>15}: {table.num_rows:,} pairs from {stats.get('pages_fetched', '?')} pages")
     return str(pairs_path)

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core import parts
+from pipeline.core import parts, storage
 from pipeline.core.hashing import uid_to_u64, uniform
 from pipeline.core.stage import Stage, with_reason
 from pipeline.core.parts import PartRef
@@ -215,7 +215,7 @@ class MetadataStep(Step):
         s = self.settings
         entries_path = ctx.step_dir / "entries.json"
         if not entries_path.exists():
-            parts.write_json(load_entries(s.entries, s.wordfreq_top, s.wordfreq_lang), entries_path)
+            storage.write_json(load_entries(s.entries, s.wordfreq_top, s.wordfreq_lang), entries_path)
         entries = json.loads(entries_path.read_text())
         match = MatchEntries(str(entries_path), s.case_sensitive, len(entries))
         matched = ctx.run_grouped("match", inputs, match)

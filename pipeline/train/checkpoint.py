@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from pipeline.core import storage
 
 LATEST_NAME = "epoch_latest.pt"
 CONFIG_NAME = "model_config.json"
@@ -49,7 +49,7 @@ def write_model_config(folder: Path, name: str) -> None:
     text = json.dumps(architecture_config(name), indent=2, sort_keys=True).encode()
     folder.mkdir(parents=True, exist_ok=True)
     for file_name in (CONFIG_NAME, f"{name}.json"):
-        write_atomic(folder / file_name, text)
+        storage.write_bytes(folder / file_name, text, durable=True)
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -64,8 +64,8 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
     buffer = io.BytesIO()
     torch.save(state, buffer)
     path = folder / step_file(step)
-    write_atomic(path, buffer.getvalue())
-    _link_atomic(path, folder / LATEST_NAME)
+    storage.write_bytes(path, buffer.getvalue(), durable=True)
+    storage.link_or_copy(path, folder / LATEST_NAME)
     return path
 
 
@@ -84,22 +84,3 @@ def load_checkpoint(path: Path) -> dict:
     """A checkpoint's contents on the CPU (tensors and numbers only)."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-
-
-def _link_atomic(source: Path, target: Path) -> None:
-    """Make `target` the same content as `source` (a hard link where possible, else a copy)."""
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)

@@ -9,7 +9,6 @@ checkpoints, `log.jsonl` (one line per logged step) and `result.json`.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -22,6 +21,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from pipeline.core import storage
 from pipeline.train.settings import TrainSettings
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.data import StreamConfig, batch_stream, epoch_of, find_shards
@@ -252,7 +252,7 @@ def _finish(result: dict, checkpoints: Path, place: Dist, loss, rate) -> dict:
     result.update(checkpoint=str(checkpoints / ckpt.LATEST_NAME) if latest else None,
                   loss=None if loss is None else float(loss), samples_per_s=rate)
     if place.rank == 0:
-        ckpt.write_atomic(checkpoints.parent / "result.json", json.dumps(result, indent=1).encode())
+        storage.write_json(result, checkpoints.parent / "result.json")
     if place.world_size > 1:
         dist.barrier()
     return result

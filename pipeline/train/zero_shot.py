@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 from PIL import Image
 
+from pipeline.core import storage
 from pipeline.errors import UserError
 
 WORLD_EVAL_SEED = 7_777_777  # not a seed the tests or the demo train on
@@ -115,11 +116,7 @@ def evaluate_zero_shot(checkpoint: str | Path, model_name: str, eval_data: str, 
     top1 = top1_accuracy(clip, eval_set, batch_size)
     result = {"top1": top1, "steps": steps, "n": len(eval_set.labels), "classes": len(eval_set.classnames),
               "chance": 1 / len(eval_set.classnames), "data": eval_data, "checkpoint": str(checkpoint)}
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    storage.write_json(result, out_path)
     return result
 
 
