@@ -1,6 +1,6 @@
 """Crawl throughput: `pipeline.crawl.crawl` over a generated loopback site (>= 1,000 pages).
 
-The site (`pipeline.crawl.testsite.make_site`, a binary tree of pages with images, robots.txt
+The site (`pipeline.testing.testsite.make_site`, a binary tree of pages with images, robots.txt
 and special pages) is served from a separate process, so the server does not take the GIL
 from the crawler. Reported: pages/s with the crawler's default politeness (2 connections per
 host: the whole site is one host) and with 16 per host. Target: >= 200 pages/s.
@@ -21,7 +21,7 @@ LOOPBACK = ["127.0.0.1/32"]
 
 
 def serve(pages: int, port_pipe, stop) -> None:
-    from pipeline.crawl.testsite import serve_generated_site
+    from pipeline.testing.testsite import serve_generated_site
 
     with serve_generated_site(pages) as server:
         port_pipe.send(server.origin)

@@ -1,7 +1,7 @@
 """Download, side by side with raw img2dataset on the same loopback corpus, in one process.
 
 The corpus: N generated images `/img/<name>.jpg?w=..&h=..` (sizes 200..800 px) served by
-`pipeline.web.fakeweb.FakeWeb` from a separate process (so the server does not take the
+`pipeline.testing.fakeweb.FakeWeb` from a separate process (so the server does not take the
 GIL from either downloader), captions from the LAION sample. Both sides use the same
 threads, image size, resize mode, encode quality and timeout, and no retries.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import random
 import sys
@@ -29,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import real_captions, report  # noqa: E402
+from common import real_captions, report, server_process  # noqa: E402
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -45,8 +44,8 @@ def corpus_sizes(count: int, seed: int = 0) -> list[tuple[str, int, int]]:
 
 def serve(sizes, port_pipe, stop) -> None:
     """Child process: a FakeWeb whose images are generated once up front, then served."""
-    from pipeline.web.content import make_image
-    from pipeline.web.fakeweb import FakeWeb
+    from pipeline.testing.content import make_image
+    from pipeline.testing.fakeweb import FakeWeb
 
     with FakeWeb("127.0.0.1") as web:
         for name, width, height in sizes:
@@ -135,17 +134,8 @@ def main() -> None:
     parser.add_argument("--skip-ray", action="store_true")
     args = parser.parse_args()
     sizes = corpus_sizes(args.urls)
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    stop = ctx.Event()
-    server = ctx.Process(target=serve, args=(sizes, send, stop), daemon=True)
-    server.start()
-    try:
-        table = corpus_table(receive.recv(), sizes)
-        results = compare(table, args.threads, not args.skip_ray)
-    finally:
-        stop.set()
-        server.join(timeout=10)
+    with server_process(serve, sizes) as port:
+        results = compare(corpus_table(port, sizes), args.threads, not args.skip_ray)
     report("download", results)
 
 

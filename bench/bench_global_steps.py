@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import multiprocessing
 import os
 import sys
 import tarfile
@@ -30,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import caption_table, report  # noqa: E402
+from common import caption_table, report, server_process  # noqa: E402
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -123,7 +122,7 @@ def scale(rows: int, parts_low: int, image_rows_count: int, work: Path) -> dict:
 
 def serve(sizes, port_pipe, stop) -> None:
     """Child process: a FakeWeb serving photo-like JPEGs, generated once up front."""
-    from pipeline.web.fakeweb import FakeWeb
+    from pipeline.testing.fakeweb import FakeWeb
 
     with FakeWeb("127.0.0.1") as web:
         for i, (width, height) in enumerate(sizes):
@@ -167,13 +166,7 @@ def storage(photos: int, work: Path) -> dict:
     rng = np.random.default_rng(0)
     sizes = [(int(rng.integers(200, 801)), int(rng.integers(200, 801))) for _ in range(photos)]
     checkpoint = reference_model()
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    stop = ctx.Event()
-    server = ctx.Process(target=serve, args=(sizes, send, stop), daemon=True)
-    server.start()
-    try:
-        port = receive.recv()
+    with server_process(serve, sizes) as port:
         captions = caption_table(photos)["text"].to_pylist()
         urls = [f"http://127.0.0.1:{port}/p/{i}.jpg" for i in range(photos)]
         pairs = work / "pairs.parquet"
@@ -187,9 +180,6 @@ def storage(photos: int, work: Path) -> dict:
                                  "precision": "fp32", "filter": "none"},
                   "shard": {"samples_per_shard": 100}}
         summary = run_pipeline(settings_from_dict(config, "bench"), run_dir, log=lambda *_: None)
-    finally:
-        stop.set()
-        server.join(5)
     by_folder = folder_bytes(run_dir)
     jpeg = tar_jpeg_bytes(run_dir / "shards")
     return {"photos": photos, "kept": summary["kept_rows"], "tar_jpeg_bytes": jpeg,

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,14 +21,14 @@ def real_captions() -> list[str]:
         import pyarrow.parquet as pq
 
         return [t for t in pq.read_table(LAION_SAMPLE)["TEXT"].to_pylist() if t]
-    from pipeline.demo.text_sample import text_sample
+    from pipeline.testing.text_sample import text_sample
 
     return [t for t in text_sample(5000)["text"].to_pylist() if t]
 
 
 def caption_table(rows: int, seed: int = 0) -> pa.Table:
     """`rows` pairs: real captions (shuffled, with word-level variation) plus the generator's noise."""
-    from pipeline.demo.text_sample import text_sample
+    from pipeline.testing.text_sample import text_sample
 
     rng = random.Random(seed)
     base = real_captions()
@@ -63,3 +64,21 @@ def report(name: str, results: dict) -> None:
 
 def cores() -> int:
     return os.cpu_count() or 1
+
+
+@contextmanager
+def server_process(serve, *args):
+    """Run `serve(*args, port_pipe, stop)` in a spawned process, so the server takes no GIL
+    from the side being measured; yields the port it sends back, stops it at the end."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    stop = ctx.Event()
+    server = ctx.Process(target=serve, args=(*args, send, stop), daemon=True)
+    server.start()
+    try:
+        yield receive.recv()
+    finally:
+        stop.set()
+        server.join(timeout=10)

@@ -1,16 +1,14 @@
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-# --- fakeweb fixtures (pipeline.web.fakeweb): a real HTTP server on loopback ---------------
+# --- fakeweb fixtures (pipeline.testing.fakeweb): a real HTTP server on loopback ---------------
 import ipaddress as _ipaddress
 import socket as _socket
 
 import pytest
 
-from pipeline.web.fakeweb import FakeWeb
+from pipeline.testing.fakeweb import FakeWeb
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.demo.text_sample import text_sample
+from pipeline.testing.text_sample import text_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,14 @@ def text_config(input_path: Path, output: Path, **extra) -> dict:
     }
     config.update(extra)
     return config
+
+
+def run(config: dict, source: str = "test.yaml") -> dict:
+    """Run a config dict (as a YAML file would give it) quietly; returns the summary."""
+    from pipeline.app import run_pipeline
+    from pipeline.config import settings_from_dict
+
+    return run_pipeline(settings_from_dict(config, source), config["output"], log=lambda *_: None)
 
 
 def read_summary(run_dir: Path) -> dict:

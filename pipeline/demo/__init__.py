@@ -16,8 +16,8 @@ import yaml
 from pipeline.core import storage
 from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
-from pipeline.demo.world_web import build_demo_web
-from pipeline.web.fakeweb import FakeWeb
+from pipeline.testing.world_web import build_demo_web
+from pipeline.testing.fakeweb import FakeWeb
 
 WORLD_SEED = 7          # the web's pool (the trusted bootstrap set uses world seed 0)
 TRAIN_STEPS = 150

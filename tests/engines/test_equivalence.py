@@ -1,8 +1,7 @@
 """One config on the local, Ray and Spark engines: identical kept uids, ledger and summary counts."""
-from support import assert_run_invariants, kept_uids, ledger_rows, read_summary, text_config, write_sample
+from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_summary, run,
+                           text_config, write_sample)
 
-from pipeline.config import settings_from_dict
-from pipeline.app import run_pipeline
 
 
 def counts(run_dir):
@@ -16,7 +15,7 @@ def test_local_ray_spark_give_the_same_result(tmp_path):
         config = text_config(sample, tmp_path / engine, engine=engine)
         config["ray"] = {"num_cpus": 2}
         config["spark"] = {"master": "local[2]"}
-        run_pipeline(settings_from_dict(config, f"{engine}.yaml"), config["output"], log=lambda *_: None)
+        run(config)
         assert_run_invariants(tmp_path / engine)
         runs[engine] = tmp_path / engine
     assert kept_uids(runs["local"]) == kept_uids(runs["ray"]) == kept_uids(runs["spark"])

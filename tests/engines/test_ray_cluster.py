@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import ROOT, kept_uids, ledger_rows, text_config, write_sample
+from tests.support import ROOT, kept_uids, ledger_rows, run, text_config, write_sample
 
-from pipeline.config import settings_from_dict
-from pipeline.app import run_pipeline
 
 BIN = Path(sys.executable).parent
 
@@ -55,7 +53,7 @@ def two_node_cluster(tmp_path):
 def test_job_submit_on_two_nodes_matches_local(tmp_path, two_node_cluster):
     sample = write_sample(tmp_path / "s.parquet", rows=3000)
     local = text_config(sample, tmp_path / "local")
-    run_pipeline(settings_from_dict(local, "local.yaml"), local["output"], log=lambda *_: None)
+    run(local)
 
     config = text_config(sample, tmp_path / "cluster", engine="ray")
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(config))

@@ -6,16 +6,14 @@ import sys
 from pathlib import Path
 
 import yaml
-from support import ROOT, kept_uids, ledger_rows, text_config, write_sample
+from tests.support import ROOT, kept_uids, ledger_rows, run, text_config, write_sample
 
-from pipeline.config import settings_from_dict
-from pipeline.app import run_pipeline
 
 
 def test_spark_submit_matches_local(tmp_path):
     sample = write_sample(tmp_path / "s.parquet", rows=2000)
     local = text_config(sample, tmp_path / "local")
-    run_pipeline(settings_from_dict(local, "local.yaml"), local["output"], log=lambda *_: None)
+    run(local)
     config = text_config(sample, tmp_path / "submitted", engine="spark")
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)

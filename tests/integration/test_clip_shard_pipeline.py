@@ -6,11 +6,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from support import assert_run_invariants, kept_uids, read_dataset, read_summary
+from tests.support import assert_run_invariants, kept_uids, read_dataset, read_summary, run
 
-from pipeline.config import settings_from_dict
-from pipeline.app import run_pipeline
-from pipeline.web.fakeweb import FakeWeb
+from pipeline.testing.fakeweb import FakeWeb
 from pipeline.world import make_world, shuffled_captions
 
 ROWS = 96
@@ -43,9 +41,6 @@ def config(tmp_path, name, urls, texts, checkpoint, engine="local", **clip):
         "ray": {"num_cpus": 2}, "spark": {"master": "local[2]"},
     }
 
-
-def run(cfg):
-    return run_pipeline(settings_from_dict(cfg, "t.yaml"), cfg["output"], log=lambda *_: None)
 
 
 def tar_digests(run_dir):

@@ -1,4 +1,4 @@
-"""The crawler against a generated site on a real loopback HTTP server (see crawl/testsite.py)."""
+"""The crawler against a generated site on a real loopback HTTP server (see pipeline/testing/testsite.py)."""
 import json
 import socket
 import threading
@@ -10,7 +10,7 @@ import pytest
 from pipeline.crawl.crawler import (CRAWL_SCHEMA, STATS_METADATA_KEY, crawl, guarded_fetch,
                                     parse_networks)
 from pipeline.download.addresses import address_allowed
-from pipeline.crawl.testsite import Response, serve_generated_site
+from pipeline.testing.testsite import Response, serve_generated_site
 from pipeline.errors import UserError
 
 LOOPBACK = ["127.0.0.0/8", "::1/128"]

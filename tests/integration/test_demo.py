@@ -2,7 +2,7 @@
 (mini-DataComp), and curated must win on the same held-out zero-shot set."""
 import json
 
-from support import assert_run_invariants
+from tests.support import assert_run_invariants
 
 from pipeline.demo import run_demo
 

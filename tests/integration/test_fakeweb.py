@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from pipeline.web.fakeweb import FakeWeb, make_image
+from pipeline.testing.fakeweb import FakeWeb, make_image
 
 
 def get(web: FakeWeb, path: str, host: str = "127.0.0.1", timeout: float = 5.0):
@@ -127,7 +127,7 @@ def test_serves_https(tmp_path):
     pytest.importorskip("cryptography")
     import ssl
 
-    from pipeline.web.content import make_self_signed_cert
+    from pipeline.testing.content import make_self_signed_cert
 
     cert, key = make_self_signed_cert(str(tmp_path))
     with FakeWeb(tls=(cert, key)) as web:

@@ -5,13 +5,11 @@ import sys
 import pyarrow.compute as pc
 import pytest
 import yaml
-from support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
-                     run_and_kill)
+from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
+                           run, run_and_kill)
 
-from pipeline.config import settings_from_dict
-from pipeline.app import run_pipeline
-from pipeline.demo.text_sample import english_caption
-from pipeline.web.fakeweb import FakeWeb
+from pipeline.testing.text_sample import english_caption
+from pipeline.testing.fakeweb import FakeWeb
 
 FAULTS = {  # path -> reason (deterministic faults only, so reruns and engines agree)
     "/fault/404/a.jpg": "http_404", "/fault/500/b.jpg": "http_500", "/fault/noai/c.jpg": "opt_out",
@@ -65,9 +63,6 @@ def image_config(web, input_path, output, engine="local", crawl=True):
         config["crawl"] = {"seeds": [make_site(web)], "max_depth": 2, "max_pages": 50}
     return config
 
-
-def run(config):
-    return run_pipeline(settings_from_dict(config, "test.yaml"), config["output"], log=lambda *_: None)
 
 
 def test_crawl_and_download_end_to_end(tmp_path):

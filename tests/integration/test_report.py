@@ -8,15 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageStat
-from support import text_config, write_sample
+from tests.support import run, text_config, write_sample
 
 from pipeline.cli import main as curate
-from pipeline.config import settings_from_dict
-from pipeline.app import run_pipeline
 from pipeline.errors import UserError
 from pipeline.report import write_report
 from pipeline.report import data as report_data
-from pipeline.web.fakeweb import FakeWeb
+from pipeline.testing.fakeweb import FakeWeb
 from pipeline.world import make_world, shuffled_captions
 
 ROWS = 60
@@ -25,9 +23,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--hide-scrollbars"]
 
-
-def run(cfg):
-    return run_pipeline(settings_from_dict(cfg, "t.yaml"), cfg["output"], log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")

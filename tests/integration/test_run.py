@@ -8,23 +8,16 @@ import pyarrow.compute
 import pyarrow.parquet as pq
 import yaml
 
-from support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
-                     run_and_kill, text_config, write_sample)
+from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
+                           run, run_and_kill, text_config, write_sample)
 
-from pipeline.config import settings_from_dict
-from pipeline.app import run_pipeline
 
 CURATE = [sys.executable, "-m", "pipeline"]
 
 
-def run(config, tmp_path):
-    settings = settings_from_dict(config, str(tmp_path / "c.yaml"))
-    return run_pipeline(settings, config["output"], log=lambda *_: None)
-
-
 def test_text_pipeline_contract(tmp_path):
     sample = write_sample(tmp_path / "in" / "sample.parquet", rows=4000)
-    summary = run(text_config(sample, tmp_path / "run"), tmp_path)
+    summary = run(text_config(sample, tmp_path / "run"))
     assert [s["name"] for s in summary["stages"]] == \
         ["ingest", "dedup", "caption_filter", "language", "metadata"]
     assert_run_invariants(tmp_path / "run")
@@ -45,9 +38,9 @@ def test_text_pipeline_contract(tmp_path):
 
 def test_same_seed_same_result_other_seed_differs(tmp_path):
     sample = write_sample(tmp_path / "sample.parquet", rows=3000)
-    run(text_config(sample, tmp_path / "a"), tmp_path)
-    run(text_config(sample, tmp_path / "b", processes=1), tmp_path)
-    run(text_config(sample, tmp_path / "c", seed=1), tmp_path)
+    run(text_config(sample, tmp_path / "a"))
+    run(text_config(sample, tmp_path / "b", processes=1))
+    run(text_config(sample, tmp_path / "c", seed=1))
     assert kept_uids(tmp_path / "a") == kept_uids(tmp_path / "b")
     assert kept_uids(tmp_path / "a") != kept_uids(tmp_path / "c")
 
@@ -75,10 +68,10 @@ def test_cli_bad_inputs_exit_nonzero_with_one_line(tmp_path):
 def test_rerun_with_another_config_is_refused(tmp_path):
     sample = write_sample(tmp_path / "s.parquet", rows=200)
     config = text_config(sample, tmp_path / "run")
-    run(config, tmp_path)
+    run(config)
     config["metadata"]["t"] = 5
     try:
-        run(config, tmp_path)
+        run(config)
     except Exception as exc:
         assert "different config" in str(exc) and "metadata" in str(exc)
     else:
@@ -90,7 +83,7 @@ def test_sigkill_then_rerun_gives_identical_output(tmp_path):
     config = text_config(sample, tmp_path / "killed", input={"path": [str(sample)], "part_rows": 2000})
     (tmp_path / "killed.yaml").write_text(yaml.safe_dump(config))
     clean = dict(config, output=str(tmp_path / "clean"))
-    run(clean, tmp_path)
+    run(clean)
 
     done_dir = tmp_path / "killed" / "steps" / "03_language" / "map" / "done"
     finished = {p: p.stat().st_mtime_ns for p in run_and_kill(tmp_path / "killed.yaml", done_dir, 3)}

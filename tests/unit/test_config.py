@@ -56,7 +56,7 @@ def test_overrides_are_typed(tmp_path):
 
 
 def test_shipped_example_configs_load():
-    from support import ROOT
+    from tests.support import ROOT
     for path in sorted((ROOT / "jobs" / "configs").glob("*.yaml")):
         settings = load_config(path)
         assert settings.section("dedup") is not None, path
@@ -64,7 +64,7 @@ def test_shipped_example_configs_load():
 
 def test_full_example_has_every_registered_section():
     import yaml
-    from support import ROOT
+    from tests.support import ROOT
 
     from pipeline.config import SECTIONS
     from pipeline.stages import STAGES

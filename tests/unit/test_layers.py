@@ -35,3 +35,9 @@ def test_stages_never_import_engines_or_the_app():
     wrong = {(f, m) for f, m in pipeline_imports("stages")
              if m.startswith(("pipeline.engines", "pipeline.app"))}
     assert not wrong, sorted(wrong)
+
+
+def test_stages_never_import_the_testing_package():
+    wrong = {(f, m) for folder in ("core", "engines", "stages", "download", "crawl", "clip")
+             for f, m in pipeline_imports(folder) if m.startswith("pipeline.testing")}
+    assert not wrong, sorted(wrong)

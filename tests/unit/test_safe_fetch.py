@@ -10,7 +10,7 @@ from pipeline.download import reasons
 from pipeline.download.reasons import classify_error, classify_message, is_transient
 from pipeline.download.addresses import address_allowed, check_peer
 from pipeline.download.safe_fetch import FetchPolicy, fetch, install_guarded_opener
-from pipeline.web.fakeweb import FakeWeb
+from pipeline.testing.fakeweb import FakeWeb
 
 LOCAL = ("127.0.0.1/32",)
 
@@ -191,7 +191,7 @@ def test_installed_opener_guards_urlopen(fakeweb):
 @pytest.fixture(scope="module")
 def tls_web(tmp_path_factory):
     pytest.importorskip("cryptography")
-    from pipeline.web.content import make_self_signed_cert
+    from pipeline.testing.content import make_self_signed_cert
 
     cert, key = make_self_signed_cert(str(tmp_path_factory.mktemp("tls")))
     with FakeWeb(tls=(cert, key)) as web:

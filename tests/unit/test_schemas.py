@@ -1,5 +1,5 @@
 import pyarrow.dataset as ds
-from support import text_config, write_sample
+from tests.support import text_config, write_sample
 
 from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.web.fakeweb import FakeWeb
+from pipeline.testing.fakeweb import FakeWeb
 from pipeline.world import describe, make_sample
 
 TRANSLATIONS = {
