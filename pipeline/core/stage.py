@@ -19,6 +19,7 @@ from pipeline.core.images import IMAGE, IMAGE_FILE
 from pipeline.errors import UserError
 
 REASON = "_reason"
+POS = "_pos"   # a row's position in the input (part << 32 | row), for deterministic ties
 
 
 @dataclass(frozen=True)

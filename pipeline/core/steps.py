@@ -80,6 +80,17 @@ class StepContext:
         return self.keyed_parts(name, stats, [list(range(len(g))) for g in groups])
 
 
+def bucket_refs(files: list[PartRef], stats: list[dict], keys: range) -> list[PartRef]:
+    """The row groups of keys `keys` in each file written by key (one contiguous run per
+    file, since row groups are in key order); an empty selection keeps the schema."""
+    refs = []
+    for file, part in zip(files, stats):
+        groups = [part["row_groups"][str(k)] for k in keys if str(k) in part["row_groups"]]
+        if groups:
+            refs.append(PartRef(file.path, tuple(groups)))
+    return refs or [PartRef(files[0].path, ())]
+
+
 def rows_of(refs: list[PartRef]) -> list[int]:
     """Row count of each part, from the parquet footers (one read per file)."""
     return [parts.num_rows(ref) for ref in refs]

@@ -17,12 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.hashing import bucket_of, hash_strings
-from pipeline.core.parts import read_schema
-from pipeline.core.stage import REASON, Stage, check_columns
-from pipeline.core.parts import PartRef
-from pipeline.core.steps import Step, StepContext, group_by_rows, rows_of
+from pipeline.core.parts import PartRef, read_schema
+from pipeline.core.stage import POS, REASON, Stage, check_columns
+from pipeline.core.steps import Step, StepContext, bucket_refs, group_by_rows, rows_of
 from pipeline.core.tasks import ReadParts
-from pipeline.stages.ingest import POS
 
 KEY, BUCKET = "_key", "_bucket"
 SECTION = "dedup"
@@ -101,17 +99,6 @@ def bucket_ranges(buckets: int, tasks: int) -> list[range]:
     tasks = max(1, min(tasks, buckets))
     bounds = [buckets * i // tasks for i in range(tasks + 1)]
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
-def bucket_refs(files: list[PartRef], stats: list[dict], keys: range) -> list[PartRef]:
-    """The row groups of keys `keys` in each file written by key (one contiguous run per
-    file, since row groups are in key order); an empty selection keeps the schema."""
-    refs = []
-    for file, part in zip(files, stats):
-        groups = [part["row_groups"][str(k)] for k in keys if str(k) in part["row_groups"]]
-        if groups:
-            refs.append(PartRef(file.path, tuple(groups)))
-    return refs or [PartRef(files[0].path, ())]
 
 
 def build_step(settings: DedupSettings, run) -> DedupStep:

@@ -33,11 +33,9 @@ import pyarrow.compute as pc
 from pipeline.core import images, parts
 from pipeline.core.images import IMAGE
 from pipeline.core.parts import PartRef
-from pipeline.core.stage import Stage, set_column, with_reason
-from pipeline.core.steps import Step, StepContext, group_by_rows, rows_of
+from pipeline.core.stage import POS, Stage, set_column, with_reason
+from pipeline.core.steps import Step, StepContext, bucket_refs, group_by_rows, rows_of
 from pipeline.core.tasks import SOURCE_PART, ReadParts
-from pipeline.stages.dedup import bucket_refs
-from pipeline.stages.ingest import POS
 from pipeline.stages.phash_lsh import (SHA_BAND, band_keys, band_masks, key_bucket,
                                        later_duplicates, phash_of, sha_halves)
 

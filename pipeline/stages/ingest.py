@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.hashing import uids_of
-from pipeline.core.stage import Stage, with_reason
+from pipeline.core.stage import POS, Stage, with_reason
 from pipeline.core.steps import Step, StepContext
 from pipeline.core.tasks import StageOp
 from pipeline.errors import UserError
@@ -20,7 +20,6 @@ from pipeline.stages.sources import (MALFORMED, SourceSlice, detect_format, find
                                      plan_slices, read_slice)
 
 RESERVED = ("uid", "url", "text")
-POS = "_pos"   # internal: a row's position in the input (part << 32 | row), for deterministic ties
 
 # scheme http(s), optional user info, a host (name or [v6]), optional port, then path/query.
 URL_SHAPE = (r"^[hH][tT][tT][pP][sS]?://([^/?#@\s]*@)?(\[[0-9A-Fa-f:.]+\]|[^/?#:@\s\[\]]+)"
