@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.core import images, parts, storage
 from pipeline.config import RunSettings
@@ -18,7 +17,7 @@ from pipeline.engines import make_engine
 from pipeline.errors import UserError
 
 # Settings that change how a run is executed but never what it produces.
-EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source")
+EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source", "storage_options")
 
 
 def build_steps(settings, crawled: list[str] = ()) -> list[Step]:
@@ -32,8 +31,10 @@ def build_steps(settings, crawled: list[str] = ()) -> list[Step]:
 
 
 def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    storage.configure(settings.storage_options)
+    run_dir = storage.absolute(run_dir)
+    settings = in_one_process_for_memory(settings, run_dir)
+    storage.makedirs(run_dir)
     check_same_config(settings, run_dir)
     crawled = []
     if settings.section("crawl"):
@@ -52,7 +53,7 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
             log(funnel_line(record))
         finalize(engine, run_dir, inputs, records)
     summary = make_summary(records)
-    storage.write_json(summary, run_dir / "summary.json")
+    storage.write_json(summary, storage.join(run_dir, "summary.json"))
     if settings.section("train"):
         from pipeline.train import train
 
@@ -60,12 +61,22 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
         summary["train"] = {k: result.get(k) for k in ("steps", "checkpoint", "samples_per_s")}
         if result.get("eval"):
             summary["train"]["top1"] = result["eval"]["top1"]
-        storage.write_json(summary, run_dir / "summary.json")
+        storage.write_json(summary, storage.join(run_dir, "summary.json"))
     write_report_quietly(run_dir, log)
     return summary
 
 
-def write_report_quietly(run_dir: Path, log) -> None:
+def in_one_process_for_memory(settings: RunSettings, run_dir: str) -> RunSettings:
+    """`memory://` lives in one process: the local engine runs its tasks in this one."""
+    if not run_dir.startswith("memory://"):
+        return settings
+    if settings.engine != "local":
+        raise UserError(f"{run_dir}: memory:// is seen by one process only; use a local "
+                        f"path or an object store with engine {settings.engine}")
+    return dataclasses.replace(settings, processes=1)
+
+
+def write_report_quietly(run_dir: str, log) -> None:
     """Every run writes report.html (a report problem never fails the run)."""
     try:
         from pipeline.report import write_report
@@ -83,12 +94,12 @@ def funnel_line(record: dict) -> str:
             f"  ({drops})  {record['seconds']:.1f}s")
 
 
-def check_same_config(settings: RunSettings, run_dir: Path) -> None:
+def check_same_config(settings: RunSettings, run_dir: str) -> None:
     """A run folder belongs to one config: resuming with another would mix results."""
     current = {k: v for k, v in dataclasses.asdict(settings).items() if k not in EXECUTION_ONLY}
-    path = run_dir / "config.json"
-    if path.exists():
-        previous = storage.read_json(path)
+    path = storage.join(run_dir, "config.json")
+    previous = storage.read_marker(path)
+    if previous is not None:
         if previous != storage.json_roundtrip(current):
             changed = sorted(k for k in set(previous) | set(current)
                              if previous.get(k) != storage.json_roundtrip(current).get(k))
@@ -105,28 +116,30 @@ def make_summary(records: list[dict]) -> dict:
             "stages": stages}
 
 
-def finalize(engine, run_dir: Path, final_parts: list, records: list[dict]) -> None:
-    """Write `kept/` and `ledger/`, each committed whole (built under a temporary name)."""
-    for name in ("kept", "ledger"):
-        storage.remove_stale_temporaries(run_dir / name)
-    with storage.committing(run_dir / "kept") as kept_tmp, storage.committing(run_dir / "ledger") as ledger_tmp:
-        kept_tmp.mkdir()
-        ledger_tmp.mkdir()
-        write_kept_and_ledger(engine, kept_tmp, ledger_tmp, final_parts, records)
+def finalize(engine, run_dir: str, final_parts: list, records: list[dict]) -> None:
+    """Write `kept/` and `ledger/`, each committed whole (a folder renamed into place, or
+    on an object store marked `_SUCCESS` once every file is written)."""
+    with storage.committing_folder(storage.join(run_dir, "kept")) as kept, \
+            storage.committing_folder(storage.join(run_dir, "ledger")) as ledger:
+        write_kept_and_ledger(engine, kept, ledger, final_parts, records)
 
 
-def write_kept_and_ledger(engine, kept_tmp: Path, ledger_tmp: Path, final_parts: list,
+def write_kept_and_ledger(engine, kept: storage.Folder, ledger: storage.Folder, final_parts: list,
                           records: list[dict]) -> None:
     final_parts = parts.as_refs(final_parts)
     schema = unified_schema(final_parts)
-    jobs = [(p, str(kept_tmp / f"part-{i:05d}.parquet"), str(ledger_tmp / f"kept-{i:05d}.parquet"),
-             schema) for i, p in enumerate(final_parts)]
-    engine.map(finalize_part, jobs)
+    jobs = [(p, storage.join(kept.path, f"part-{i:05d}.parquet"),
+             storage.join(ledger.path, f"kept-{i:05d}.parquet"), schema)
+            for i, p in enumerate(final_parts)]
+    for kept_size, ledger_size in engine.map(finalize_part, jobs):
+        kept.files.update([kept_size])
+        ledger.files.update([ledger_size])
     for record in records:
         for path in record["dropped_files"]:
-            if pq.read_metadata(path).num_rows:
-                step, phase = Path(path).parts[-4], Path(path).parts[-3]
-                storage.link_or_copy(path, ledger_tmp / f"{step}-{phase}-{Path(path).name}")
+            pieces = path.split("/")
+            target = f"{pieces[-4]}-{pieces[-3]}-{pieces[-1]}"   # <step>-<phase>-part-N.parquet
+            storage.link_or_copy(path, storage.join(ledger.path, target))
+            ledger.files[target] = storage.size(path)
 
 
 def unified_schema(refs: list) -> pa.Schema:
@@ -138,7 +151,8 @@ def unified_schema(refs: list) -> pa.Schema:
     return pa.schema([f for f in merged if not f.name.startswith(parts.INTERNAL_PREFIX)])
 
 
-def finalize_part(job) -> int:
+def finalize_part(job) -> tuple[tuple[str, int], tuple[str, int]]:
+    """Write one kept part and its ledger rows; returns each file's (name, size)."""
     ref, kept_path, ledger_path, schema = job
     table = parts.public_columns(images.attach_images(parts.read_ref(ref)))
     table = table.select([n for n in schema.names if n in table.column_names])
@@ -149,4 +163,5 @@ def finalize_part(job) -> int:
                        "reason": pa.array(["kept"] * table.num_rows, pa.string())},
                       schema=LEDGER_SCHEMA)
     parts.write_parquet(ledger, ledger_path)
-    return table.num_rows
+    return ((storage.name(kept_path), storage.size(kept_path)),
+            (storage.name(ledger_path), storage.size(ledger_path)))

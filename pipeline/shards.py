@@ -79,8 +79,7 @@ def write_shards(tables_or_rows, out_dir: str | Path, samples_per_shard: int, se
             raise ValueError(f"write_shards: input lacks the column {column!r}")
     if samples_per_shard < 1:
         raise ValueError("write_shards: samples_per_shard must be >= 1")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = str(out_dir)
     order = shuffled_order(table[UID_COLUMN].to_pylist(), seed)
     n_shards = math.ceil(len(order) / samples_per_shard)
     sizes, placed = {}, []
@@ -88,7 +87,7 @@ def write_shards(tables_or_rows, out_dir: str | Path, samples_per_shard: int, se
         rows = order[shard * samples_per_shard:(shard + 1) * samples_per_shard]
         index = start_index + shard
         keys = shard_keys(index, len(rows), samples_per_shard)
-        write_tar(out / shard_name(index), table.take(rows), keys)
+        write_tar(storage.join(out, shard_name(index)), table.take(rows), keys)
         sizes[shard_name(index)] = len(rows)
         placed.append(pa.table({"uid": table[UID_COLUMN].take(rows),
                                 "shard": pa.array([shard_name(index)] * len(rows), pa.string()),
@@ -108,8 +107,8 @@ def _concat_placed(placed: list[pa.Table]) -> pa.Table:
                      "key": pa.array([], pa.string())})
 
 
-def write_tar(path: Path, rows: pa.Table, keys: list[str]) -> None:
-    """Write one shard atomically (`<name>.tmp`, then rename)."""
+def write_tar(path: str, rows: pa.Table, keys: list[str]) -> None:
+    """Write one shard atomically (through `core.storage`: renamed, or uploaded whole)."""
     import webdataset as wds
 
     with storage.committing(path, durable=True) as tmp, open(tmp, "wb") as stream:
@@ -183,8 +182,8 @@ def sizes_of(placed: pa.Table) -> dict[str, int]:
     return dict(sorted(Counter(placed["shard"].to_pylist()).items()))
 
 
-def write_sizes_json(out_dir: str | Path, sizes: dict[str, int]) -> Path:
+def write_sizes_json(out_dir: str | Path, sizes: dict[str, int]) -> str:
     """`sizes.json` (`{"00000.tar": n, ...}`), written atomically; replaces any old one."""
-    path = Path(out_dir) / SIZES_FILE
+    path = storage.join(out_dir, SIZES_FILE)
     storage.write_text(path, json.dumps(dict(sorted(sizes.items())), indent=1) + "\n")
     return path

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from pipeline.core import storage
 from pipeline.errors import UserError
 from pipeline.models import register_models
 
@@ -74,6 +75,7 @@ def load_clip(name: str, pretrained: str | None = None, device: str = "auto",
     weights = _normalise_pretrained(pretrained)
     if weights and _looks_like_path(weights):
         _check_checkpoint(weights)
+        weights = local_checkpoint(weights, name)
         register_config_beside(weights, name)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -96,12 +98,23 @@ def _normalise_pretrained(pretrained: str | None) -> str | None:
 
 
 def _looks_like_path(pretrained: str) -> bool:
-    return Path(pretrained).suffix in CHECKPOINT_SUFFIXES or "/" in pretrained or Path(pretrained).exists()
+    return (Path(pretrained).suffix in CHECKPOINT_SUFFIXES or "/" in pretrained
+            or not storage.is_local(pretrained) or Path(pretrained).exists())
 
 
 def _check_checkpoint(path: str) -> None:
-    if not Path(path).is_file():
+    if not storage.isfile(path):
         raise UserError(f"clip_score: checkpoint file not found: {path}")
+
+
+def local_checkpoint(path: str, name: str) -> str:
+    """A checkpoint as a local file open_clip can load, with its architecture JSON beside it
+    (a checkpoint in a bucket is fetched once per process, with those JSON files)."""
+    if storage.is_local(path):
+        return path
+    folder = storage.parent(path)
+    siblings = [storage.join(folder, n) for n in ("model_config.json", f"{name}.json")]
+    return storage.local_copy(path, beside=[s for s in siblings if storage.isfile(s)])
 
 
 def register_config_beside(checkpoint: str | Path, name: str) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
+from pipeline.core import storage
 from pipeline.core.settings_loader import build, coerce
 from pipeline.errors import UserError
 
@@ -51,6 +52,7 @@ class GeneralSettings:
     processes: Optional[int] = None      # local engine worker processes; default: all cores
     task_rows: int = 1_000_000           # rows one task of a global step holds at most (memory)
     allow_networks: list[str] = field(default_factory=list)
+    storage_options: dict[str, Any] = field(default_factory=dict)   # for fsspec (s3fs, gcsfs)
     ray: RaySettings = field(default_factory=RaySettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     source: str = "config"               # the file the settings came from (for messages)
@@ -75,18 +77,19 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), *, settings_
     """Read a YAML config, apply `--set key.sub=value` overrides, validate."""
     source = str(path)
     try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
+        text = storage.read_text(source)
+    except (FileNotFoundError, IsADirectoryError):
         raise UserError(f"{source}: no such config file") from None
     except OSError as exc:
-        raise UserError(f"{source}: cannot read config ({exc.strerror})") from None
+        raise UserError(f"{source}: cannot read config ({exc.strerror or exc})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{source}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return settings_from_dict(data, source, overrides, base_dir=Path(path).parent,
+    base_dir = Path(source).parent if storage.is_local(source) else None
+    return settings_from_dict(data, source, overrides, base_dir=base_dir,
                               settings_cls=settings_cls)
 
 
@@ -128,11 +131,15 @@ def apply_override(data: dict, item: str, source: str) -> None:
 
 def _resolve(path: str, base_dir: Path) -> str:
     """A relative input path is taken from the working directory when it matches there,
-    else from the config file's folder."""
-    if os.path.isabs(path) or "://" in path or glob.glob(path):
+    else from the config file's folder; local paths are made absolute (workers may start
+    elsewhere)."""
+    path = storage.normalize(path)
+    if os.path.isabs(path) or not storage.is_local(path):
         return path
+    if glob.glob(path):
+        return os.path.abspath(path)
     candidate = str(base_dir / path)
-    return candidate if glob.glob(candidate) else path
+    return os.path.abspath(candidate) if glob.glob(candidate) else path
 
 
 __all__ = ["GeneralSettings", "settings_class", "load_config", "settings_from_dict", "coerce"]

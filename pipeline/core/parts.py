@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -48,8 +49,9 @@ def as_refs(values: Sequence) -> list[PartRef]:
 
 
 @functools.lru_cache(maxsize=256)
-def _footer(path: str, mtime_ns: int, size: int) -> tuple[pq.FileMetaData, np.ndarray]:
-    meta = pq.read_metadata(path)
+def _footer(path: str, version: tuple) -> tuple[pq.FileMetaData, np.ndarray]:
+    with _parquet_source(path) as source:
+        meta = pq.read_metadata(source)
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     return meta, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
@@ -57,9 +59,24 @@ def _footer(path: str, mtime_ns: int, size: int) -> tuple[pq.FileMetaData, np.nd
 def footer(path: str) -> tuple[pq.FileMetaData, np.ndarray]:
     """A parquet file's metadata and the first row of each row group (and the row count
     last), parsed once per process: a task over many row-group parts of one file would
-    otherwise parse its footer once per part."""
-    stat = os.stat(path)
-    return _footer(str(path), stat.st_mtime_ns, stat.st_size)
+    otherwise parse its footer once per part. Local files are known by mtime and size;
+    objects (never changed once their marker exists) by name, or the size this process
+    wrote."""
+    path = str(path)
+    if storage.is_local(path):
+        stat = os.stat(path)
+        return _footer(path, (stat.st_mtime_ns, stat.st_size))
+    return _footer(path, (storage.known_size(path),))
+
+
+@contextmanager
+def _parquet_source(path: str) -> Iterator:
+    """What pyarrow reads a parquet file from: its local path, or a remote file object."""
+    if storage.is_local(path):
+        yield path
+    else:
+        with storage.open_input(path) as stream:
+            yield stream
 
 
 def num_rows(ref: Union[str, PartRef]) -> int:
@@ -86,9 +103,10 @@ def file_rows_of(ref: PartRef) -> np.ndarray:
 def read_ref(ref: Union[str, PartRef], columns: Optional[list[str]] = None) -> pa.Table:
     ref = as_ref(ref)
     meta, _ = footer(ref.path)
-    file = pq.ParquetFile(ref.path, metadata=meta)
     groups = range(meta.num_row_groups) if ref.row_groups is None else ref.row_groups
-    return file.read_row_groups(list(groups), columns=columns)
+    with _parquet_source(ref.path) as source:
+        return pq.ParquetFile(source, metadata=meta, pre_buffer=True).read_row_groups(
+            list(groups), columns=columns)
 
 
 def read_file_rows(path: str, rows: np.ndarray, columns: list[str]) -> pa.Table:
@@ -97,7 +115,9 @@ def read_file_rows(path: str, rows: np.ndarray, columns: list[str]) -> pa.Table:
     meta, starts = footer(path)
     group_of = np.searchsorted(starts, rows, side="right") - 1
     groups = np.unique(group_of)
-    table = pq.ParquetFile(path, metadata=meta).read_row_groups(groups.tolist(), columns=columns)
+    with _parquet_source(path) as source:
+        table = pq.ParquetFile(source, metadata=meta, pre_buffer=True).read_row_groups(
+            groups.tolist(), columns=columns)
     group_sizes = starts[groups + 1] - starts[groups]
     group_starts = np.concatenate([[0], np.cumsum(group_sizes)]).astype(np.int64)
     position = group_starts[np.searchsorted(groups, group_of)]

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from pipeline.core import parts, storage
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Resources
-from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, StageOp, run_part_task
+from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, StageOp, load_extras, part_path, run_part_task
 from pipeline.core.engine import Engine
 
 TASK_ROWS = 1_000_000   # default rows one task of a global step holds at most
@@ -28,15 +27,24 @@ TASK_ROWS = 1_000_000   # default rows one task of a global step holds at most
 @dataclass
 class StepContext:
     engine: Engine
-    step_dir: Path
+    step_dir: str
     stage: str
     seed: int
     task_rows: int = TASK_ROWS
     phase_stats: list = field(default_factory=list)   # stats lists of the phases run so far
-    phase_dirs: list = field(default_factory=list)
+    dropped_files: list = field(default_factory=list)  # ledger parts with rows, of every phase
+    results: dict = field(default_factory=dict)        # phase name -> its tasks' stats
 
-    def phase_dir(self, name: str) -> Path:
-        return self.step_dir / name
+    @property
+    def run_dir(self) -> str:
+        return storage.parent(storage.parent(self.step_dir))
+
+    def phase_dir(self, name: str) -> str:
+        return storage.join(self.step_dir, name)
+
+    def path(self, name: str) -> str:
+        """A file of the step's own (beside its phases)."""
+        return storage.join(self.step_dir, name)
 
     def run_phase(self, name: str, readers: list[Callable], op: Callable,
                   resources: Resources = Resources(), row_group_key: Optional[str] = None,
@@ -47,17 +55,26 @@ class StepContext:
         phase_dir = self.phase_dir(name)
         tasks = [PartTask(str(phase_dir), i, self.stage, reader, op, row_group_key, resources, images)
                  for i, reader in enumerate(readers)]
-        pending = [t for t in tasks if not t.path("done", ".json").exists()]
+        stats = [storage.read_marker(t.path("done", ".json")) for t in tasks]
+        pending = [i for i, s in enumerate(stats) if s is None]
         if pending:
-            self.engine.map(run_part_task, pending, resources)
-        stats = [storage.read_json(t.path("done", ".json")) for t in tasks]
+            results = self.engine.map(run_part_task, [tasks[i] for i in pending], resources)
+            for i, result in zip(pending, results):
+                stats[i] = result
+        self.results[name] = stats
         if counted:
             self.phase_stats.append(stats)
-        self.phase_dirs.append(phase_dir)
+        self.dropped_files.extend(t.path("dropped") for t, s in zip(tasks, stats) if s["dropped"])
         return stats
 
+    def extras(self, name: str) -> Iterator[dict]:
+        """The numpy extras of a phase's tasks that wrote any, in task order."""
+        for task, stats in enumerate(self.results[name]):
+            if stats["extras"]:
+                yield load_extras(self.phase_dir(name), task)
+
     def data_path(self, name: str, task: int) -> str:
-        return str(self.phase_dir(name) / "data" / f"part-{task:05d}.parquet")
+        return part_path(self.phase_dir(name), "data", task)
 
     def data_parts(self, name: str, count: int) -> list[PartRef]:
         """The whole output files of a phase's `count` tasks, as parts."""
@@ -143,14 +160,14 @@ def split_readers(inputs: list[PartRef], rows_per_task: Optional[int]) -> list[C
     return readers
 
 
-def execute_step(step: Step, engine: Engine, run_dir: Path, index: int, seed: int,
+def execute_step(step: Step, engine: Engine, run_dir: str, index: int, seed: int,
                  inputs: list, task_rows: int = TASK_ROWS) -> dict:
     """Run (or skip, when complete) one step; returns its record for stats/summary
     (`parts`: the output parts, in their JSON form)."""
-    step_dir = run_dir / "steps" / f"{index:02d}_{step.name}"
-    success = step_dir / "_SUCCESS"
-    if success.exists():
-        return storage.read_json(step_dir / "stats.json")
+    step_dir = storage.join(run_dir, "steps", f"{index:02d}_{step.name}")
+    success = storage.join(step_dir, storage.SUCCESS)
+    if storage.marker_exists(success):
+        return storage.read_json(storage.join(step_dir, "stats.json"))
     started = time.perf_counter()
     ctx = StepContext(engine, step_dir, step.name, seed, task_rows)
     inputs = parts.as_refs(inputs)
@@ -160,9 +177,9 @@ def execute_step(step: Step, engine: Engine, run_dir: Path, index: int, seed: in
     record = summarize(step.name, ctx.phase_stats)
     record["seconds"] = round(time.perf_counter() - started, 3)
     record["parts"] = [ref.to_json() for ref in outputs]
-    record["dropped_files"] = sorted(
-        str(p) for d in ctx.phase_dirs for p in (d / "dropped").glob("part-*.parquet"))
-    storage.write_json(record, step_dir / "stats.json")
+    record["dropped_files"] = ctx.dropped_files
+    record["phases"] = [[name, len(stats)] for name, stats in ctx.results.items()]   # in order
+    storage.write_json(record, storage.join(step_dir, "stats.json"))
     storage.write_text(success, "")
     return record
 

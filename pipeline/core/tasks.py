@@ -13,9 +13,9 @@ A rerun finds the done file and returns its stats without doing the work again.
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -40,15 +40,21 @@ class PartTask:
     resources: Resources = field(default_factory=Resources)
     images: bool = False            # the op reads image bytes (`jpg`)
 
-    def path(self, kind: str, suffix: str = ".parquet") -> Path:
-        return Path(self.phase_dir) / kind / f"part-{self.part:05d}{suffix}"
+    def path(self, kind: str, suffix: str = ".parquet") -> str:
+        return part_path(self.phase_dir, kind, self.part, suffix)
+
+
+def part_path(phase_dir: str, kind: str, part: int, suffix: str = ".parquet") -> str:
+    return storage.join(phase_dir, kind, f"part-{part:05d}{suffix}")
 
 
 def run_part_task(task: PartTask) -> dict:
-    """Run one task (idempotent): returns its stats dict."""
+    """Run one task (idempotent): returns its stats dict, which is also its marker
+    (`done/part-N.json`, written last, naming the part's objects and their sizes)."""
     done = task.path("done", ".json")
-    if done.exists():
-        return storage.read_json(done)
+    finished = storage.read_marker(done)
+    if finished is not None:
+        return finished
     for kind, suffix in (("data", ".parquet"), ("dropped", ".parquet"), ("done", ".json"), ("done", ".npz")):
         storage.remove_stale_temporaries(task.path(kind, suffix))
     started = time.perf_counter()
@@ -63,8 +69,10 @@ def run_part_task(task: PartTask) -> dict:
     groups = parts.write_parquet(kept, task.path("data"), task.row_group_key,
                                  images.image_row_groups(kept))
     parts.write_parquet(dropped, task.path("dropped"))
+    written = [task.path("data"), task.path("dropped")]
     if extras:
         _write_npz(extras, task.path("done", ".npz"))
+        written.append(task.path("done", ".npz"))
     stats = {
         "part": task.part,
         "rows_in": rows_in,
@@ -73,6 +81,7 @@ def run_part_task(task: PartTask) -> dict:
         "seconds": round(time.perf_counter() - started, 4),
         "row_groups": {str(k): v for k, v in groups.items()},
         "extras": bool(extras),
+        "objects": {p[len(task.phase_dir) + 1:]: storage.size(p) for p in written},
     }
     if rows_in != stats["rows_out"] + sum(stats["dropped"].values()):
         raise RuntimeError(f"{task.stage}: part {task.part} lost rows "
@@ -105,14 +114,13 @@ def _reason_counts(ledger: pa.Table) -> dict[str, int]:
     return {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: c["values"])}
 
 
-def _write_npz(extras: dict[str, np.ndarray], path: Path) -> None:
+def _write_npz(extras: dict[str, np.ndarray], path: str) -> None:
     with storage.committing(path) as tmp, open(tmp, "wb") as stream:
         np.savez(stream, **extras)
 
 
-def load_extras(task_or_phase_dir: str, part: int) -> dict[str, np.ndarray]:
-    path = Path(task_or_phase_dir) / "done" / f"part-{part:05d}.npz"
-    with np.load(path) as data:
+def load_extras(phase_dir: str, part: int) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(storage.read_bytes(part_path(phase_dir, "done", part, ".npz")))) as data:
         return {k: data[k] for k in data.files}
 
 

@@ -21,6 +21,7 @@ class LocalEngine(Engine):
         tasks = list(tasks)
         if self.processes == 1 or len(tasks) <= 1:
             return [fn(t) for t in tasks]
+        fn = self.prepared(fn)
         if self._pool is None:  # workers live for the whole run, so models load once each
             ctx = multiprocessing.get_context("spawn")
             threads = max(1, (os.cpu_count() or 1) // self.processes)

@@ -17,6 +17,10 @@ class TaskRunner:
         return fn(task)
 
 
+def _call(fn, task):
+    return fn(task)
+
+
 class RayEngine(Engine):
     name = "ray"
 
@@ -46,13 +50,14 @@ class RayEngine(Engine):
         import ray
 
         tasks = list(tasks)
+        fn = self.prepared(fn)
         if resources is not None and resources.stateful and tasks:
             return self._map_on_actors(fn, tasks, resources)
         options = {"max_retries": self.retries, "retry_exceptions": True}
         if resources is not None:
             options.update(num_cpus=resources.cpus, num_gpus=resources.gpus)
-        remote = ray.remote(fn).options(**options)
-        return ray.get([remote.remote(t) for t in tasks])
+        remote = ray.remote(_call).options(**options)
+        return ray.get([remote.remote(fn, t) for t in tasks])
 
     def _map_on_actors(self, fn, tasks, resources):
         """One actor per slot for this map call; killed after it, so their CPUs and GPUs

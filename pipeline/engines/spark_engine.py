@@ -36,6 +36,7 @@ class SparkEngine(Engine):
         tasks = list(tasks)
         if not tasks:
             return []
+        fn = self.prepared(fn)
         rdd = self.session.sparkContext.parallelize(list(enumerate(tasks)), len(tasks))
         results = dict(rdd.map(lambda item: (item[0], fn(item[1]))).collect())
         return [results[i] for i in range(len(tasks))]

@@ -2,46 +2,69 @@
 when the run has no such data, so its section is left out."""
 from __future__ import annotations
 
-import json
+import io
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+
+from pipeline.core import parts, storage
+from pipeline.core.tasks import part_path
 
 SCORE = "clip_score"
 
 
-def read_json(path: Path):
+def read_json(path: str):
     try:
-        return json.loads(Path(path).read_text())
+        return storage.read_json(path)
     except (OSError, ValueError):
         return None
 
 
-def step_dirs(run_dir: Path, name: str) -> list[Path]:
-    """`steps/NN_<name>` folders of a stage, in pipeline order."""
-    return sorted(p for p in (run_dir / "steps").glob(f"*_{name}") if p.is_dir())
+def step_records(run_dir: str, name: str) -> list[tuple[str, dict]]:
+    """(folder, stats.json record) of each step of a stage, in pipeline order; steps are
+    found through summary.json (a step's index is its place there), never by listing."""
+    summary = read_json(storage.join(run_dir, "summary.json")) or {}
+    found = []
+    for index, stage in enumerate(summary.get("stages") or []):
+        if stage.get("name") == name:
+            step_dir = storage.join(run_dir, "steps", f"{index:02d}_{name}")
+            record = read_json(storage.join(step_dir, "stats.json"))
+            if record:
+                found.append((step_dir, record))
+    return found
+
+
+def phase_files(run_dir: str, name: str, kind: str, suffix: str = ".parquet",
+                first_phase: bool = False) -> list[str]:
+    """The `data`, `dropped` or `done` files of a stage's phases (only the first with
+    `first_phase`), from the phase task counts its steps recorded."""
+    paths = []
+    for step_dir, record in step_records(run_dir, name):
+        phases = record.get("phases") or []
+        for phase, tasks in phases[:1] if first_phase else phases:
+            paths.extend(part_path(storage.join(step_dir, phase), kind, i, suffix) for i in range(tasks))
+    return paths
 
 
 def read_columns(source, columns: list[str], filter=None) -> pa.Table | None:
-    """The named columns (those present) of a parquet folder or file list; None if none."""
-    if isinstance(source, Path) and not source.is_dir():
+    """The named columns (those present) of a committed folder or a file list; None if none."""
+    files = storage.folder_files(source) if isinstance(source, str) else source
+    if not files:
         return None
-    if isinstance(source, list) and not source:
-        return None
-    dataset = ds.dataset(source if isinstance(source, list) else str(source), format="parquet")
-    present = [c for c in columns if c in dataset.schema.names]
-    if not present:
-        return None
-    return dataset.to_table(columns=present, filter=filter)
+    tables = []
+    for path in files:
+        present = [c for c in columns if c in parts.read_schema(path).names]
+        if present:
+            table = parts.read_ref(path, present)
+            tables.append(table.filter(filter) if filter is not None else table)
+    return parts.concat(tables) if tables else None
 
 
-def language_counts(run_dir: Path, top: int = 15) -> list[tuple[str, int]] | None:
+def language_counts(run_dir: str, top: int = 15) -> list[tuple[str, int]] | None:
     """Kept rows per language, the most frequent first, the rest summed as `other`."""
-    table = read_columns(run_dir / "kept", ["language"])
+    table = read_columns(storage.join(run_dir, "kept"), ["language"])
     if table is None or "language" not in table.column_names or table.num_rows == 0:
         return None
     counts = pc.value_counts(pc.fill_null(table["language"], "unknown")).to_pylist()
@@ -58,12 +81,11 @@ class ClipScores:
     filter: str
 
 
-def clip_scores(run_dir: Path) -> ClipScores | None:
-    kept = read_columns(run_dir / "kept", ["uid", SCORE])
+def clip_scores(run_dir: str) -> ClipScores | None:
+    kept = read_columns(storage.join(run_dir, "kept"), ["uid", SCORE])
     if kept is None or SCORE not in kept.column_names:
         return None
-    scored = [str(p) for d in step_dirs(run_dir, "clip_score") for p in sorted(d.glob("*/data/*.parquet"))]
-    steps = read_columns(scored, ["uid", SCORE])
+    steps = read_columns(phase_files(run_dir, "clip_score", "data", first_phase=True), ["uid", SCORE])
     dropped = pa.array([], pa.float32())
     if steps is not None and SCORE in steps.column_names and "uid" in kept.column_names:
         others = steps.filter(pc.invert(pc.is_in(steps["uid"], value_set=kept["uid"].combine_chunks())))
@@ -76,16 +98,19 @@ def clip_scores(run_dir: Path) -> ClipScores | None:
     return ClipScores(finite(kept[SCORE].combine_chunks()), finite(dropped), threshold, mode)
 
 
-def dropped_scores(run_dir: Path) -> pa.Array | None:
+def dropped_scores(run_dir: str) -> pa.Array | None:
     """Scores of rows the threshold dropped, kept by the step as per-part extras."""
     import numpy as np
 
     arrays = []
-    for step in step_dirs(run_dir, "clip_score"):
-        for path in sorted(step.glob("*/done/*.npz")):
-            with np.load(path) as extras:
-                if "dropped_scores" in extras.files:
-                    arrays.append(extras["dropped_scores"])
+    for path in phase_files(run_dir, "clip_score", "done", ".npz"):
+        try:
+            extras = np.load(io.BytesIO(storage.read_bytes(path)))
+        except FileNotFoundError:   # a task that wrote no extras
+            continue
+        with extras:
+            if "dropped_scores" in extras.files:
+                arrays.append(extras["dropped_scores"])
     return pa.array(np.concatenate(arrays), pa.float32()) if arrays else None
 
 
@@ -94,12 +119,12 @@ def finite(values: pa.Array) -> pa.Array:
     return values.filter(pc.is_finite(values))
 
 
-def clip_threshold(run_dir: Path) -> tuple[float | None, str]:
+def clip_threshold(run_dir: str) -> tuple[float | None, str]:
     """The score cut: `threshold.json` (top_fraction), else config's `clip_score.threshold`."""
-    section = (read_json(run_dir / "config.json") or {}).get("clip_score") or {}
+    section = (read_json(storage.join(run_dir, "config.json")) or {}).get("clip_score") or {}
     mode = section.get("filter", "threshold")
-    for step in reversed(step_dirs(run_dir, "clip_score")):
-        written = read_json(step / "threshold.json")
+    for step, _ in reversed(step_records(run_dir, "clip_score")):
+        written = read_json(storage.join(step, "threshold.json"))
         if written and written.get("threshold") is not None:
             return float(written["threshold"]), mode
     if mode == "threshold" and section.get("threshold") is not None:
@@ -135,11 +160,10 @@ def bin_edges(arrays: list[pa.Array], marks: list[float], bins: int = 40) -> lis
     return [lo + (hi - lo) * i / bins for i in range(bins + 1)]
 
 
-def entry_counts(run_dir: Path, points: int = 300) -> dict[str, list[tuple[int, int]]] | None:
+def entry_counts(run_dir: str, points: int = 300) -> dict[str, list[tuple[int, int]]] | None:
     """Rank vs count (descending, zeros left out) before and after balancing, thinned to
     about `points` log-spaced ranks per series."""
-    paths = [d / "entry_counts.parquet" for d in step_dirs(run_dir, "metadata")]
-    paths = [str(p) for p in paths if p.exists()]
+    paths = [storage.join(d, "entry_counts.parquet") for d, _ in step_records(run_dir, "metadata")]
     table = read_columns(paths[-1:], ["count_before", "count_after"])
     if table is None or table.num_columns < 2:
         return None

@@ -40,19 +40,19 @@ window.addEventListener("load", function () {
 CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'")
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path) -> str:
     """(Re)write RUN_DIR/report.html from what the run folder holds; returns its path."""
-    run_dir = Path(run_dir)
-    summary = data.read_json(run_dir / "summary.json")
+    run_dir = storage.absolute(run_dir)
+    summary = data.read_json(storage.join(run_dir, "summary.json"))
     if not isinstance(summary, dict) or not summary.get("stages"):
         raise UserError(f"{run_dir}: no readable summary.json (not a finished run folder)")
     html = render(run_dir, summary)
-    path = run_dir / "report.html"
+    path = storage.join(run_dir, "report.html")
     storage.write_text(path, html)
     return path
 
 
-def render(run_dir: Path, summary: dict) -> str:
+def render(run_dir: str, summary: dict) -> str:
     stages = summary["stages"]
     names = [s["name"] for s in stages]
     sections = [funnel_section(summary), throughput_section(stages), download_section(stages),
@@ -65,10 +65,10 @@ def render(run_dir: Path, summary: dict) -> str:
     share = f" ({kept / total:.1%})" if total else ""
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f"<title>curate report: {escape(run_dir.name)}</title><style>{CSS}</style></head><body>"
-            f"<h1>curate run report: {escape(run_dir.name)}</h1>"
+            f"<title>curate report: {escape(storage.name(run_dir))}</title><style>{CSS}</style></head><body>"
+            f"<h1>curate run report: {escape(storage.name(run_dir))}</h1>"
             f'<p>{total:,} input rows &rarr; <b>{kept:,}</b> kept{share}. '
-            f'<span class="note">{escape(str(run_dir.resolve()))}</span></p>'
+            f'<span class="note">{escape(run_dir)}</span></p>'
             f"{''.join(s for s in sections if s)}<script>{CHECK_SCRIPT}</script></body></html>")
 
 
@@ -136,7 +136,7 @@ def download_section(stages: list[dict]) -> str:
     return section("download", "Download errors", note, chart, table(["reason", "rows", "of downloads"], rows))
 
 
-def language_section(run_dir: Path) -> str:
+def language_section(run_dir: str) -> str:
     counts = data.language_counts(run_dir)
     if not counts:
         return ""
@@ -144,7 +144,7 @@ def language_section(run_dir: Path) -> str:
     return section("languages", "Languages of kept rows", chart)
 
 
-def clip_section(run_dir: Path, stages: list[dict]) -> str:
+def clip_section(run_dir: str, stages: list[dict]) -> str:
     scores = data.clip_scores(run_dir)
     if scores is None or len(scores.kept) + len(scores.dropped) == 0:
         return ""
@@ -162,7 +162,7 @@ def clip_section(run_dir: Path, stages: list[dict]) -> str:
     return section("clip", "CLIP scores", chart, note)
 
 
-def entries_section(run_dir: Path) -> str:
+def entries_section(run_dir: str) -> str:
     series = data.entry_counts(run_dir)
     if not series:
         return ""
@@ -188,8 +188,8 @@ def train_section(summary: dict) -> str:
     return section("train", "Training", table(["key", "value"], [[k, v] for k, v in sorted(train.items())]))
 
 
-def config_section(run_dir: Path) -> str:
-    config = data.read_json(run_dir / "config.json")
+def config_section(run_dir: str) -> str:
+    config = data.read_json(storage.join(run_dir, "config.json"))
     if not config:
         return ""
     text = escape(json.dumps(config, indent=1, sort_keys=True))

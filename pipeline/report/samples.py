@@ -8,12 +8,12 @@ import io
 import json
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.report.data import read_columns, step_dirs
+from pipeline.core import storage
+from pipeline.report.data import phase_files, read_columns, read_json
 
 THUMB = 160
 
@@ -42,10 +42,11 @@ def thumbnail_uri(jpg: bytes | None, size: int = THUMB) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def kept_samples(run_dir: Path, limit: int = 24) -> list[Sample]:
+def kept_samples(run_dir: str, limit: int = 24) -> list[Sample]:
     """The first `limit` samples of the shards (shards are already shuffled by uid hash)."""
     samples: list[Sample] = []
-    for path in sorted((run_dir / "shards").glob("*.tar")):
+    sizes = read_json(storage.join(run_dir, "shards", "sizes.json")) or {}
+    for path in [storage.join(run_dir, "shards", name) for name in sorted(sizes) if sizes[name]]:
         for members in tar_samples(path):
             sample = kept_sample(members)
             if sample is not None:
@@ -55,10 +56,10 @@ def kept_samples(run_dir: Path, limit: int = 24) -> list[Sample]:
     return samples
 
 
-def tar_samples(path: Path):
+def tar_samples(path: str):
     """Yield {extension: bytes} per webdataset sample (members grouped by key) of one tar."""
     current, members = None, {}
-    with tarfile.open(path) as tar:
+    with storage.open_input(path, sequential=True) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -85,17 +86,17 @@ def kept_sample(members: dict[str, bytes]) -> Sample | None:
     return Sample(image, caption, note)
 
 
-def dropped_samples(run_dir: Path, stages: list[str], limit: int = 24) -> list[Sample]:
+def dropped_samples(run_dir: str, stages: list[str], limit: int = 24) -> list[Sample]:
     """Pairs dropped after download, spread over their (stage, reason)s, with images."""
     if "download" not in stages:
         return []
     later = stages[stages.index("download") + 1:]
-    ledger = read_columns(run_dir / "ledger", ["uid", "stage", "reason"],
+    ledger = read_columns(storage.join(run_dir, "ledger"), ["uid", "stage", "reason"],
                           filter=pc.field("stage").isin(later or ["-"]))
     if ledger is None or ledger.num_rows == 0:
         return []
     picked = pick_spread(ledger, limit)
-    paths = [str(p) for d in step_dirs(run_dir, "download") for p in sorted(d.glob("*/data/*.parquet"))]
+    paths = phase_files(run_dir, "download", "data")
     found = read_columns(paths, ["uid", "text", "jpg"], filter=pc.field("uid").isin(list(picked)))
     if found is None or "jpg" not in found.column_names:
         return []

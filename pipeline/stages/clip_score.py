@@ -22,7 +22,7 @@ from pipeline.core import storage
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Resources, Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext
-from pipeline.core.tasks import ReadParts, StageOp, load_extras
+from pipeline.core.tasks import ReadParts, StageOp
 
 SECTION = "clip_score"
 
@@ -185,12 +185,12 @@ class ClipScoreStep(Step):
         resources = ClipScoreStage(scoring).resources
         ctx.run_phase("score", [ReadParts([p]) for p in inputs], op, resources, images=True)
         histogram = ScoreHistogram()
-        for part in range(len(inputs)):
-            counts = load_extras(str(ctx.phase_dir("score")), part)["histogram"]
+        for extras in ctx.extras("score"):
+            counts = extras["histogram"]
             histogram = histogram.merge(ScoreHistogram(len(counts), counts))
         threshold = histogram.threshold(self.settings.top_fraction)
         storage.write_json({"top_fraction": self.settings.top_fraction, "threshold": threshold,
-                          "scored": histogram.total}, ctx.step_dir / "threshold.json")
+                          "scored": histogram.total}, ctx.path("threshold.json"))
         return ctx.run_grouped("cut", ctx.data_parts("score", len(inputs)), CutBelow(threshold))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pipeline.core import parts, storage
 from pipeline.crawl.crawler import crawl
@@ -30,12 +29,12 @@ class CrawlSettings:
 SETTINGS = CrawlSettings
 
 
-def run_crawl(settings, allow_networks: list[str], run_dir: Path, log=print) -> str:
+def run_crawl(settings, allow_networks: list[str], run_dir: str, log=print) -> str:
     """Crawl once (a rerun reuses the finished crawl); returns the pairs file."""
-    step_dir = run_dir / "steps" / "crawl"
-    pairs_path = step_dir / "pairs.parquet"
-    if (step_dir / "_SUCCESS").exists():
-        return str(pairs_path)
+    step_dir = storage.join(run_dir, "steps", "crawl")
+    pairs_path = storage.join(step_dir, "pairs.parquet")
+    if storage.marker_exists(storage.join(step_dir, storage.SUCCESS)):
+        return pairs_path
     table = crawl(settings.seeds, max_pages=settings.max_pages, max_depth=settings.max_depth,
                   same_domain=settings.same_domain, respect_robots=settings.respect_robots,
                   user_agent=settings.user_agent, allow_networks=allow_networks,
@@ -43,7 +42,7 @@ def run_crawl(settings, allow_networks: list[str], run_dir: Path, log=print) -> 
                   per_host_limit=settings.per_host_limit)
     stats = json.loads((table.schema.metadata or {}).get(b"curate.crawl.stats", b"{}"))
     parts.write_parquet(table.replace_schema_metadata(None), pairs_path)
-    storage.write_json({"pairs": table.num_rows, **stats}, step_dir / "stats.json")
-    storage.write_text(step_dir / "_SUCCESS", "")
+    storage.write_json({"pairs": table.num_rows, **stats}, storage.join(step_dir, "stats.json"))
+    storage.write_text(storage.join(step_dir, storage.SUCCESS), "")
     log(f"{'crawl':>15}: {table.num_rows:,} pairs from {stats.get('pages_fetched', '?')} pages")
-    return str(pairs_path)
+    return pairs_path

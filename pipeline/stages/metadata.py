@@ -11,10 +11,10 @@ with probability min(1, t / count[e]), drawn from (uid, e, seed). Dropped: `bala
 """
 from __future__ import annotations
 
-import json
+import io
 from itertools import chain
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -154,7 +154,7 @@ class MatchEntries:
 
     def __call__(self, table: pa.Table):
         matcher = cached(("matcher", self.entries_path, self.case_sensitive), lambda: EntryMatcher(
-            json.loads(Path(self.entries_path).read_text()), self.case_sensitive))
+            storage.read_json(self.entries_path), self.case_sensitive))
         rows, flat = matcher.match_column(table["text"])
         lengths = np.bincount(rows, minlength=table.num_rows)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
@@ -188,7 +188,7 @@ class BalanceEntries:
     seed: int
 
     def __call__(self, table: pa.Table):
-        counts = cached(("counts", self.counts_path), lambda: np.load(self.counts_path))
+        counts = cached(("counts", self.counts_path), lambda: np.load(io.BytesIO(storage.read_bytes(self.counts_path))))
         kept = balance_keep(table["uid"].to_pylist(), table["entry_ids"].combine_chunks(),
                             counts, self.t, self.seed)
         reason = pc.if_else(pa.array(kept), pa.scalar(None, pa.string()), pa.scalar("balanced"))
@@ -213,31 +213,32 @@ class MetadataStep(Step):
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         s = self.settings
-        entries_path = ctx.step_dir / "entries.json"
-        if not entries_path.exists():
-            storage.write_json(load_entries(s.entries, s.wordfreq_top, s.wordfreq_lang), entries_path)
-        entries = json.loads(entries_path.read_text())
-        match = MatchEntries(str(entries_path), s.case_sensitive, len(entries))
+        entries_path = ctx.path("entries.json")
+        entries = storage.read_marker(entries_path)
+        if entries is None:
+            entries = load_entries(s.entries, s.wordfreq_top, s.wordfreq_lang)
+            storage.write_json(entries, entries_path)
+        match = MatchEntries(entries_path, s.case_sensitive, len(entries))
         matched = ctx.run_grouped("match", inputs, match)
-        before = sum_extras(ctx.phase_dir("match"), "counts", len(entries))
-        counts_path = ctx.step_dir / "counts_before.npy"
-        np.save(counts_path, before)
-        balanced = ctx.run_grouped("balance", matched, BalanceEntries(str(counts_path), s.t, ctx.seed))
-        after = sum_extras(ctx.phase_dir("balance"), "counts_after", len(entries))
-        write_entry_counts(ctx.step_dir / "entry_counts.parquet", entries, before, after)
+        before = sum_extras(ctx.extras("match"), "counts", len(entries))
+        counts_path = ctx.path("counts_before.npy")
+        with storage.committing(counts_path) as tmp, open(tmp, "wb") as stream:
+            np.save(stream, before)
+        balanced = ctx.run_grouped("balance", matched, BalanceEntries(counts_path, s.t, ctx.seed))
+        after = sum_extras(ctx.extras("balance"), "counts_after", len(entries))
+        write_entry_counts(ctx.path("entry_counts.parquet"), entries, before, after)
         return balanced
 
 
-def sum_extras(phase_dir: Path, name: str, size: int) -> np.ndarray:
+def sum_extras(extras: Iterable[dict], name: str, size: int) -> np.ndarray:
     """The sum of every task's sparse counts `name` in a phase (a dense array of `size`)."""
     total = np.zeros(size, dtype=np.int64)
-    for path in sorted((phase_dir / "done").glob("part-*.npz")):
-        with np.load(path) as extras:
-            np.add.at(total, extras[f"{name}_ids"], extras[name])
+    for task in extras:
+        np.add.at(total, task[f"{name}_ids"], task[name])
     return total
 
 
-def write_entry_counts(path: Path, entries: list[str], before: np.ndarray, after: np.ndarray) -> None:
+def write_entry_counts(path: str, entries: list[str], before: np.ndarray, after: np.ndarray) -> None:
     """Per matched entry: how many rows matched it before and after balancing."""
     ids = np.flatnonzero(before)
     table = pa.table({"entry_id": pa.array(ids, pa.int32()),

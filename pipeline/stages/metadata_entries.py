@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
+from pipeline.core import storage
 from pipeline.errors import UserError
 
 WORDNET_DIRS = ["/usr/share/wordnet", "/usr/local/share/wordnet", "/usr/share/wordnet-base"]
@@ -64,10 +64,10 @@ def frequent_words(top: int, lang: str) -> list[str]:
 
 
 def entries_file(path: str) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"{path}: metadata entries file not found (or use wordnet, wordfreq)")
-    text = file.read_text(encoding="utf-8", errors="replace")
+    try:
+        text = storage.read_bytes(path).decode("utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"{path}: metadata entries file not found (or use wordnet, wordfreq)") from None
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core import images, parts
+from pipeline.core import images, parts, storage
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage
 from pipeline.core.steps import Step, StepContext, rows_of
@@ -90,7 +89,7 @@ class WriteShards:
     def write_one(self, rows: pa.Table, index: int) -> pa.Table:
         ordered = rows.take(shuffled_order(rows["uid"].to_pylist(), self.seed))
         keys = shard_keys(index, ordered.num_rows, self.samples_per_shard)
-        write_tar(Path(self.out_dir) / shard_name(index), images.attach_images(ordered), keys)
+        write_tar(storage.join(self.out_dir, shard_name(index)), images.attach_images(ordered), keys)
         placed = images.without_references(ordered)
         return placed.append_column("shard", pa.array([shard_name(index)] * len(keys), pa.string())) \
                      .append_column("key", pa.array(keys, pa.string()))
@@ -106,21 +105,20 @@ class ShardStep(Step):
         shards = max(1, math.ceil(rows / per))
         step = max(1, ctx.task_rows // per)   # shards per task
         ranges = [range(a, min(a + step, shards)) for a in range(0, shards, step)]
-        out_dir = ctx.step_dir.parents[1] / "shards"
+        out_dir = storage.join(ctx.run_dir, "shards")
         readers = [ReadShardRows(inputs, counts, r.start * per, min(rows, r.stop * per), per)
                    for r in ranges]
-        written = ctx.run_phase("write", readers, WriteShards(str(out_dir), ctx.seed, per),
+        written = ctx.run_phase("write", readers, WriteShards(out_dir, ctx.seed, per),
                                 row_group_key=SHARD)
         finish_shard_folder(out_dir, [min(per, rows - s * per) for s in range(shards)])
         return ctx.keyed_parts("write", written, [list(r) for r in ranges])
 
 
-def finish_shard_folder(out_dir: Path, sizes: list[int]) -> None:
+def finish_shard_folder(out_dir: str, sizes: list[int]) -> None:
     """Empty tars for empty shards (so brace patterns have no holes), and sizes.json."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     for index, size in enumerate(sizes):
         if size == 0:
-            write_tar(out_dir / shard_name(index), as_table([]), [])
+            write_tar(storage.join(out_dir, shard_name(index)), as_table([]), [])
     write_sizes_json(out_dir, {shard_name(i): n for i, n in enumerate(sizes)})
     if len(sizes) < MIN_SHARDS:
         log.warning("%d shard(s) in %s: fewer than a typical trainer's %d dataloader workers; "

@@ -6,16 +6,16 @@ Every problem a user can make with an input file (missing, unreadable, wrong col
 from __future__ import annotations
 
 import csv
-import glob
 import gzip
+import io
 import json
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core import parts, storage
 from pipeline.errors import UserError
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv",
@@ -32,32 +32,25 @@ class SourceSlice:
 
 
 def find_files(paths: list[str]) -> list[str]:
-    """Expand files, folders (recursively) and globs into a sorted list of data files."""
+    """Expand files, folders (recursively) and globs, local or in a bucket, into a sorted
+    list of data files (the only listing the pipeline makes: of the user's input)."""
     found: list[str] = []
     for path in paths:
         if any(ch in path for ch in "*?["):
-            matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+            matches = storage.glob(path)
             if not matches:
                 raise UserError(f"{path}: no input files match")
             found.extend(matches)
-        elif os.path.isdir(path):
-            inside = sorted(_data_files_under(path))
+        elif storage.isfile(path):
+            found.append(path)
+        elif storage.isdir(path):
+            inside = [p for p in storage.files_under(path) if detect_format(p, None, strict=False)]
             if not inside:
                 raise UserError(f"{path}: folder holds no parquet, csv, tsv, jsonl, warc or wat files")
             found.extend(inside)
-        elif os.path.isfile(path):
-            found.append(path)
         else:
             raise UserError(f"{path}: no such file or folder")
     return found
-
-
-def _data_files_under(folder: str):
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
-        for name in files:
-            if not name.startswith((".", "_")) and detect_format(name, None, strict=False):
-                yield os.path.join(root, name)
 
 
 def detect_format(path: str, declared: Optional[str], strict: bool = True) -> Optional[str]:
@@ -91,8 +84,11 @@ def plan_slices(path: str, fmt: str, columns: list[str], part_rows: int) -> list
 
 def _plan_parquet(path: str, columns: list[str], part_rows: int) -> list[SourceSlice]:
     try:
-        meta = pq.ParquetFile(path).metadata
-        names = pq.read_schema(path).names
+        with storage.open_input(path) as stream:
+            file = pq.ParquetFile(stream)
+            meta, names = file.metadata, file.schema_arrow.names
+    except storage.StorageError:
+        raise
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise UserError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
     _check_columns(path, names, columns)
@@ -116,11 +112,13 @@ def _check_columns(path: str, names: list[str], needed: list[str]) -> None:
 
 
 def _open_text(path: str):
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        return opener(path, "rt", encoding="utf-8", errors="replace", newline="")
+        stream = storage.open_input(path, sequential=True)
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if path.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")
+    return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
 
 
 def _csv_header(path: str, fmt: str) -> list[str]:
@@ -158,15 +156,16 @@ def _first_line(exc: Exception) -> str:
 def read_slice(piece: SourceSlice) -> pa.Table:
     """Read one slice as a table with the file's own columns (+ `_malformed` for bad rows)."""
     if piece.format == "parquet":
-        return pq.ParquetFile(piece.path).read_row_groups(list(piece.row_groups or []))
+        return parts.read_ref(parts.PartRef(piece.path, tuple(piece.row_groups or ())))
     if piece.format in ("csv", "tsv"):
         return _read_csv(piece.path, "\t" if piece.format == "tsv" else ",")
     if piece.format == "jsonl":
         return _read_jsonl(piece.path)
     from pipeline.crawl.archive import ARCHIVE_SCHEMA, iter_warc_pairs, iter_wat_pairs
 
-    batches = (iter_wat_pairs if piece.format == "wat" else iter_warc_pairs)(piece.path)
-    return pa.Table.from_batches(list(batches), schema=ARCHIVE_SCHEMA)
+    with storage.local_file(piece.path) as path:
+        batches = (iter_wat_pairs if piece.format == "wat" else iter_warc_pairs)(path)
+        return pa.Table.from_batches(list(batches), schema=ARCHIVE_SCHEMA)
 
 
 def _read_csv(path: str, delimiter: str) -> pa.Table:

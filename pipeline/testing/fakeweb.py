@@ -51,6 +51,7 @@ class Route:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    delay_s: float = 0.0   # before the status line
 
 
 class FakeWeb:
@@ -104,13 +105,14 @@ class FakeWeb:
         """Absolute URL of `path`; `host="localhost"` gives the same server by another name."""
         return f"{'https' if self.tls else 'http'}://{host or self.host}:{self.port}{path}"
 
-    def add_file(self, path: str, body: bytes | str, headers: dict[str, str] | None = None, status: int = 200):
+    def add_file(self, path: str, body: bytes | str, headers: dict[str, str] | None = None, status: int = 200,
+                 delay_ms: int = 0):
         body = body.encode() if isinstance(body, str) else body
-        self.routes[path] = Route(status, dict(headers or {}), body)
+        self.routes[path] = Route(status, dict(headers or {}), body, delay_ms / 1000)
 
-    def add_image(self, path: str, data: bytes, content_type: str | None = None):
+    def add_image(self, path: str, data: bytes, content_type: str | None = None, delay_ms: int = 0):
         kind = content_type or ("image/png" if data.startswith(b"\x89PNG") else "image/jpeg")
-        self.add_file(path, data, {"Content-Type": kind})
+        self.add_file(path, data, {"Content-Type": kind}, delay_ms=delay_ms)
 
     def add_page(self, path: str, html: str):
         self.add_file(path, html, {"Content-Type": "text/html; charset=utf-8"})
@@ -173,6 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path in web.routes:
                 route = web.routes[path]
+                time.sleep(route.delay_s)
                 return self.send(route.status, route.headers, route.body)
             if path.startswith("/img/"):
                 return self.send_image(path)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from pipeline.core import storage
 from pipeline.errors import UserError
 
 SIZES_FILE = "sizes.json"
@@ -54,7 +54,9 @@ def find_shards(data: str) -> ShardSet:
     import braceexpand
 
     path = Path(data)
-    if path.is_dir():
+    if not storage.is_local(data) and "{" not in data and not data.endswith(".tar"):
+        urls = shards_of_folder(data)   # a shard folder in a bucket: its sizes.json names them
+    elif path.is_dir():
         urls = sorted(str(p) for p in path.glob("*.tar"))
     else:
         urls = []
@@ -69,16 +71,22 @@ def find_shards(data: str) -> ShardSet:
     return ShardSet(urls, count_samples(urls))
 
 
+def shards_of_folder(folder: str) -> list[str]:
+    """The tars of a shard folder in a bucket, from its `sizes.json` (no listing)."""
+    sizes = storage.read_marker(storage.join(folder, SIZES_FILE))
+    if sizes is None:
+        raise UserError(f"train.data: {folder}: no {SIZES_FILE} there (not a shard folder?)")
+    return [storage.join(folder, name) for name in sorted(sizes)]
+
+
 def count_samples(urls: list[str]) -> Optional[int]:
     """Total samples of the shards from the `sizes.json` beside them (None if any is missing)."""
     total, cache = 0, {}
     for url in urls:
-        folder, name = os.path.split(url)
+        folder, name = storage.parent(url), storage.name(url)
         if folder not in cache:
-            sizes_path = os.path.join(folder, SIZES_FILE)
             try:
-                with open(sizes_path) as stream:
-                    cache[folder] = json.load(stream)
+                cache[folder] = storage.read_json(storage.join(folder, SIZES_FILE))
             except (OSError, ValueError):
                 cache[folder] = {}
         if name not in cache[folder]:
@@ -111,6 +119,7 @@ class ShardSamples(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         import webdataset as wds
 
+        open_urls_through_storage()
         slot, slots = self.slot()
         mode = split_mode(len(self.urls), slots, self.config.resample)
         if mode == "resampled":
@@ -133,6 +142,21 @@ class ShardSamples(torch.utils.data.IterableDataset):
             mine = order[slot::slots] if mode == "shards" else order
             for url in mine:
                 yield {"url": url}
+
+
+def open_urls_through_storage() -> None:
+    """webdataset opens `s3://`, `gs://`, `gcs://` and `memory://` shards through
+    `core.storage` (fsspec, with the run's credentials and retries) rather than CLI tools."""
+    from webdataset.gopen import gopen_schemes
+
+    for scheme in ("s3", "gs", "gcs", "memory"):
+        gopen_schemes[scheme] = _open_shard
+
+
+def _open_shard(url: str, mode: str = "rb", bufsize: int = 8192, **_):
+    if mode != "rb":
+        raise ValueError(f"{url}: shards are opened for reading only")
+    return storage.open_input(url, sequential=True)
 
 
 def _rng(*parts) -> random.Random:

@@ -22,8 +22,10 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+from pipeline.core import storage
 from pipeline.train.settings import TrainSettings
 from pipeline.errors import UserError
 from pipeline.train.data import find_shards
@@ -38,8 +40,8 @@ def train(settings: TrainSettings, run_dir: str | Path) -> dict:
     data, train_dir = resolve_paths(settings, run_dir)
     shards = find_shards(data)  # a missing or empty shard folder fails here, in one line
     settings = dataclasses.replace(settings, pretrained=resolve_pretrained(settings.pretrained))
-    train_dir.mkdir(parents=True, exist_ok=True)
-    (train_dir / RESULT_FILE).unlink(missing_ok=True)
+    storage.makedirs(train_dir)
+    storage.remove(storage.join(train_dir, RESULT_FILE))
     launchers = {"torchrun": launch_torchrun, "ray": launch_ray, "inline": launch_inline}
     if settings.launcher not in launchers:
         raise UserError(f"train.launcher: must be one of {', '.join(launchers)}, not {settings.launcher!r}")
@@ -51,25 +53,28 @@ def train(settings: TrainSettings, run_dir: str | Path) -> dict:
         from pipeline.train.zero_shot import evaluate_zero_shot
 
         result["eval"] = evaluate_zero_shot(result["checkpoint"], settings.model, settings.eval_data,
-                                            train_dir / "eval.json", steps=result["steps"])
+                                            storage.join(train_dir, "eval.json"), steps=result["steps"])
         _log(f"train: zero-shot top-1 {result['eval']['top1']:.3f} on {settings.eval_data}")
     return result
 
 
-def resolve_paths(settings: TrainSettings, run_dir: str | Path) -> tuple[str, Path]:
-    """Absolute shard location (default `<run_dir>/shards`) and train folder (default `<run_dir>/train`)."""
-    run_dir = Path(run_dir)
-    data = settings.data or str(run_dir / "shards")
-    if "://" not in data and not os.path.isabs(data):
+def resolve_paths(settings: TrainSettings, run_dir: str | Path) -> tuple[str, str]:
+    """Shard location (default `<run_dir>/shards`) and train folder (default `<run_dir>/train`),
+    local ones made absolute (workers may start elsewhere); URLs as they are."""
+    data = settings.data or storage.join(run_dir, "shards")
+    if storage.is_local(data) and not data.startswith("pipe:"):
         data = os.path.abspath(data)
-    train_dir = Path(settings.output) if settings.output else run_dir / "train"
-    return data, train_dir.resolve()
+    return data, storage.absolute(settings.output or storage.join(run_dir, "train"))
 
 
 def resolve_pretrained(pretrained: str | None) -> str | None:
     """A checkpoint path made absolute (workers may start elsewhere); an open_clip tag as is."""
     if not pretrained:
         return None
+    if not storage.is_local(pretrained):
+        if not storage.isfile(pretrained):
+            raise UserError(f"train.pretrained: checkpoint file not found: {pretrained}")
+        return pretrained
     path = Path(pretrained)
     if path.is_file():
         return str(path.resolve())
@@ -78,14 +83,17 @@ def resolve_pretrained(pretrained: str | None) -> str | None:
     return pretrained
 
 
-def write_job(settings: TrainSettings, data: str, train_dir: Path) -> Path:
-    path = train_dir / JOB_FILE
-    job = {"settings": dataclasses.asdict(settings), "data": data, "train_dir": str(train_dir)}
-    path.write_text(json.dumps(job, indent=1))
+def write_job(settings: TrainSettings, data: str, train_dir: str) -> str:
+    """The job file torchrun's workers read: on this machine (torchrun starts them here)."""
+    folder = train_dir if storage.is_local(train_dir) else tempfile.mkdtemp(prefix="curate-train-")
+    path = os.path.join(folder, JOB_FILE)
+    job = {"settings": dataclasses.asdict(settings), "data": data, "train_dir": train_dir,
+           "storage": storage.worker_settings()}
+    storage.write_text(path, json.dumps(job, indent=1))
     return path
 
 
-def torchrun_command(processes: int, job: Path) -> list[str]:
+def torchrun_command(processes: int, job: str) -> list[str]:
     """The torchrun command line; single-node `--standalone` unless multi-node settings are given."""
     extra = shlex.split(os.environ.get("CURATE_TORCHRUN_ARGS", ""))
     multi_node = extra or any(k in os.environ for k in ("PET_NNODES", "PET_RDZV_ENDPOINT", "PET_MASTER_ADDR"))
@@ -94,7 +102,7 @@ def torchrun_command(processes: int, job: Path) -> list[str]:
     return command + ["-m", "pipeline.train.worker", str(job)]
 
 
-def launch_torchrun(settings: TrainSettings, data: str, train_dir: Path) -> dict:
+def launch_torchrun(settings: TrainSettings, data: str, train_dir: str) -> dict:
     command = torchrun_command(settings.processes, write_job(settings, data, train_dir))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
@@ -105,7 +113,7 @@ def launch_torchrun(settings: TrainSettings, data: str, train_dir: Path) -> dict
     return read_result(train_dir)
 
 
-def launch_inline(settings: TrainSettings, data: str, train_dir: Path) -> dict:
+def launch_inline(settings: TrainSettings, data: str, train_dir: str) -> dict:
     from pipeline.train.loop import run_training
 
     if settings.processes != 1:
@@ -113,7 +121,7 @@ def launch_inline(settings: TrainSettings, data: str, train_dir: Path) -> dict:
     return run_training(settings, data, train_dir, distributed=False)
 
 
-def launch_ray(settings: TrainSettings, data: str, train_dir: Path) -> dict:
+def launch_ray(settings: TrainSettings, data: str, train_dir: str) -> dict:
     import ray
     import torch
     from ray.train import RunConfig, ScalingConfig
@@ -127,9 +135,9 @@ def launch_ray(settings: TrainSettings, data: str, train_dir: Path) -> dict:
         trainer = TorchTrainer(
             ray_train_loop,
             train_loop_config={"settings": dataclasses.asdict(settings), "data": data,
-                               "train_dir": str(train_dir)},
+                               "train_dir": train_dir, "storage": storage.worker_settings()},
             scaling_config=ScalingConfig(num_workers=settings.processes, use_gpu=torch.cuda.is_available()),
-            run_config=RunConfig(name="curate-train", storage_path=str(train_dir / "ray")),
+            run_config=RunConfig(name="curate-train", storage_path=ray_storage_path(train_dir)),
         )
         trainer.fit()
     except Exception as error:  # Ray Train wraps worker errors; their tracebacks are in the log
@@ -146,14 +154,23 @@ def ray_train_loop(config: dict) -> None:
 
     from pipeline.train.loop import run_training
 
+    storage.apply(config.get("storage"))
     settings = TrainSettings(**config["settings"])
     run_training(settings, config["data"], config["train_dir"], device=ray.train.torch.get_device())
 
 
-def read_result(train_dir: Path) -> dict:
-    path = train_dir / RESULT_FILE
+def ray_storage_path(train_dir: str) -> str:
+    """Ray Train's own run records: under the train folder when local, else a local
+    temporary folder (our checkpoints and results go to the bucket through `storage`)."""
+    if storage.is_local(train_dir):
+        return os.path.join(train_dir, "ray")
+    return tempfile.mkdtemp(prefix="curate-ray-train-")
+
+
+def read_result(train_dir: str) -> dict:
+    path = storage.join(train_dir, RESULT_FILE)
     try:
-        return json.loads(path.read_text())
+        return storage.read_json(path)
     except (OSError, ValueError):
         raise UserError(f"train: no result in {path}: training did not finish") from None
 

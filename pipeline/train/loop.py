@@ -63,11 +63,12 @@ def build_model(name: str, pretrained: Optional[str], device: torch.device):
     """`(model, train transform, tokenizer)`; `pretrained` is an open_clip tag or a checkpoint path."""
     import open_clip
 
-    from pipeline.clip.model import register_config_beside
+    from pipeline.clip.model import local_checkpoint, register_config_beside
     from pipeline.models import register_models
 
     register_models()
-    if pretrained and Path(pretrained).is_file():
+    if pretrained and (not storage.is_local(pretrained) or Path(pretrained).is_file()):
+        pretrained = local_checkpoint(pretrained, name)
         register_config_beside(pretrained, name)
     model, preprocess_train, _ = open_clip.create_model_and_transforms(
         name, pretrained=pretrained or None, device=device, weights_only=True)
@@ -94,7 +95,7 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
-def resume(folder: Path, model, optimizer, scaler) -> int:
+def resume(folder: str, model, optimizer, scaler) -> int:
     """Load the newest checkpoint in `folder` into model/optimizer/scaler; return its step (0: none)."""
     path = ckpt.latest_checkpoint(folder)
     if path is None:
@@ -143,7 +144,7 @@ def accumulated_backward(model, loss_fn, batches, cast, scaler) -> torch.Tensor:
 def run_training(settings: TrainSettings, data: str, train_dir: str | Path,
                  device: Optional[torch.device] = None, distributed: bool = True) -> dict:
     """Train on this rank; returns (on every rank) the result rank 0 writes to `result.json`."""
-    train_dir = Path(train_dir)
+    train_dir = storage.absolute(train_dir)
     place = init_distributed(device, distributed)
     try:
         torch.manual_seed(settings.seed)
@@ -162,7 +163,7 @@ class TrainState:
     step: int  # optimizer steps done (the resumed checkpoint's)
 
 
-def prepare(s: TrainSettings, place: Dist, checkpoints: Path):
+def prepare(s: TrainSettings, place: Dist, checkpoints: str):
     """Model, optimizer and scaler, resumed from the newest checkpoint; plus transform and tokenizer."""
     model, preprocess, tokenizer = build_model(s.model, s.pretrained, place.device)
     optimizer = make_optimizer(model, s.lr)
@@ -172,9 +173,9 @@ def prepare(s: TrainSettings, place: Dist, checkpoints: Path):
     return TrainState(model, optimizer, scaler, precision, step), preprocess, tokenizer
 
 
-def _train(s: TrainSettings, data: str, train_dir: Path, place: Dist) -> dict:
+def _train(s: TrainSettings, data: str, train_dir: str, place: Dist) -> dict:
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
-    checkpoints = train_dir / "checkpoints"
+    checkpoints = storage.join(train_dir, "checkpoints")
     state, preprocess, tokenizer = prepare(s, place, checkpoints)
     shards = find_shards(data)
     result = {"steps": s.steps, "start_step": state.step, "world_size": place.world_size,
@@ -189,13 +190,13 @@ def _train(s: TrainSettings, data: str, train_dir: Path, place: Dist) -> dict:
     stream = batch_stream(shards, preprocess, tokenizer, StreamConfig(s.batch_size, s.workers, s.seed, s.resample),
                           place.rank, place.world_size, start_epoch=state.step)
     samples_per_step = s.batch_size * s.accum_steps * place.world_size
-    log = StepLog(train_dir / "log.jsonl" if place.rank == 0 else None, log_every(s.steps), samples_per_step, s.steps)
+    log = StepLog(storage.join(train_dir, "log.jsonl") if place.rank == 0 else None, log_every(s.steps), samples_per_step, s.steps)
     save = checkpoint_saver(checkpoints, state, s.model, samples_per_step, shards.num_samples, place.rank == 0)
     loss = train_steps(state, s, stream, place, log, save)
     return _finish(result, checkpoints, place, loss, log.steady_rate())
 
 
-def checkpoint_saver(folder: Path, state: TrainState, name: str, samples_per_step: int,
+def checkpoint_saver(folder: str, state: TrainState, name: str, samples_per_step: int,
                      num_samples: Optional[int], writer: bool):
     """`save(step)`: a checkpoint of `state` (on the writing rank only; the others do nothing)."""
     def save(step: int) -> None:
@@ -247,12 +248,12 @@ def _to_device(batch, device: torch.device):
     return images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
 
 
-def _finish(result: dict, checkpoints: Path, place: Dist, loss, rate) -> dict:
+def _finish(result: dict, checkpoints: str, place: Dist, loss, rate) -> dict:
     latest = ckpt.latest_checkpoint(checkpoints)
-    result.update(checkpoint=str(checkpoints / ckpt.LATEST_NAME) if latest else None,
+    result.update(checkpoint=storage.join(checkpoints, ckpt.LATEST_NAME) if latest else None,
                   loss=None if loss is None else float(loss), samples_per_s=rate)
     if place.rank == 0:
-        storage.write_json(result, checkpoints.parent / "result.json")
+        storage.write_json(result, storage.join(storage.parent(checkpoints), "result.json"))
     if place.world_size > 1:
         dist.barrier()
     return result

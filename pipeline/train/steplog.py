@@ -4,18 +4,20 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 import torch
+
+from pipeline.core import storage
 
 
 class StepLog:
     """Rank 0's log: `log.jsonl` lines and a line on stderr every `every` steps."""
 
-    def __init__(self, path: Optional[Path], every: int, samples_per_step: int, total_steps: int):
+    def __init__(self, path: Optional[str], every: int, samples_per_step: int, total_steps: int):
         self.path, self.every, self.samples_per_step, self.total = path, every, samples_per_step, total_steps
         self.rates: list[float] = []
+        self._lines: Optional[list[str]] = None
         self._since, self._steps, self._data_s = time.perf_counter(), 0, 0.0
 
     def add(self, step: int, loss: torch.Tensor, lr: float, data_s: float) -> None:
@@ -35,8 +37,15 @@ class StepLog:
                   f"{rate:,.1f} samples/s", file=sys.stderr, flush=True)
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as stream:
-            stream.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if storage.is_local(self.path):
+            with open(self.path, "a") as stream:
+                stream.write(line)
+            return
+        if self._lines is None:  # an object cannot be appended to: keep its lines, rewrite it
+            self._lines = [storage.read_text(self.path)] if storage.marker_exists(self.path) else []
+        self._lines.append(line)
+        storage.write_text(self.path, "".join(self._lines))
 
     def started(self, step: int, world_size: int) -> None:
         """A `{"event": "start", "step": ...}` line: where this (re)start of training began."""

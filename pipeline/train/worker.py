@@ -12,11 +12,13 @@ import signal
 import sys
 from pathlib import Path
 
+from pipeline.core import storage
 from pipeline.train.settings import TrainSettings
 
 
 def read_job(path: str | Path) -> tuple[TrainSettings, str, str]:
     job = json.loads(Path(path).read_text())
+    storage.apply(job.get("storage"))
     return TrainSettings(**job["settings"]), job["data"], job["train_dir"]
 
 

@@ -1,4 +1,5 @@
-"""A real two-node Ray cluster on this machine; the text pipeline goes in with `ray job submit`."""
+"""A real two-node Ray cluster on this machine; the text pipeline goes in with `ray job submit`,
+reading its input from and writing its run folder to a bucket (moto_server on loopback)."""
 import json
 import os
 import socket
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 from tests.support import ROOT, kept_uids, ledger_rows, run, text_config, write_sample
+
+from pipeline.core import parts, storage
+from pipeline.testing.objectstore import ObjectStore
 
 
 BIN = Path(sys.executable).parent
@@ -37,7 +41,8 @@ def ray_cli(*args, env, timeout=180, attempts=1):
 @pytest.fixture
 def two_node_cluster(tmp_path):
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    env.pop("RAY_ADDRESS", None)
+    for key in ("RAY_ADDRESS", *storage.ENV_KEYS):   # the nodes know no bucket of their own
+        env.pop(key, None)
     port, dashboard = free_port(), free_port()
     ray_cli("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -50,13 +55,42 @@ def two_node_cluster(tmp_path):
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def test_job_submit_on_two_nodes_matches_local(tmp_path, two_node_cluster):
+def test_job_submit_on_two_nodes_writes_to_a_bucket_and_matches_local(tmp_path, two_node_cluster):
     sample = write_sample(tmp_path / "s.parquet", rows=3000)
     local = text_config(sample, tmp_path / "local")
     run(local)
 
-    config = text_config(sample, tmp_path / "cluster", engine="ray")
-    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(config))
+    with ObjectStore() as store:
+        store.create_bucket("runs")
+        store._client().put_object(Bucket="runs", Key="in/s.parquet", Body=sample.read_bytes())
+        # the endpoint and keys reach the job only through the config: the workers on the
+        # second node get them from the driver
+        options = {"s3": {"key": "testing", "secret": "testing",
+                          "client_kwargs": {"endpoint_url": store.endpoint, "region_name": "us-east-1"}}}
+        config = text_config("s3://runs/in/s.parquet", "s3://runs/cluster", engine="ray",
+                             storage_options=options)
+        (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(config))
+        _submit(tmp_path, two_node_cluster)
+        storage.configure(options)
+        try:
+            kept = _bucket_column("s3://runs/cluster/kept", ["uid"])
+            ledger = _bucket_column("s3://runs/cluster/ledger", ["uid", "url", "stage", "reason"])
+        finally:
+            storage.configure({})
+        written = store.list_keys("runs", "cluster/")
+    assert set(kept["uid"].to_pylist()) == kept_uids(tmp_path / "local")
+    rows = sorted(zip(*(ledger[c].to_pylist() for c in ("uid", "url", "stage", "reason"))),
+                  key=lambda r: tuple("" if v is None else v for v in r))
+    assert rows == ledger_rows(tmp_path / "local")
+    assert "cluster/_SUCCESS" not in written and "cluster/summary.json" in written
+    assert not (tmp_path / "cluster").exists()
+
+
+def _bucket_column(folder, columns):
+    return parts.concat([parts.read_ref(p, columns) for p in storage.folder_files(folder)])
+
+
+def _submit(tmp_path, two_node_cluster):
     env = two_node_cluster["env"]
     nodes = json.loads(ray_cli("list", "nodes", "--format=json", f"--address={two_node_cluster['gcs']}", env=env))
     assert sum(1 for n in nodes if n["state"] == "ALIVE") == 2
@@ -67,5 +101,3 @@ def test_job_submit_on_two_nodes_matches_local(tmp_path, two_node_cluster):
                   "--engine", "ray", env=env, timeout=400, attempts=20)
     assert "succeeded" in out.lower(), out[-2000:]
     assert "running on the Ray cluster (2 node(s), 2 CPUs)" in out, out[-2000:]
-    assert kept_uids(tmp_path / "cluster") == kept_uids(tmp_path / "local")
-    assert ledger_rows(tmp_path / "cluster") == ledger_rows(tmp_path / "local")

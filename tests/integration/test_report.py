@@ -1,6 +1,7 @@
 """report.html: built from real run folders, opened offline in headless Chromium."""
 import json
 import re
+from pathlib import Path
 import shutil
 import subprocess
 
@@ -77,7 +78,7 @@ def sections(html):
 
 def test_report_renders_every_plot_and_image_offline(image_run, tmp_path):
     (image_run / "report.html").unlink(missing_ok=True)  # the runner writes one too
-    path = write_report(image_run)
+    path = Path(write_report(image_run))
     html = path.read_text()
     assert sections(html) == set(ALL_SECTIONS) | {"config"}
     assert not re.search(r'(src|href)="(?!data:)', html), "everything must be embedded"
@@ -123,7 +124,7 @@ def test_summary_only_folder_gets_a_funnel(tmp_path):
               {"name": "download", "rows_in": 5, "rows_out": 2, "dropped": {"http_404": 3}, "seconds": 1.0}]
     (tmp_path / "summary.json").write_text(json.dumps({"input_rows": 5, "kept_rows": 2, "stages": stages}))
     (tmp_path / "config.json").write_text(json.dumps({"clip_score": {"filter": "threshold", "threshold": 0.3}}))
-    html = write_report(tmp_path).read_text()
+    html = Path(write_report(tmp_path)).read_text()
     assert sections(html) == {"funnel", "throughput", "download", "config"}
     assert report_data.clip_threshold(tmp_path) == (0.3, "threshold")
 

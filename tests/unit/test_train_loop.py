@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 
 import pytest
 import torch
@@ -52,7 +54,8 @@ def test_checkpoint_round_trip_and_resume(tiny, tmp_path):
     assert resume(tmp_path, tiny, optimizer, scaler) == 0
     for step in (5, 10):
         ckpt.save_checkpoint(tmp_path, tiny, optimizer, scaler, "curate-tiny", step, epoch=1)
-    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000010.pt"
+    assert os.path.basename(ckpt.latest_checkpoint(str(tmp_path))) == "step_00000010.pt"
+    assert json.loads((tmp_path / ckpt.LATEST_MARKER).read_text()) == {"file": "step_00000010.pt", "step": 10}
     latest = ckpt.load_checkpoint(tmp_path / ckpt.LATEST_NAME)  # weights_only: plain tensors and numbers
     assert latest["step"] == 10 and latest["epoch"] == 1 and latest["name"] == "curate-tiny"
     assert set(latest["state_dict"]) == set(tiny.state_dict())
@@ -82,9 +85,11 @@ def test_torchrun_command_single_and_multi_node(tmp_path, monkeypatch):
 
 def test_default_paths_are_in_the_run_folder(tmp_path):
     data, train_dir = resolve_paths(TrainSettings(), tmp_path)
-    assert data == str(tmp_path / "shards") and train_dir == (tmp_path / "train").resolve()
+    assert data == str(tmp_path / "shards") and train_dir == str((tmp_path / "train").resolve())
     data, train_dir = resolve_paths(TrainSettings(data="/x/{0..3}.tar", output=str(tmp_path / "t")), tmp_path)
-    assert data == "/x/{0..3}.tar" and train_dir == (tmp_path / "t").resolve()
+    assert data == "/x/{0..3}.tar" and train_dir == str((tmp_path / "t").resolve())
+    data, train_dir = resolve_paths(TrainSettings(output="s3://b/t"), "s3://b/run")
+    assert (data, train_dir) == ("s3://b/run/shards", "s3://b/t")
 
 
 def test_pretrained_tag_or_checkpoint_path(tmp_path, monkeypatch):
