@@ -5,7 +5,8 @@ layout needs.
 download -> image_dedup -> clip_score -> shard over photo-like JPEGs served on loopback; the
 bucket run reads its input from the bucket and writes its whole run folder there. Runs
 alternate (local, bucket, bucket, local); the best of each is reported. Minimums: one PUT per
-object the run leaves in the bucket (each written once), one GET per distinct object it read.
+object the run leaves in the bucket (each written once), one GET per distinct key it asked for
+(an object read, or a marker checked: a missing one is a GET answered 404); no LIST at all.
 
     python bench/bench_object_store.py [--photos 400]
 """

@@ -60,13 +60,13 @@ def footer(path: str) -> tuple[pq.FileMetaData, np.ndarray]:
     """A parquet file's metadata and the first row of each row group (and the row count
     last), parsed once per process: a task over many row-group parts of one file would
     otherwise parse its footer once per part. Local files are known by mtime and size;
-    objects (never changed once their marker exists) by name, or the size this process
-    wrote."""
+    objects (never changed once their marker exists) by name and how often this
+    process wrote them."""
     path = str(path)
     if storage.is_local(path):
         stat = os.stat(path)
         return _footer(path, (stat.st_mtime_ns, stat.st_size))
-    return _footer(path, (storage.known_size(path),))
+    return _footer(path, (storage.version(path),))
 
 
 @contextmanager

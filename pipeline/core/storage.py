@@ -42,7 +42,8 @@ RETRIES = 10            # attempts for a transient object-store error (botocore 
 SUCCESS = "_SUCCESS"    # a folder's (or step's) marker
 
 _options: dict = {}     # the config's storage_options, for every filesystem this process opens
-_sizes: dict = {}       # sizes of the objects this process committed (no request to learn them)
+_sizes: dict = {}       # sizes of objects this process wrote or opened (no request to learn them)
+_versions: dict = {}    # how often this process committed each object (invalidates caches)
 
 
 class StorageError(UserError):
@@ -210,9 +211,10 @@ def size(path: str | Path) -> int:
         return int(fs.size(inner))
 
 
-def known_size(path: str) -> int:
-    """The size of an object this process committed (-1 when it did not)."""
-    return _sizes.get(normalize(path), -1)
+def version(path: str) -> int:
+    """How often this process committed `path`: a cache of an object's content keys on it
+    (objects do not change once their marker exists, but this process may rewrite one)."""
+    return _versions.get(normalize(path), 0)
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -221,7 +223,13 @@ def read_bytes(path: str | Path) -> bytes:
         return Path(path).read_bytes()
     fs, inner = filesystem(path)
     with _errors_named(path):
-        return fs.cat_file(inner)
+        return fs.cat_file(inner, **_one_request(fs))
+
+
+def _one_request(fs) -> dict:
+    """s3fs asks for an object's size (HEAD, and a LIST when it is missing) before a GET
+    unless told to fetch it in one piece."""
+    return {"max_concurrency": 1} if "s3" in getattr(fs, "protocol", ()) else {}
 
 
 def read_text(path: str | Path) -> str:
@@ -265,11 +273,16 @@ def open_input(path: str | Path, sequential: bool = False):
     fs, inner = filesystem(path)
     options = ({"cache_type": "readahead", "block_size": SEQUENTIAL_BLOCK} if sequential
                else {"cache_type": "none"})
+    if path in _sizes:   # known: no HEAD to learn it
+        options["size"] = _sizes[path]
     with _errors_named(path):
         try:
-            return fs.open(inner, "rb", **options)
+            stream = fs.open(inner, "rb", **options)
         except TypeError:   # a filesystem without caching options (memory://)
-            return fs.open(inner, "rb")
+            stream = fs.open(inner, "rb")
+    if isinstance(getattr(stream, "size", None), int):
+        _sizes[path] = stream.size
+    return stream
 
 
 def glob(pattern: str) -> list[str]:
@@ -386,6 +399,7 @@ def committing(path: str | Path, durable: bool = False) -> Iterator[Path]:
         yield tmp
         if tmp.is_file() and not local:
             _sizes[path] = tmp.stat().st_size
+            _versions[path] = _versions.get(path, 0) + 1
         if local:
             if durable and tmp.is_file():
                 with open(tmp, "rb") as stream:
