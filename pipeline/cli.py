@@ -83,9 +83,12 @@ def cmd_train(args) -> int:
     from pipeline.config import load_config
     from pipeline.train import train
 
+    from pipeline.core import storage
+
     settings = load_config(args.config, list(args.set))
     if settings.train is None:
         raise UserError(f"{args.config}: no train section")
+    storage.configure(settings.storage_options)
     result = train(settings.train, settings.output)
     _log(f"trained {result['steps']} steps -> {result['checkpoint']}")
     return 0

@@ -41,6 +41,16 @@ def connect_log(monkeypatch):
     return peers
 
 
+# --- object store (pipeline.testing.objectstore): moto_server behind a counting proxy -----------
+@pytest.fixture(scope="session")
+def object_store():
+    """One S3-compatible server on loopback for the session; each test module makes its bucket."""
+    from pipeline.testing.objectstore import ObjectStore
+
+    with ObjectStore() as store:
+        yield store
+
+
 # --- CLIP fixtures (pipeline.models.tiny_train): a curate-tiny trained on world pairs --------
 @pytest.fixture(scope="session")
 def tiny_clip_checkpoint(request, tmp_path_factory):

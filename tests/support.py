@@ -34,6 +34,22 @@ def text_config(input_path: Path, output: Path, **extra) -> dict:
     return config
 
 
+def serve_world(web, rows: int, delay_ms: int = 0) -> tuple[list[str], list[str]]:
+    """`rows` world images served by `web` (after `delay_ms` each), and their captions, a
+    third of them (every third row) someone else's; returns (urls, texts)."""
+    from pipeline.world import make_world, shuffled_captions
+
+    world = make_world(rows, seed=5, image_size=64)
+    captions = [s.caption for s in world]
+    wrong = shuffled_captions(captions, seed=1)
+    urls, texts = [], []
+    for i, sample in enumerate(world):
+        web.add_image(f"/w/{i}.jpg", sample.jpg, delay_ms=delay_ms)
+        urls.append(web.url(f"/w/{i}.jpg"))
+        texts.append(captions[i] if i % 3 else wrong[i])
+    return urls, texts
+
+
 def run(config: dict, source: str = "test.yaml") -> dict:
     """Run a config dict (as a YAML file would give it) quietly; returns the summary."""
     from pipeline.app import run_pipeline
@@ -46,12 +62,17 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
-def read_dataset(folder: Path) -> pa.Table:
-    return ds.dataset(str(folder), format="parquet").to_table()
+def read_dataset(folder: Path | str) -> pa.Table:
+    """A local parquet folder, or a committed folder in a bucket (through its `_SUCCESS`)."""
+    from pipeline.core import parts, storage
+
+    if storage.is_local(folder):
+        return ds.dataset(str(folder), format="parquet").to_table()
+    return parts.concat([parts.read_ref(p) for p in storage.folder_files(str(folder))])
 
 
-def kept_uids(run_dir: Path) -> set:
-    return set(read_dataset(Path(run_dir) / "kept")["uid"].to_pylist())
+def kept_uids(run_dir: Path | str) -> set:
+    return set(read_dataset(f"{run_dir}/kept")["uid"].to_pylist())
 
 
 def assert_run_invariants(run_dir: Path) -> dict:
@@ -82,8 +103,8 @@ def assert_run_invariants(run_dir: Path) -> dict:
     return summary
 
 
-def ledger_rows(run_dir: Path) -> list[tuple]:
-    ledger = read_dataset(Path(run_dir) / "ledger")
+def ledger_rows(run_dir: Path | str) -> list[tuple]:
+    ledger = read_dataset(f"{run_dir}/ledger")
     return sorted(zip(*(ledger[c].to_pylist() for c in ("uid", "url", "stage", "reason"))),
                   key=lambda r: tuple("" if v is None else v for v in r))
 

@@ -31,7 +31,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from pipeline.errors import UserError
 
@@ -173,42 +173,31 @@ def _first_line(exc: BaseException) -> str:
 
 # --- reading ---------------------------------------------------------------------------
 
-def exists(path: str | Path) -> bool:
+def _ask(path: str | Path, local: Callable[[str], Any], remote: str) -> Any:
+    """A question about a path: `local(path)` on a file system, else the filesystem's method."""
     path = normalize(path)
     if is_local(path):
-        return os.path.exists(path)
+        return local(path)
     fs, inner = filesystem(path)
     with _errors_named(path):
-        return fs.exists(inner)
+        return getattr(fs, remote)(inner)
+
+
+def exists(path: str | Path) -> bool:
+    return _ask(path, os.path.exists, "exists")
 
 
 def isdir(path: str | Path) -> bool:
-    path = normalize(path)
-    if is_local(path):
-        return os.path.isdir(path)
-    fs, inner = filesystem(path)
-    with _errors_named(path):
-        return fs.isdir(inner)
+    return _ask(path, os.path.isdir, "isdir")
 
 
 def isfile(path: str | Path) -> bool:
-    path = normalize(path)
-    if is_local(path):
-        return os.path.isfile(path)
-    fs, inner = filesystem(path)
-    with _errors_named(path):
-        return fs.isfile(inner)
+    return _ask(path, os.path.isfile, "isfile")
 
 
 def size(path: str | Path) -> int:
-    path = normalize(path)
-    if path in _sizes:
-        return _sizes[path]
-    if is_local(path):
-        return os.path.getsize(path)
-    fs, inner = filesystem(path)
-    with _errors_named(path):
-        return int(fs.size(inner))
+    known = _sizes.get(normalize(path))
+    return known if known is not None else int(_ask(path, os.path.getsize, "size"))
 
 
 def version(path: str) -> int:

@@ -12,8 +12,7 @@ import pytest
 import yaml
 from tests.support import ROOT, kept_uids, ledger_rows, run, text_config, write_sample
 
-from pipeline.core import parts, storage
-from pipeline.testing.objectstore import ObjectStore
+from pipeline.core import storage
 
 
 BIN = Path(sys.executable).parent
@@ -55,39 +54,31 @@ def two_node_cluster(tmp_path):
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def test_job_submit_on_two_nodes_writes_to_a_bucket_and_matches_local(tmp_path, two_node_cluster):
+def test_job_submit_on_two_nodes_writes_to_a_bucket_and_matches_local(tmp_path, two_node_cluster, object_store):
     sample = write_sample(tmp_path / "s.parquet", rows=3000)
     local = text_config(sample, tmp_path / "local")
     run(local)
 
-    with ObjectStore() as store:
-        store.create_bucket("runs")
-        store._client().put_object(Bucket="runs", Key="in/s.parquet", Body=sample.read_bytes())
-        # the endpoint and keys reach the job only through the config: the workers on the
-        # second node get them from the driver
-        options = {"s3": {"key": "testing", "secret": "testing",
-                          "client_kwargs": {"endpoint_url": store.endpoint, "region_name": "us-east-1"}}}
-        config = text_config("s3://runs/in/s.parquet", "s3://runs/cluster", engine="ray",
-                             storage_options=options)
-        (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(config))
-        _submit(tmp_path, two_node_cluster)
-        storage.configure(options)
-        try:
-            kept = _bucket_column("s3://runs/cluster/kept", ["uid"])
-            ledger = _bucket_column("s3://runs/cluster/ledger", ["uid", "url", "stage", "reason"])
-        finally:
-            storage.configure({})
-        written = store.list_keys("runs", "cluster/")
-    assert set(kept["uid"].to_pylist()) == kept_uids(tmp_path / "local")
-    rows = sorted(zip(*(ledger[c].to_pylist() for c in ("uid", "url", "stage", "reason"))),
-                  key=lambda r: tuple("" if v is None else v for v in r))
-    assert rows == ledger_rows(tmp_path / "local")
+    store = object_store
+    store.create_bucket("runs")
+    store._client().put_object(Bucket="runs", Key="in/s.parquet", Body=sample.read_bytes())
+    # the endpoint and keys reach the job only through the config: the workers on the
+    # second node get them from the driver
+    options = {"s3": {"key": "testing", "secret": "testing",
+                      "client_kwargs": {"endpoint_url": store.endpoint, "region_name": "us-east-1"}}}
+    config = text_config("s3://runs/in/s.parquet", "s3://runs/cluster", engine="ray",
+                         storage_options=options)
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(config))
+    _submit(tmp_path, two_node_cluster)
+    storage.configure(options)
+    try:
+        assert kept_uids("s3://runs/cluster") == kept_uids(tmp_path / "local")
+        assert ledger_rows("s3://runs/cluster") == ledger_rows(tmp_path / "local")
+    finally:
+        storage.configure({})
+    written = store.list_keys("runs", "cluster/")
     assert "cluster/_SUCCESS" not in written and "cluster/summary.json" in written
     assert not (tmp_path / "cluster").exists()
-
-
-def _bucket_column(folder, columns):
-    return parts.concat([parts.read_ref(p, columns) for p in storage.folder_files(folder)])
 
 
 def _submit(tmp_path, two_node_cluster):

@@ -6,26 +6,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from tests.support import assert_run_invariants, kept_uids, read_dataset, read_summary, run
+from tests.support import assert_run_invariants, kept_uids, read_dataset, read_summary, run, serve_world
 
 from pipeline.testing.fakeweb import FakeWeb
-from pipeline.world import make_world, shuffled_captions
 
 ROWS = 96
 
 
 @pytest.fixture(scope="module")
 def world_web():
-    world = make_world(ROWS, seed=5, image_size=64)
-    captions = [s.caption for s in world]
-    wrong = shuffled_captions(captions, seed=1)
     with FakeWeb() as web:
-        urls, texts = [], []
-        for i, sample in enumerate(world):
-            web.add_image(f"/w/{i}.jpg", sample.jpg)
-            urls.append(web.url(f"/w/{i}.jpg"))
-            texts.append(captions[i] if i % 3 else wrong[i])  # a third get someone else's caption
-        yield web, urls, texts
+        yield (web, *serve_world(web, ROWS))   # a third get someone else's caption
 
 
 def config(tmp_path, name, urls, texts, checkpoint, engine="local", **clip):

@@ -11,12 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests.support import kept_uids, ledger_rows, run
+from tests.support import kept_uids, ledger_rows, run, serve_world
 
-from pipeline.core import parts, storage
+from pipeline.core import storage
 from pipeline.testing.fakeweb import FakeWeb
-from pipeline.testing.objectstore import ObjectStore
-from pipeline.world import make_world, shuffled_captions
 
 ROWS = 96
 BUCKET = "curate"
@@ -24,10 +22,9 @@ SLOW_MS = 40
 
 
 @pytest.fixture(scope="module")
-def store():
-    with ObjectStore() as store:
-        store.create_bucket(BUCKET)
-        yield store
+def store(object_store):
+    object_store.create_bucket(BUCKET)
+    return object_store
 
 
 @pytest.fixture
@@ -41,17 +38,8 @@ def s3_env(store, monkeypatch):
 
 @pytest.fixture(scope="module")
 def world_web():
-    world = make_world(ROWS, seed=5, image_size=64)
-    captions = [s.caption for s in world]
-    wrong = shuffled_captions(captions, seed=1)
     with FakeWeb() as web:
-        urls, texts = [], []
-        for i, sample in enumerate(world):
-            web.add_image(f"/w/{i}.jpg", sample.jpg, delay_ms=SLOW_MS)   # slow: a run can be killed mid-way
-            urls.append(web.url(f"/w/{i}.jpg"))
-            texts.append(captions[i] if i % 3 else wrong[i])
-            texts[-1] += f" #{i % 5}" if i % 7 == 0 else ""
-        yield web, urls, texts
+        yield (web, *serve_world(web, ROWS, delay_ms=SLOW_MS))   # slow: a run can be killed mid-way
 
 
 def pairs_table(world_web):
@@ -113,23 +101,9 @@ def tar_digests(run_dir):
             for name in sorted(sizes)}
 
 
-def bucket_table(folder):
-    return parts.concat([parts.read_ref(p) for p in storage.folder_files(folder)])
-
-
-def bucket_kept_uids(run_dir):
-    return set(bucket_table(storage.join(run_dir, "kept"))["uid"].to_pylist())
-
-
-def bucket_ledger_rows(run_dir):
-    ledger = bucket_table(storage.join(run_dir, "ledger"))
-    return sorted(zip(*(ledger[c].to_pylist() for c in ("uid", "url", "stage", "reason"))),
-                  key=lambda r: tuple("" if v is None else v for v in r))
-
-
 def assert_same_as_local(run_dir, local):
-    assert bucket_kept_uids(run_dir) == kept_uids(local)
-    assert bucket_ledger_rows(run_dir) == ledger_rows(local)
+    assert kept_uids(run_dir) == kept_uids(local)
+    assert ledger_rows(run_dir) == ledger_rows(local)
     assert tar_digests(run_dir) == tar_digests(local)
 
 
@@ -253,3 +227,14 @@ def test_permanent_errors_fail_in_one_line_naming_the_url(store, bucket_inputs, 
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "access denied" in lines[0] and f"s3://{BUCKET}/" in lines[0], result.stderr
+
+
+def test_memory_urls_run_in_one_process_with_the_same_result(tmp_path):
+    from tests.support import text_config, write_sample
+
+    sample = write_sample(tmp_path / "s.parquet", rows=1500)
+    run(text_config(sample, tmp_path / "local"))
+    summary = run(text_config(sample, "memory://runs/text"))
+    assert summary == storage.read_json("memory://runs/text/summary.json")
+    assert kept_uids("memory://runs/text") == kept_uids(tmp_path / "local")
+    assert ledger_rows("memory://runs/text") == ledger_rows(tmp_path / "local")

@@ -6,16 +6,14 @@ import pytest
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
-from pipeline.testing.objectstore import ObjectStore  # noqa: E402
 
 BUCKET = "objstore-test"
 
 
 @pytest.fixture(scope="module")
-def store():
-    with ObjectStore() as s:
-        s.create_bucket(BUCKET)
-        yield s
+def store(object_store):
+    object_store.create_bucket(BUCKET)
+    return object_store
 
 
 @pytest.fixture
