@@ -1,10 +1,11 @@
 # make demo   the main job, offline, on the embedded engine -> runs/demo/
 # make test   the test suite (starts its own local Ray, Spark and web servers)
 # make bench  side-by-side benchmarks (ratios against the raw libraries)
+# make bench-scale  every stage at three sizes and the 400M-pair plan -> docs/scaling.md
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-scale clean
 
 $(STAMP): pyproject.toml infra/setup.sh
 	bash infra/setup.sh
@@ -20,6 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/run_all.py
+
+bench-scale: $(STAMP)
+	$(VENV)/bin/python bench/bench_scale.py
 
 clean:
 	rm -rf runs bench/results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,9 +13,11 @@ from pipeline.config import RunSettings
 from pipeline.stages import STAGES
 from pipeline.stages.ingest import IngestStep
 from pipeline.core.steps import Step, execute_step
-from pipeline.core.tasks import LEDGER_SCHEMA
+from pipeline.core.tasks import LEDGER_SCHEMA, peak_rss_bytes
 from pipeline.engines import make_engine
 from pipeline.errors import UserError
+
+TIMING_FILE = "timing.json"   # the run's wall time, finalize time, slots, driver memory (for `curate plan`)
 
 # Settings that change how a run is executed but never what it produces.
 EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source", "storage_options")
@@ -31,6 +34,7 @@ def build_steps(settings, crawled: list[str] = ()) -> list[Step]:
 
 
 def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
+    started = time.perf_counter()
     storage.configure(settings.storage_options)
     run_dir = storage.absolute(run_dir)
     settings = in_one_process_for_memory(settings, run_dir)
@@ -51,9 +55,15 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
             inputs = record["parts"]
             records.append(record)
             log(funnel_line(record))
+        finalizing = time.perf_counter()
         finalize(engine, run_dir, inputs, records)
+        timing = {"seconds": round(time.perf_counter() - started, 3),
+                  "finalize_seconds": round(time.perf_counter() - finalizing, 3),
+                  "slots": engine.parallelism(), "engine": settings.engine,
+                  "driver_peak_bytes": peak_rss_bytes()}
     summary = make_summary(records)
     storage.write_json(summary, storage.join(run_dir, "summary.json"))
+    storage.write_json(timing, storage.join(run_dir, TIMING_FILE))
     if settings.section("train"):
         from pipeline.train import train
 

@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.set_defaults(handler=cmd_report)
 
+    plan = commands.add_parser("plan", help="predict a run's cost from a finished small run")
+    plan.add_argument("config")
+    plan.add_argument("--rows", type=int, required=True, help="input rows to plan for")
+    plan.add_argument("--calibrate", required=True, metavar="RUN_DIR",
+                      help="a finished run of the same stages on a sample")
+    plan.add_argument("--cluster", help="nodes=8,cpus=32,gpus=1 (default: the calibration's slots)")
+    plan.add_argument("--json", action="store_true")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    plan.set_defaults(handler=cmd_plan)
+
     metadata = commands.add_parser("metadata", help="query entries")
     meta_commands = metadata.add_subparsers(dest="metadata_command", required=True)
     build = meta_commands.add_parser("build", help="write the entry list to a JSON file")
@@ -91,6 +101,23 @@ def cmd_train(args) -> int:
     storage.configure(settings.storage_options)
     result = train(settings.train, settings.output)
     _log(f"trained {result['steps']} steps -> {result['checkpoint']}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    from pipeline.config import load_config
+    from pipeline.core import storage
+    from pipeline.plan import format_plan, load_calibration, parse_cluster, plan
+
+    settings = load_config(args.config, list(args.set))
+    storage.configure(settings.storage_options)
+    if args.rows < 1:
+        raise UserError("--rows: must be at least 1")
+    cluster = parse_cluster(args.cluster) if args.cluster else None
+    result = plan(settings, args.rows, load_calibration(args.calibrate), cluster)
+    print(json.dumps(result, indent=1) if args.json else format_plan(result))
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 from pipeline.core import parts, storage
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Resources
-from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, StageOp, load_extras, part_path, run_part_task
+from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, StageOp, load_extras, part_path, peak_rss_bytes, run_part_task
 from pipeline.core.engine import Engine
 
 TASK_ROWS = 1_000_000   # default rows one task of a global step holds at most
@@ -34,6 +34,7 @@ class StepContext:
     phase_stats: list = field(default_factory=list)   # stats lists of the phases run so far
     dropped_files: list = field(default_factory=list)  # ledger parts with rows, of every phase
     results: dict = field(default_factory=dict)        # phase name -> its tasks' stats
+    timings: dict = field(default_factory=dict)        # phase name -> (seconds, gpus per task)
 
     @property
     def run_dir(self) -> str:
@@ -52,6 +53,7 @@ class StepContext:
         """Run `op` over every reader's table as part tasks; returns their stats in order.
         `counted=False` phases (pure reshuffles) do not enter the step's row accounting;
         `images=True` hands the op the image bytes of its rows."""
+        started = time.perf_counter()
         phase_dir = self.phase_dir(name)
         tasks = [PartTask(str(phase_dir), i, self.stage, reader, op, row_group_key, resources, images)
                  for i, reader in enumerate(readers)]
@@ -62,6 +64,7 @@ class StepContext:
             for i, result in zip(pending, results):
                 stats[i] = result
         self.results[name] = stats
+        self.timings[name] = (time.perf_counter() - started, resources.gpus)
         if counted:
             self.phase_stats.append(stats)
         self.dropped_files.extend(t.path("dropped") for t, s in zip(tasks, stats) if s["dropped"])
@@ -178,10 +181,29 @@ def execute_step(step: Step, engine: Engine, run_dir: str, index: int, seed: int
     record["seconds"] = round(time.perf_counter() - started, 3)
     record["parts"] = [ref.to_json() for ref in outputs]
     record["dropped_files"] = ctx.dropped_files
-    record["phases"] = [[name, len(stats)] for name, stats in ctx.results.items()]   # in order
+    record["phases"] = [phase_record(name, stats, *ctx.timings[name]) for name, stats in ctx.results.items()]
+    record["parts_in"] = len(inputs)
+    record["slots"] = engine.parallelism()
+    record["driver_peak_bytes"] = peak_rss_bytes()
     storage.write_json(record, storage.join(step_dir, "stats.json"))
     storage.write_text(success, "")
     return record
+
+
+def phase_record(name: str, stats: list[dict], seconds: float, gpus: float) -> dict:
+    """What `curate plan` calibrates on: a phase's tasks, rows, time, bytes and memory."""
+    cold = [s for s in stats if s.get("cold")]
+    return {"name": name, "tasks": len(stats), "seconds": round(seconds, 4), "gpus": gpus,
+            "rows_in": sum(s["rows_in"] for s in stats),
+            "task_seconds": round(sum(s["seconds"] for s in stats), 4),
+            "setup_seconds": round(sum(s.get("setup_seconds", 0.0) for s in stats), 4),
+            "workers_set_up": sum(1 for s in stats if s.get("setup_seconds", 0.0) > 0),
+            "cold_tasks": len(cold), "cold_rows": sum(s["rows_in"] for s in cold),
+            "cold_seconds": round(sum(s["seconds"] - s.get("setup_seconds", 0.0) for s in cold), 4),
+            "bytes_written": sum(sum((s.get("objects") or {}).values()) for s in stats),
+            "objects": sum(len(s.get("objects") or {}) + 1 for s in stats),   # + the marker
+            "max_task_rows": max((s["rows_in"] for s in stats), default=0),
+            "worker_peak_bytes": max((s.get("peak_rss_bytes", 0) for s in stats), default=0)}
 
 
 def summarize(name: str, phase_stats: list[list[dict]]) -> dict:

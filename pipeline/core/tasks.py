@@ -58,6 +58,7 @@ def run_part_task(task: PartTask) -> dict:
     for kind, suffix in (("data", ".parquet"), ("dropped", ".parquet"), ("done", ".json"), ("done", ".npz")):
         storage.remove_stale_temporaries(task.path(kind, suffix))
     started = time.perf_counter()
+    _SETUP_SECONDS[0] = 0.0
     table = task.reader()
     rows_in = table.num_rows
     if task.images:
@@ -81,13 +82,24 @@ def run_part_task(task: PartTask) -> dict:
         "seconds": round(time.perf_counter() - started, 4),
         "row_groups": {str(k): v for k, v in groups.items()},
         "extras": bool(extras),
+        "setup_seconds": round(_SETUP_SECONDS[0], 4),   # loading models and the like (once per worker)
+        "cold": not _TASKS_DONE[0],                     # the worker's first task (imports, warm-up)
+        "peak_rss_bytes": peak_rss_bytes(),             # the worker's high-water mark so far
         "objects": {p[len(task.phase_dir) + 1:]: storage.size(p) for p in written},
     }
     if rows_in != stats["rows_out"] + sum(stats["dropped"].values()):
         raise RuntimeError(f"{task.stage}: part {task.part} lost rows "
                            f"({rows_in} in, {stats['rows_out']} out, {stats['dropped']} dropped)")
     storage.write_json(stats, done)
+    _TASKS_DONE[0] += 1
     return stats
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def split_by_reason(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
@@ -158,6 +170,19 @@ class ReadSlice:
 
 
 _STAGES: dict = {}
+_SETUP_SECONDS = [0.0]   # spent on one-time set-up (models, matchers) during the current task
+_BUILT: dict = {}
+_TASKS_DONE = [0]        # tasks this process has finished
+
+
+def built_once(key: Any, build: Callable[[], Any]) -> Any:
+    """`build()`'s result, made once per worker process and kept; the time it takes is
+    counted as the task's set-up (one-time, not per row), which `curate plan` relies on."""
+    if key not in _BUILT:
+        started = time.perf_counter()
+        _BUILT[key] = build()
+        _SETUP_SECONDS[0] += time.perf_counter() - started
+    return _BUILT[key]
 
 
 @dataclass
@@ -169,9 +194,9 @@ class StageOp:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         key = (self.stage_cls.__module__, self.stage_cls.__qualname__, repr(self.settings), self.seed)
-        stage = _STAGES.get(key)
-        if stage is None:
-            stage = self.stage_cls(self.settings, seed=self.seed)
-            stage.setup()
-            _STAGES[key] = stage
-        return stage.process(table)
+        return built_once(key, self._build).process(table)
+
+    def _build(self):
+        stage = self.stage_cls(self.settings, seed=self.seed)
+        stage.setup()
+        return stage

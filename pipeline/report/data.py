@@ -43,8 +43,9 @@ def phase_files(run_dir: str, name: str, kind: str, suffix: str = ".parquet",
     paths = []
     for step_dir, record in step_records(run_dir, name):
         phases = record.get("phases") or []
-        for phase, tasks in phases[:1] if first_phase else phases:
-            paths.extend(part_path(storage.join(step_dir, phase), kind, i, suffix) for i in range(tasks))
+        for phase in phases[:1] if first_phase else phases:
+            phase_dir = storage.join(step_dir, phase["name"])
+            paths.extend(part_path(phase_dir, kind, i, suffix) for i in range(phase["tasks"]))
     return paths
 
 

@@ -25,6 +25,7 @@ from pipeline.core.hashing import uid_to_u64, uniform
 from pipeline.core.stage import Stage, with_reason
 from pipeline.core.parts import PartRef
 from pipeline.core.steps import Step, StepContext
+from pipeline.core.tasks import built_once
 from pipeline.stages.metadata_entries import load_entries
 
 SECTION = "metadata"
@@ -45,7 +46,6 @@ SETTINGS = MetadataSettings
 
 WRAPPED = [",", ".", ";", ":", "?", "!", "`"]
 WRAPPED_PATTERN = "([" + "".join(WRAPPED) + "])"
-_CACHE: dict = {}
 
 
 def spacing(text: str) -> str:
@@ -139,13 +139,6 @@ class MetadataStage(Stage):
     outputs = ("entry_ids",)
 
 
-def cached(key, build):
-    value = _CACHE.get(key)
-    if value is None:
-        value = _CACHE[key] = build()
-    return value
-
-
 @dataclass
 class MatchEntries:
     entries_path: str
@@ -153,7 +146,7 @@ class MatchEntries:
     entry_count: int
 
     def __call__(self, table: pa.Table):
-        matcher = cached(("matcher", self.entries_path, self.case_sensitive), lambda: EntryMatcher(
+        matcher = built_once(("matcher", self.entries_path, self.case_sensitive), lambda: EntryMatcher(
             storage.read_json(self.entries_path), self.case_sensitive))
         rows, flat = matcher.match_column(table["text"])
         lengths = np.bincount(rows, minlength=table.num_rows)
@@ -188,7 +181,7 @@ class BalanceEntries:
     seed: int
 
     def __call__(self, table: pa.Table):
-        counts = cached(("counts", self.counts_path), lambda: np.load(io.BytesIO(storage.read_bytes(self.counts_path))))
+        counts = built_once(("counts", self.counts_path), lambda: np.load(io.BytesIO(storage.read_bytes(self.counts_path))))
         kept = balance_keep(table["uid"].to_pylist(), table["entry_ids"].combine_chunks(),
                             counts, self.t, self.seed)
         reason = pc.if_else(pa.array(kept), pa.scalar(None, pa.string()), pa.scalar("balanced"))
