@@ -17,7 +17,9 @@ slots. The model, step by step, phase by phase:
   scheduling), which does not grow with rows;
 - bytes written and stored: per row, as measured; requests: the objects each task writes
   (+ its marker), two marker checks, and HEAD + GET per input file it reads;
-- worker memory: the process baseline plus the measured task growth scaled by rows per task;
+- worker memory: the process baseline (a worker with its imports) plus three times the
+  Arrow bytes of the largest task's rows (input, output and a copy), scaled to the rows per
+  task at N;
   driver memory: as measured (it holds counts and histograms, never per-row data).
 """
 from __future__ import annotations
@@ -30,6 +32,8 @@ from typing import Optional
 from pipeline.app import TIMING_FILE, build_steps
 from pipeline.core import storage
 from pipeline.errors import UserError
+
+TABLE_COPIES = 3   # a task holds its input rows, its output rows and a transient copy
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ def plan_step(record: dict, f: float, parts_in: int, caps: dict, cluster: Cluste
         tasks = phase_tasks(name, phase, record["parts_in"], rows, parts_in, caps)
         if name in ("ingest", "download") and phase is record["phases"][0]:
             parts_out = tasks
-        rows_per_task, rows_per_task_cal = rows / tasks, phase["rows_in"] / max(phase["tasks"], 1)
+        rows_per_task = rows / tasks
         per_row, setup = task_costs(phase)
         slots = cluster.slots(phase["gpus"])
         busy = per_row * rows + setup * min(tasks, slots)
@@ -167,8 +171,9 @@ def plan_step(record: dict, f: float, parts_in: int, caps: dict, cluster: Cluste
         written = int(phase["bytes_written"] * f)
         out["bytes_written"] += written
         out["bytes_stored"] += written
-        grown = max(phase["worker_peak_bytes"] - baseline, 0) * rows_per_task / max(rows_per_task_cal, 1)
-        out["worker_peak_bytes"] = max(out["worker_peak_bytes"], int(baseline + grown))
+        per_row_bytes = phase.get("max_table_bytes", 0) / max(phase["max_task_rows"], 1)
+        held = TABLE_COPIES * per_row_bytes * rows_per_task
+        out["worker_peak_bytes"] = max(out["worker_peak_bytes"], int(baseline + held))
     out["wall_seconds"] += max(record["seconds"] - sum(p["seconds"] for p in record["phases"]), 0.0)
     for key in ("core_seconds", "gpu_seconds", "wall_seconds"):
         out[key] = round(out[key], 2)

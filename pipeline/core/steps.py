@@ -203,6 +203,7 @@ def phase_record(name: str, stats: list[dict], seconds: float, gpus: float) -> d
             "bytes_written": sum(sum((s.get("objects") or {}).values()) for s in stats),
             "objects": sum(len(s.get("objects") or {}) + 1 for s in stats),   # + the marker
             "max_task_rows": max((s["rows_in"] for s in stats), default=0),
+            "max_table_bytes": max((s.get("table_bytes", 0) for s in stats), default=0),
             "worker_peak_bytes": max((s.get("peak_rss_bytes", 0) for s in stats), default=0)}
 
 

@@ -63,6 +63,7 @@ def run_part_task(task: PartTask) -> dict:
     rows_in = table.num_rows
     if task.images:
         table = images.attach_images(table)
+    table_bytes = table.nbytes
     result = task.op(table)
     table, extras = result if isinstance(result, tuple) else (result, {})
     kept, dropped = split_by_reason(table, task.stage)
@@ -84,6 +85,7 @@ def run_part_task(task: PartTask) -> dict:
         "extras": bool(extras),
         "setup_seconds": round(_SETUP_SECONDS[0], 4),   # loading models and the like (once per worker)
         "cold": not _TASKS_DONE[0],                     # the worker's first task (imports, warm-up)
+        "table_bytes": table_bytes,                     # the rows it held in memory (Arrow)
         "peak_rss_bytes": peak_rss_bytes(),             # the worker's high-water mark so far
         "objects": {p[len(task.phase_dir) + 1:]: storage.size(p) for p in written},
     }
