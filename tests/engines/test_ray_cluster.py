@@ -2,6 +2,7 @@
 reading its input from and writing its run folder to a bucket (moto_server on loopback)."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def ray_cli(*args, env, timeout=180, attempts=1):
     """Run the `ray` CLI; `attempts` > 1 retries while the cluster's job agent is starting."""
     for attempt in range(attempts):
         result = subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True,
-                                timeout=timeout)
+                                timeout=timeout, start_new_session=True)   # each node its own group
         starting = "No available agent to submit job" in result.stdout + result.stderr
         if result.returncode == 0 or not starting or attempt == attempts - 1:
             break
@@ -92,3 +93,82 @@ def _submit(tmp_path, two_node_cluster):
                   "--engine", "ray", env=env, timeout=400, attempts=20)
     assert "succeeded" in out.lower(), out[-2000:]
     assert "running on the Ray cluster (2 node(s), 2 CPUs)" in out, out[-2000:]
+
+
+def _second_node_raylet() -> tuple[int, int]:
+    """The pid and process group of the second node's raylet (it has the `second_node` resource)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "raylet" in cmdline.split(" ")[0] and "second_node" in cmdline:
+            group = os.getpgid(int(pid))
+            assert group != os.getpgid(0), "the node must not share the test's process group"
+            return int(pid), group
+    raise AssertionError("no raylet of the second node found")
+
+
+def test_losing_a_node_during_download_changes_nothing(tmp_path, two_node_cluster):
+    """SIGKILL the second node (its raylet's process group) a quarter into the download: Ray
+    retries its tasks on the head, and the run ends as an undisturbed one does."""
+    import signal
+
+    from pipeline.testing.fakeweb import FakeWeb
+    from tests.support import serve_world
+
+    env = two_node_cluster["env"]
+    with FakeWeb() as web:
+        urls, texts = serve_world(web, 96, delay_ms=150)
+        pairs = tmp_path / "pairs.parquet"
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"url": urls, "text": texts}), pairs)
+
+        def image_config(output, engine):
+            return {"input": {"path": [str(pairs)], "part_rows": 8}, "output": str(output),
+                    "engine": engine, "processes": 2, "allow_networks": ["127.0.0.1/32"],
+                    "download": {"image_size": 64, "threads": 2, "timeout": 5, "part_rows": 8},
+                    "image_dedup": {"phash_distance": 0}, "shard": {"samples_per_shard": 8}}
+
+        run(image_config(tmp_path / "local", "local"))
+        (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(image_config(tmp_path / "cluster", "ray")))
+        runtime_env = json.dumps({"excludes": [".venv", ".git", "runs", "bench/results"]})
+        out = ray_cli("job", "submit", "--no-wait", f"--address={two_node_cluster['dashboard']}",
+                      f"--working-dir={ROOT}", f"--runtime-env-json={runtime_env}", "--",
+                      sys.executable, "jobs/curate.py", "--config", str(tmp_path / "cluster.yaml"),
+                      env=env, timeout=400, attempts=20)
+        job = re.search(r"raysubmit_[A-Za-z0-9]+", out).group(0)
+        done = tmp_path / "cluster" / "steps" / "01_download" / "map" / "done"
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(done.glob("*.json"))) < 3:
+            time.sleep(0.1)
+        finished = {p: p.stat().st_mtime_ns for p in done.glob("*.json")}
+        assert 3 <= len(finished) < 12, "the node must be lost part-way through the download"
+        raylet, group = _second_node_raylet()
+        os.killpg(group, signal.SIGKILL)
+        time.sleep(1)
+        assert not Path(f"/proc/{raylet}").exists() or "Z" in Path(f"/proc/{raylet}/stat").read_text().split()[2]
+        while time.time() < deadline:
+            status = ray_cli("job", "status", f"--address={two_node_cluster['dashboard']}", job, env=env).upper()
+            if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+                break
+            time.sleep(2)
+        logs = ray_cli("job", "logs", f"--address={two_node_cluster['dashboard']}", job, env=env)
+        for _ in range(60):   # the head notices a dead node after its health checks fail
+            nodes = json.loads(ray_cli("list", "nodes", "--format=json",
+                                       f"--address={two_node_cluster['gcs']}", env=env))
+            if any(n["state"] == "DEAD" for n in nodes):
+                break
+            time.sleep(1)
+    assert "SUCCEEDED" in status, status + logs[-3000:]
+    assert sorted(n["state"] for n in nodes) == ["ALIVE", "DEAD"], "the second node was lost"
+    assert "running on the Ray cluster (2 node(s), 2 CPUs)" in logs
+    assert kept_uids(tmp_path / "cluster") == kept_uids(tmp_path / "local")
+    assert ledger_rows(tmp_path / "cluster") == ledger_rows(tmp_path / "local")
+    shards = sorted((tmp_path / "local" / "shards").glob("*.tar"))
+    assert [p.read_bytes() for p in shards] == \
+        [(tmp_path / "cluster" / "shards" / p.name).read_bytes() for p in shards]
+    for path, mtime in finished.items():   # parts done before the loss were not done again
+        assert path.stat().st_mtime_ns == mtime, path
