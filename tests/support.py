@@ -50,6 +50,39 @@ def serve_world(web, rows: int, delay_ms: int = 0) -> tuple[list[str], list[str]
     return urls, texts
 
 
+def slow_image_config(web, folder: Path, output, engine: str, **extra) -> dict:
+    """96 world images served 150 ms apart in parts of 8 rows (12 download tasks: a run can be
+    disturbed part-way), downloaded, deduplicated and sharded."""
+    import pyarrow as pa
+
+    pairs = folder / "slow-pairs.parquet"
+    if not pairs.exists():
+        urls, texts = serve_world(web, 96, delay_ms=150)
+        pq.write_table(pa.table({"url": urls, "text": texts}), pairs)
+    return {"input": {"path": [str(pairs)], "part_rows": 8}, "output": str(output),
+            "engine": engine, "processes": 2, "allow_networks": ["127.0.0.1/32"],
+            "download": {"image_size": 64, "threads": 2, "timeout": 5, "part_rows": 8},
+            "image_dedup": {"phash_distance": 0}, "shard": {"samples_per_shard": 8}, **extra}
+
+
+def tar_digests(run_dir) -> dict:
+    """sha256 of each tar named by a run's `shards/sizes.json` (local or in a bucket)."""
+    import hashlib
+
+    from pipeline.core import storage
+
+    shards = storage.join(str(run_dir), "shards")
+    return {name: hashlib.sha256(storage.read_bytes(storage.join(shards, name))).hexdigest()
+            for name in sorted(storage.read_json(storage.join(shards, "sizes.json")))}
+
+
+def assert_same_result(run_dir, reference) -> None:
+    """The same kept uids, ledger rows and tar bytes as the reference run."""
+    assert kept_uids(run_dir) == kept_uids(reference)
+    assert ledger_rows(run_dir) == ledger_rows(reference)
+    assert tar_digests(run_dir) == tar_digests(reference)
+
+
 def run(config: dict, source: str = "test.yaml") -> dict:
     """Run a config dict (as a YAML file would give it) quietly; returns the summary."""
     from pipeline.app import run_pipeline

@@ -115,25 +115,12 @@ def test_losing_a_node_during_download_changes_nothing(tmp_path, two_node_cluste
     import signal
 
     from pipeline.testing.fakeweb import FakeWeb
-    from tests.support import serve_world
+    from tests.support import assert_same_result, slow_image_config
 
     env = two_node_cluster["env"]
     with FakeWeb() as web:
-        urls, texts = serve_world(web, 96, delay_ms=150)
-        pairs = tmp_path / "pairs.parquet"
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.table({"url": urls, "text": texts}), pairs)
-
-        def image_config(output, engine):
-            return {"input": {"path": [str(pairs)], "part_rows": 8}, "output": str(output),
-                    "engine": engine, "processes": 2, "allow_networks": ["127.0.0.1/32"],
-                    "download": {"image_size": 64, "threads": 2, "timeout": 5, "part_rows": 8},
-                    "image_dedup": {"phash_distance": 0}, "shard": {"samples_per_shard": 8}}
-
-        run(image_config(tmp_path / "local", "local"))
-        (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(image_config(tmp_path / "cluster", "ray")))
+        run(slow_image_config(web, tmp_path, tmp_path / "local", "local"))
+        (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(slow_image_config(web, tmp_path, tmp_path / "cluster", "ray")))
         runtime_env = json.dumps({"excludes": [".venv", ".git", "runs", "bench/results"]})
         out = ray_cli("job", "submit", "--no-wait", f"--address={two_node_cluster['dashboard']}",
                       f"--working-dir={ROOT}", f"--runtime-env-json={runtime_env}", "--",
@@ -165,10 +152,6 @@ def test_losing_a_node_during_download_changes_nothing(tmp_path, two_node_cluste
     assert "SUCCEEDED" in status, status + logs[-3000:]
     assert sorted(n["state"] for n in nodes) == ["ALIVE", "DEAD"], "the second node was lost"
     assert "running on the Ray cluster (2 node(s), 2 CPUs)" in logs
-    assert kept_uids(tmp_path / "cluster") == kept_uids(tmp_path / "local")
-    assert ledger_rows(tmp_path / "cluster") == ledger_rows(tmp_path / "local")
-    shards = sorted((tmp_path / "local" / "shards").glob("*.tar"))
-    assert [p.read_bytes() for p in shards] == \
-        [(tmp_path / "cluster" / "shards" / p.name).read_bytes() for p in shards]
+    assert_same_result(tmp_path / "cluster", tmp_path / "local")
     for path, mtime in finished.items():   # parts done before the loss were not done again
         assert path.stat().st_mtime_ns == mtime, path

@@ -1,6 +1,5 @@
 """The whole path with input, run folder, model, shards and checkpoints in a bucket of a real
 S3-compatible server on loopback (moto_server behind a counting, fault-injecting proxy)."""
-import hashlib
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests.support import kept_uids, ledger_rows, run, serve_world
+from tests.support import assert_same_result, kept_uids, ledger_rows, run, serve_world
 
 from pipeline.core import storage
 from pipeline.testing.fakeweb import FakeWeb
@@ -95,18 +94,6 @@ def local_reference(bucket_inputs, tmp_path_factory):
     return out
 
 
-def tar_digests(run_dir):
-    sizes = storage.read_json(storage.join(run_dir, "shards", "sizes.json"))
-    return {name: hashlib.sha256(storage.read_bytes(storage.join(run_dir, "shards", name))).hexdigest()
-            for name in sorted(sizes)}
-
-
-def assert_same_as_local(run_dir, local):
-    assert kept_uids(run_dir) == kept_uids(local)
-    assert ledger_rows(run_dir) == ledger_rows(local)
-    assert tar_digests(run_dir) == tar_digests(local)
-
-
 def keys(store, prefix):
     return store.list_keys(BUCKET, prefix)
 
@@ -122,7 +109,7 @@ def test_bucket_run_equals_local_disk_and_trains_from_the_bucket(
     steps = 2 if engine == "local" else 0
     summary = run(config(bucket_inputs["pairs"], run_dir, bucket_inputs["model"], engine, steps))
     assert summary["kept_rows"] > 20
-    assert_same_as_local(run_dir, local_reference)
+    assert_same_result(run_dir, local_reference)
     written = keys(store, f"runs/{engine}/")
     assert f"runs/{engine}/kept/_SUCCESS" in written and f"runs/{engine}/shards/sizes.json" in written
     assert not [k for k in written if k.endswith(".tmp")], "no temporaries in the bucket"
@@ -152,7 +139,7 @@ def test_injected_503s_and_resets_are_retried_with_the_same_result(s3_env, bucke
     run_dir = f"s3://{BUCKET}/runs/faults"
     run(config(f"s3://{BUCKET}/inputs/*.parquet", run_dir, bucket_inputs["model"]))   # a glob in the bucket
     assert store.faults_left() == 0
-    assert_same_as_local(run_dir, local_reference)
+    assert_same_result(run_dir, local_reference)
 
 
 def curate(config_path, env, **popen):
@@ -195,7 +182,7 @@ def test_sigkill_during_download_and_shard_then_rerun(s3_env, bucket_inputs, loc
     result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path)], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_as_local(run_dir, local_reference)
+    assert_same_result(run_dir, local_reference)
     writes = store.puts_per_key()
     for marker in finished:   # parts finished before the first kill were never written again
         data = marker.replace("/done/", "/data/").replace(".json", ".parquet")
