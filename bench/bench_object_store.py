@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         urls = [f"http://127.0.0.1:{port}/p/{i}.jpg" for i in range(args.photos)]
         pairs = Path(tmp) / "pairs.parquet"
         pq.write_table(pa.table({"url": urls, "text": caption_table(args.photos)["text"].to_pylist()}), pairs)
-        store._client().put_object(Bucket=BUCKET, Key="in/pairs.parquet", Body=pairs.read_bytes())
+        store.put(BUCKET, "in/pairs.parquet", pairs.read_bytes())
         local_times, bucket_times, requests = [], [], None
         for attempt, where in enumerate(["local", "bucket", "bucket", "local"]):
             if where == "local":

@@ -270,6 +270,11 @@ class ObjectStore:
     def get(self, bucket: str, key: str) -> bytes:
         return self._client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
+    def put(self, bucket: str, key: str, data: bytes) -> str:
+        """Upload straight to moto (not counted); returns the object's s3:// URL."""
+        self._client().put_object(Bucket=bucket, Key=key, Body=data)
+        return f"s3://{bucket}/{key}"
+
     # --- counting ----------------------------------------------------------------------------
     def _record(self, request: Request):
         with self._lock:

@@ -62,7 +62,7 @@ def test_job_submit_on_two_nodes_writes_to_a_bucket_and_matches_local(tmp_path, 
 
     store = object_store
     store.create_bucket("runs")
-    store._client().put_object(Bucket="runs", Key="in/s.parquet", Body=sample.read_bytes())
+    store.put("runs", "in/s.parquet", sample.read_bytes())
     # the endpoint and keys reach the job only through the config: the workers on the
     # second node get them from the driver
     options = {"s3": {"key": "testing", "secret": "testing",

@@ -68,8 +68,7 @@ def config(input_path, output, checkpoint, engine="local", train_steps=0, **extr
 
 def upload_file(store, local_path, key):
     with open(local_path, "rb") as stream:
-        store._client().put_object(Bucket=BUCKET, Key=key, Body=stream.read())
-    return f"s3://{BUCKET}/{key}"
+        return store.put(BUCKET, key, stream.read())
 
 
 @pytest.fixture(scope="module")
