@@ -77,10 +77,28 @@ def load_calibration(run_dir: str) -> Calibration:
         if not isinstance(record.get("phases"), list) or not all(isinstance(p, dict) for p in record["phases"]):
             raise UserError(f"{run_dir}: step {stage['name']} has no phase measurements "
                             f"(a run from an older version); rerun it to calibrate")
-        steps.append(record)
+        steps.append({**record, "phases": fold_continuations(record["phases"])})
     if not summary["input_rows"]:
         raise UserError(f"{run_dir}: the calibration run had no input rows")
     return Calibration(run_dir, summary["input_rows"], steps, timing, stored_bytes(run_dir, steps))
+
+
+def fold_continuations(phases: list[dict]) -> list[dict]:
+    """Phases that ran rows deferred by the phase before (a slow host at a deadline) count
+    as that phase's work: the model plans the rows, not how the calibration run split them."""
+    folded: list[dict] = []
+    for phase in phases:
+        phase = {**phase, "rows_in": phase["rows_in"] - phase.get("deferred", 0), "deferred": 0}
+        if not phase.get("continues") or not folded:
+            folded.append(phase)
+            continue
+        into = folded[-1]
+        for key in ("tasks", "seconds", "rows_in", "task_seconds", "setup_seconds", "workers_set_up",
+                    "cold_tasks", "cold_rows", "cold_seconds", "bytes_written", "objects"):
+            into[key] = into.get(key, 0) + phase.get(key, 0)
+        for key in ("max_task_rows", "max_table_bytes", "worker_peak_bytes"):
+            into[key] = max(into.get(key, 0), phase.get(key, 0))
+    return folded
 
 
 def _read(run_dir: str, name: str) -> dict:

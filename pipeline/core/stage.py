@@ -20,6 +20,8 @@ from pipeline.errors import UserError
 
 REASON = "_reason"
 POS = "_pos"   # a row's position in the input (part << 32 | row), for deterministic ties
+DEFERRED = "_deferred"   # a `_reason` meaning "not reached in this task": the step runs the
+                         # task's last rows again as smaller tasks (a suffix; see core.steps)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,16 @@ The tasks of a global step follow data volume, not the number of parts: `run_gro
 one task consecutive parts holding up to `task_rows` rows and writes one file per task with a
 row group per part, so a step over 10x the parts of the same rows runs as many tasks, writes
 as many files and reads each part once.
+
+A map task may stop early and defer its last rows (the download stage does at its deadline,
+when a slow host holds it): `run_continued` runs the rest as smaller tasks (`rest1`,
+`rest2`, ... phases, each deferred remainder cut in SPREAD pieces, so one slow part spreads
+over the cluster), and the step's output keeps the input's row order, so the result is the
+same as without the deadline.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -22,6 +29,7 @@ from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, Sta
 from pipeline.core.engine import Engine
 
 TASK_ROWS = 1_000_000   # default rows one task of a global step holds at most
+SPREAD = 8              # pieces the deferred rest of one task is cut into
 
 
 @dataclass
@@ -49,9 +57,10 @@ class StepContext:
 
     def run_phase(self, name: str, readers: list[Callable], op: Callable,
                   resources: Resources = Resources(), row_group_key: Optional[str] = None,
-                  counted: bool = True, images: bool = False) -> list[dict]:
+                  counted: bool = True, images: bool = False, continues: bool = False) -> list[dict]:
         """Run `op` over every reader's table as part tasks; returns their stats in order.
         `counted=False` phases (pure reshuffles) do not enter the step's row accounting;
+        `continues=True` ones count as more tasks of the phase before (deferred rows);
         `images=True` hands the op the image bytes of its rows."""
         started = time.perf_counter()
         phase_dir = self.phase_dir(name)
@@ -64,11 +73,37 @@ class StepContext:
             for i, result in zip(pending, results):
                 stats[i] = result
         self.results[name] = stats
-        self.timings[name] = (time.perf_counter() - started, resources.gpus)
-        if counted:
+        self.timings[name] = (time.perf_counter() - started, resources.gpus, continues)
+        if continues:
+            self.phase_stats[-1] = self.phase_stats[-1] + stats
+        elif counted:
             self.phase_stats.append(stats)
         self.dropped_files.extend(t.path("dropped") for t, s in zip(tasks, stats) if s["dropped"])
         return stats
+
+    def run_continued(self, name: str, readers: list[Callable], op: Callable,
+                      resources: Resources = Resources(), images: bool = False) -> list[PartRef]:
+        """`run_phase`, then the rows its tasks deferred, as smaller tasks, round after round
+        until every row is reached; returns the output parts in the input's row order (each
+        task's part, then those of the pieces of its rest)."""
+        stats = self.run_phase(name, readers, op, resources, images=images)
+        nodes = [[ref] for ref in self.data_parts(name, len(readers))]   # a task's parts
+        tree = list(nodes)
+        for round_ in range(1, 1 << 30):
+            pending = [(n, r, s) for n, r, s in zip(nodes, readers, stats) if s.get("deferred")]
+            if not pending:
+                break
+            readers, nodes = [], []
+            for node, reader, done in pending:
+                for piece in rest_of(reader, done["rows_in"] - done["deferred"], done["deferred"]):
+                    nodes.append([])
+                    node.append(nodes[-1])
+                    readers.append(piece)
+            phase = f"rest{round_}"
+            stats = self.run_phase(phase, readers, op, resources, images=images, continues=True)
+            for i, node in enumerate(nodes):
+                node.append(PartRef(self.data_path(phase, i)))
+        return list(flatten(tree))
 
     def extras(self, name: str) -> Iterator[dict]:
         """The numpy extras of a phase's tasks that wrote any, in task order."""
@@ -111,6 +146,27 @@ def bucket_refs(files: list[PartRef], stats: list[dict], keys: range) -> list[Pa
     return refs or [PartRef(files[0].path, ())]
 
 
+def rest_of(reader: Callable, reached: int, deferred: int) -> list[ReadSlice]:
+    """The `deferred` rows after the first `reached` of a one-part reader, in SPREAD pieces."""
+    if isinstance(reader, ReadSlice):
+        ref, start = reader.ref, reader.offset + reached
+    elif isinstance(reader, ReadParts) and len(reader.refs) == 1 and not reader.tagged:
+        ref, start = reader.refs[0], reached
+    else:
+        raise TypeError(f"cannot continue a task read by {type(reader).__name__}")
+    size = math.ceil(deferred / SPREAD)
+    return [ReadSlice(ref, start + offset, min(size, deferred - offset))
+            for offset in range(0, deferred, size)]
+
+
+def flatten(tree: list) -> Iterator[PartRef]:
+    for item in tree:
+        if isinstance(item, list):
+            yield from flatten(item)
+        else:
+            yield item
+
+
 def rows_of(refs: list[PartRef]) -> list[int]:
     """Row count of each part, from the parquet footers (one read per file)."""
     return [parts.num_rows(ref) for ref in refs]
@@ -146,8 +202,7 @@ class Step:
         op = StageOp(self.stage_cls, self.settings, ctx.seed)
         readers = split_readers(inputs, self.rows_per_task)
         stage = self.stage_cls(self.settings, seed=ctx.seed)
-        ctx.run_phase("map", readers, op, stage.resources, images=stage.reads_images)
-        return ctx.data_parts("map", len(readers))
+        return ctx.run_continued("map", readers, op, stage.resources, images=stage.reads_images)
 
 
 def split_readers(inputs: list[PartRef], rows_per_task: Optional[int]) -> list[Callable]:
@@ -190,11 +245,13 @@ def execute_step(step: Step, engine: Engine, run_dir: str, index: int, seed: int
     return record
 
 
-def phase_record(name: str, stats: list[dict], seconds: float, gpus: float) -> dict:
+def phase_record(name: str, stats: list[dict], seconds: float, gpus: float, continues: bool) -> dict:
     """What `curate plan` calibrates on: a phase's tasks, rows, time, bytes and memory."""
     cold = [s for s in stats if s.get("cold")]
     return {"name": name, "tasks": len(stats), "seconds": round(seconds, 4), "gpus": gpus,
+            "continues": continues,
             "rows_in": sum(s["rows_in"] for s in stats),
+            "deferred": sum(s.get("deferred", 0) for s in stats),
             "task_seconds": round(sum(s["seconds"] for s in stats), 4),
             "setup_seconds": round(sum(s.get("setup_seconds", 0.0) for s in stats), 4),
             "workers_set_up": sum(1 for s in stats if s.get("setup_seconds", 0.0) > 0),
@@ -214,7 +271,7 @@ def summarize(name: str, phase_stats: list[list[dict]]) -> dict:
         for part in stats:
             for reason, count in part["dropped"].items():
                 dropped[reason] = dropped.get(reason, 0) + count
-    rows_in = sum(p["rows_in"] for p in phase_stats[0]) if phase_stats else 0
+    rows_in = sum(p["rows_in"] - p.get("deferred", 0) for p in phase_stats[0]) if phase_stats else 0
     rows_out = sum(p["rows_out"] for p in phase_stats[-1]) if phase_stats else 0
     return {"name": name, "rows_in": rows_in, "rows_out": rows_out,
             "dropped": dict(sorted(dropped.items()))}

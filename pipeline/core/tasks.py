@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import images, parts, storage
-from pipeline.core.stage import REASON, Resources, set_column
+from pipeline.core.stage import DEFERRED, REASON, Resources, set_column
 
 LEDGER_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()),
                            ("stage", pa.string()), ("reason", pa.string())])
@@ -66,6 +66,7 @@ def run_part_task(task: PartTask) -> dict:
     table_bytes = table.nbytes
     result = task.op(table)
     table, extras = result if isinstance(result, tuple) else (result, {})
+    table, deferred = without_deferred(table, task)
     kept, dropped = split_by_reason(table, task.stage)
     kept = images.without_stored_images(kept)
     groups = parts.write_parquet(kept, task.path("data"), task.row_group_key,
@@ -80,6 +81,7 @@ def run_part_task(task: PartTask) -> dict:
         "rows_in": rows_in,
         "rows_out": kept.num_rows,
         "dropped": _reason_counts(dropped),
+        "deferred": deferred,                           # last rows not reached: run again
         "seconds": round(time.perf_counter() - started, 4),
         "row_groups": {str(k): v for k, v in groups.items()},
         "extras": bool(extras),
@@ -89,12 +91,28 @@ def run_part_task(task: PartTask) -> dict:
         "peak_rss_bytes": peak_rss_bytes(),             # the worker's high-water mark so far
         "objects": {p[len(task.phase_dir) + 1:]: storage.size(p) for p in written},
     }
-    if rows_in != stats["rows_out"] + sum(stats["dropped"].values()):
-        raise RuntimeError(f"{task.stage}: part {task.part} lost rows "
-                           f"({rows_in} in, {stats['rows_out']} out, {stats['dropped']} dropped)")
+    if rows_in != stats["rows_out"] + sum(stats["dropped"].values()) + deferred:
+        raise RuntimeError(f"{task.stage}: part {task.part} lost rows ({rows_in} in, "
+                           f"{stats['rows_out']} out, {stats['dropped']} dropped, {deferred} deferred)")
     storage.write_json(stats, done)
     _TASKS_DONE[0] += 1
     return stats
+
+
+def without_deferred(table: pa.Table, task: PartTask) -> tuple[pa.Table, int]:
+    """The rows the op reached, and how many it deferred (the last ones, so that the rest
+    of the task is a slice of its input; at least one row must be reached)."""
+    if REASON not in table.column_names or table.num_rows == 0:
+        return table, 0
+    is_deferred = pc.fill_null(pc.equal(table[REASON], DEFERRED), False)
+    deferred = pc.sum(is_deferred).as_py() or 0
+    if not deferred:
+        return table, 0
+    reached = table.num_rows - deferred
+    if reached == 0 or pc.any(is_deferred.slice(0, reached)).as_py():
+        raise RuntimeError(f"{task.stage}: part {task.part} deferred rows that are not its last "
+                           f"ones, or all of them ({deferred} of {table.num_rows})")
+    return table.slice(0, reached), deferred
 
 
 def peak_rss_bytes() -> int:

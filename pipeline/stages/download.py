@@ -8,6 +8,12 @@ byte cap, per-image deadline), and a PIL header check refuses decompression bomb
 OpenCV decodes anything. Rows whose failure is transient (timeout, reset, 429, 5xx) are
 retried in later passes with backoff; 4xx, opt-outs and blocked fetches never are.
 
+A task starts no fetch after its `task_deadline` (seconds from its start; after the first
+`threads` rows, so every task makes progress): the rows it did not reach are deferred, and the
+step runs them as smaller tasks spread over the workers (`core.steps.run_continued`), so one
+slow host cannot hold the step. A row fetched in the rare race with the deadline and after a
+deferred one is deferred too (fetched again later): the deferred rows are always the last ones.
+
 Adds `jpg` (binary), `width, height, original_width, original_height` (int32), `sha256`
 (hex of `jpg`) and `_reason` (null = kept).
 """
@@ -25,7 +31,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
-from pipeline.core.stage import REASON, Resources, Stage, set_column, with_reason
+from pipeline.core.stage import DEFERRED, REASON, Resources, Stage, set_column, with_reason
 from pipeline.core.steps import Step
 from pipeline.download.reasons import (
     DECODE_ERROR,
@@ -61,6 +67,8 @@ class DownloadSettings:
     disallowed_header_directives: list[str] = field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
     part_rows: int = 10_000              # rows per download task (and per image part)
+    task_deadline: Optional[float] = 600.0   # seconds; then the task's unstarted rows go on
+                                         # as smaller tasks (null: no deadline)
     enabled: bool = True
 
 
@@ -152,39 +160,55 @@ class DownloadStage(Stage):
 
     def process(self, table: pa.Table) -> pa.Table:
         self.setup()  # cheap; reinstalls the guarded opener in case another stage replaced it
+        deadline = self.options["task_deadline"]
+        stop_at = time.monotonic() + float(deadline) if deadline else None
         urls = table.column("url").to_pylist()
         earlier = table.column(REASON).to_pylist() if REASON in table.column_names else [None] * len(urls)
         todo = [i for i, reason in enumerate(earlier) if reason is None]
-        outcomes = self.download_rows(urls, todo)
-        return attach_outcomes(table, [outcomes.get(i, Outcome()) for i in range(len(urls))])
+        outcomes = self.download_rows(urls, todo, stop_at)
+        rest = min((i for i, o in outcomes.items() if o.reason == DEFERRED), default=len(urls))
+        if rest < len(urls) and REASON in table.column_names:   # deferred: all rows from `rest` on
+            table = table.drop_columns([REASON]).append_column(
+                REASON, pa.array(earlier[:rest] + [None] * (len(urls) - rest), pa.string()))
+        return attach_outcomes(table, [Outcome(DEFERRED) if i >= rest else outcomes.get(i, Outcome())
+                                       for i in range(len(urls))])
 
-    def download_rows(self, urls: list, indices: list[int]) -> dict[int, Outcome]:
-        """First pass over every row, then `retries` passes over the transient failures."""
-        outcomes: dict[int, Outcome] = {}
-        pending = list(indices)
-        for attempt in range(int(self.options["retries"]) + 1):
-            if attempt:
-                time.sleep(float(self.options["retry_backoff"]) * 2 ** (attempt - 1))
-            outcomes.update(self._one_pass(urls, pending))
-            pending = [i for i in pending if is_transient(outcomes[i].reason)]
+    def download_rows(self, urls: list, indices: list[int], stop_at: Optional[float] = None) -> dict[int, Outcome]:
+        """First pass over every row (none started after `stop_at`, see the module's
+        docstring), then `retries` passes over the transient failures among those reached."""
+        outcomes = self._one_pass(urls, indices, stop_at)
+        deferred = [i for i in indices if outcomes[i].reason == DEFERRED]
+        reached = indices[:indices.index(deferred[0])] if deferred else list(indices)
+        outcomes.update({i: Outcome(DEFERRED) for i in indices[len(reached):]})
+        pending = [i for i in reached if is_transient(outcomes[i].reason)]
+        for attempt in range(1, int(self.options["retries"]) + 1):
             if not pending:
                 break
+            time.sleep(float(self.options["retry_backoff"]) * 2 ** (attempt - 1))
+            outcomes.update(self._one_pass(urls, pending))
+            pending = [i for i in pending if is_transient(outcomes[i].reason)]
         return outcomes
 
-    def _one_pass(self, urls: list, indices: list[int]) -> dict[int, Outcome]:
+    def _one_pass(self, urls: list, indices: list[int], stop_at: Optional[float] = None) -> dict[int, Outcome]:
         if not indices:
             return {}
         threads = max(1, min(int(self.options["threads"]), len(indices)))
         semaphore = Semaphore(threads * 2)  # as img2dataset: bound fetched-but-not-resized images
+        always = set(indices[:threads])     # reached whatever the deadline: every task progresses
 
         def rows():
             for i in indices:
                 semaphore.acquire()  # pylint: disable=consider-using-with
                 yield i, urls[i] or ""
 
+        def fetch(row):
+            if stop_at is not None and row[0] not in always and time.monotonic() >= stop_at:
+                return row[0], None, DEFERRED
+            return self._fetch(row)
+
         outcomes = {}
         with ThreadPool(threads) as pool:
-            for key, stream, error in pool.imap_unordered(self._fetch, rows()):
+            for key, stream, error in pool.imap_unordered(fetch, rows()):
                 try:
                     outcomes[key] = self._finish(stream, error)
                 except Exception as err:  # pylint: disable=broad-except  # a bad row never crashes the run
@@ -203,6 +227,8 @@ class DownloadStage(Stage):
                               user_agent_token=token.strip().lower() if token else None)
 
     def _finish(self, stream: io.BytesIO | None, error: str | None) -> Outcome:
+        if error == DEFERRED:
+            return Outcome(reason=DEFERRED)
         if error is not None or stream is None:
             return Outcome(reason=classify_message(error or ""))
         try:

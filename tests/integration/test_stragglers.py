@@ -1,0 +1,72 @@
+"""One slow host does not hold the download step: a task stops starting fetches at its
+`download.task_deadline`, and the rows it did not reach run as smaller tasks spread over the
+workers, with the same result as a run that waits for the slow host."""
+import json
+import statistics
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tests.support import assert_same_result, run
+
+from pipeline.testing.fakeweb import FakeWeb
+from pipeline.world import make_world
+
+PARTS, ROWS = 8, 16     # download tasks of 16 rows, two fetch threads each
+SLOW_PART = 3           # every row of this part is on the slow host
+
+
+def straggler_input(folder, web, slow) -> str:
+    """Rows on a host answering in 50 ms, and one part's rows on one answering in 200 ms."""
+    world = make_world(PARTS * ROWS, seed=11, image_size=48)
+    urls = []
+    for i, sample in enumerate(world):
+        host = slow if i // ROWS == SLOW_PART else web
+        host.add_image(f"/s/{i}.jpg", sample.jpg, delay_ms=200 if host is slow else 50)
+        urls.append(host.url(f"/s/{i}.jpg"))
+    path = folder / "pairs.parquet"
+    pq.write_table(pa.table({"url": urls, "text": [s.caption for s in world]}), path)
+    return str(path)
+
+
+def config(pairs: str, output, deadline) -> dict:
+    return {"input": {"path": [pairs], "part_rows": ROWS}, "output": str(output), "engine": "local",
+            "processes": 2, "allow_networks": ["127.0.0.0/8"],
+            "download": {"image_size": 48, "threads": 2, "timeout": 5, "part_rows": ROWS,
+                         "task_deadline": deadline},
+            "shard": {"samples_per_shard": 10}}
+
+
+def task_seconds(run_dir) -> dict[str, list[float]]:
+    """Each download task's working time (without the worker's one-time set-up), by phase."""
+    step = run_dir / "steps" / "01_download"
+    record = json.loads((step / "stats.json").read_text())
+    return {phase["name"]: [(lambda s: s["seconds"] - s["setup_seconds"])(json.loads(p.read_text()))
+                            for p in sorted((step / phase["name"] / "done").glob("*.json"))]
+            for phase in record["phases"]}
+
+
+def test_a_slow_host_does_not_hold_the_download_step(tmp_path):
+    with FakeWeb() as web, FakeWeb(host="127.0.0.3") as slow:
+        pairs = straggler_input(tmp_path, web, slow)
+        waiting = tmp_path / "waiting"
+        run(config(pairs, waiting, deadline=None))
+        spread = tmp_path / "spread"
+        summary = run(config(pairs, spread, deadline=0.4))
+        slow_requests = sum(slow.count(f"/s/{i}.jpg") for i in range(PARTS * ROWS))
+
+    waited = task_seconds(waiting)
+    assert list(waited) == ["map"]
+    median = statistics.median(waited["map"])
+    assert max(waited["map"]) > 2.5 * median, "without a deadline the slow part is a straggler"
+
+    phases = task_seconds(spread)
+    assert list(phases)[:2] == ["map", "rest1"], "the slow part's rest ran as more tasks"
+    assert len(phases["rest1"]) > 1
+    every_task = [s for seconds in phases.values() for s in seconds]
+    median = statistics.median(phases["map"])
+    assert max(every_task) <= 2 * median, (max(every_task), median, phases)
+
+    assert_same_result(spread, waiting)
+    assert slow_requests == 2 * ROWS, "each slow URL fetched once per run"
+    download = next(s for s in summary["stages"] if s["name"] == "download")
+    assert download["rows_in"] == PARTS * ROWS == download["rows_out"] + sum(download["dropped"].values())
