@@ -40,13 +40,13 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
     settings = in_one_process_for_memory(settings, run_dir)
     storage.makedirs(run_dir)
     check_same_config(settings, run_dir)
-    crawled = []
-    if settings.section("crawl"):
-        from pipeline.stages.crawl_step import run_crawl
-
-        crawled.append(run_crawl(settings.crawl, settings.allow_networks, run_dir, log))
-    steps = build_steps(settings, crawled)
     with make_engine(settings) as engine:
+        crawled = []
+        if settings.section("crawl"):
+            from pipeline.stages.crawl_step import run_crawl
+
+            crawled = run_crawl(settings.crawl, settings.allow_networks, run_dir, engine, log)
+        steps = build_steps(settings, crawled)
         inputs: list = []
         records = []
         for index, step in enumerate(steps):

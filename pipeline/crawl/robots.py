@@ -134,6 +134,7 @@ class RobotsCache:
         self.fetch = fetch
         self.user_agent = user_agent
         self._rules: dict[str, RobotsRules] = {}
+        self._answers: dict[str, list | None] = {}   # origin -> [status, body] (None: unreachable)
         self._origin_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -153,8 +154,21 @@ class RobotsCache:
         try:
             status, _headers, body = self.fetch(origin + "/robots.txt")
         except Exception:  # noqa: BLE001 - unreachable robots.txt: crawl nothing there
+            self._answers[origin] = None
             return DISALLOW_ALL
+        self._answers[origin] = [status, body.decode("latin-1")]
         return rules_for_response(status, body, self.user_agent)
+
+    def answers(self) -> dict:
+        """The robots.txt answers fetched so far (JSON), for `preload` in a later task."""
+        return dict(self._answers)
+
+    def preload(self, answers: dict) -> None:
+        """Rules from earlier answers (`answers()`), so robots.txt is fetched once per crawl."""
+        for origin, answer in answers.items():
+            self._answers[origin] = answer
+            self._rules[origin] = DISALLOW_ALL if answer is None else \
+                rules_for_response(answer[0], answer[1].encode("latin-1"), self.user_agent)
 
     def cached_rules(self, url: str) -> RobotsRules | None:
         """The rules if this origin's robots.txt was already fetched; never fetches."""

@@ -7,6 +7,8 @@ uncurated downloaded pool (mini-DataComp), zero-shot evaluation of both, and the
 """
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -94,8 +96,8 @@ def run_demo(output: Path, rows: int = 3000, steps: int = TRAIN_STEPS, log=print
         summary = run_pipeline(settings_from_dict(config, str(output / "demo.yaml")), output, log=log)
         listed = pairs.with_name("pairs_url_text.parquet")
         pq.write_table(world.pairs.rename_columns(["url", "text"]), listed)
-        pool = uncurated_config([listed, output / "steps" / "crawl" / "pairs.parquet"],
-                                output / "uncurated", steps)
+        crawled = json.loads((output / "steps" / "crawl" / "stats.json").read_text())["files"]
+        pool = uncurated_config([listed, *crawled], output / "uncurated", steps)
         log("demo: the uncurated pool (download + shard only), for comparison")
         run_pipeline(settings_from_dict(pool, "uncurated"), output / "uncurated", log=log)
     comparison = compare(output)

@@ -1,12 +1,17 @@
 """crawl: a source step. Its pairs (url, text = alt, title, figcaption, page_url, depth) join
-the input at ingest and then go through every stage like ingested rows."""
+the input at ingest and then go through every stage like ingested rows.
+
+The crawl runs on the engine's workers, level by level, hosts spread over `tasks` buckets
+(see `pipeline.crawl.spread`); a rerun resumes at the first unfinished task and reuses a
+finished crawl."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from pipeline.core import parts, storage
-from pipeline.crawl.crawler import crawl
+from pipeline.core import storage
+from pipeline.crawl.crawler import normalize_http_url
+from pipeline.crawl.spread import CrawlOptions, crawl_on
+from pipeline.errors import UserError
 
 
 SECTION = "crawl"
@@ -23,26 +28,36 @@ class CrawlSettings:
     timeout: float = 10.0
     concurrency: int = 16
     per_host_limit: int = 2
+    tasks: int = 16            # host buckets: at most this many crawl tasks per level
     enabled: bool = True
 
 
 SETTINGS = CrawlSettings
 
 
-def run_crawl(settings, allow_networks: list[str], run_dir: str, log=print) -> str:
-    """Crawl once (a rerun reuses the finished crawl); returns the pairs file."""
+def run_crawl(settings, allow_networks: list[str], run_dir: str, engine, log=print) -> list[str]:
+    """Crawl once on the engine (a rerun reuses the finished crawl); returns the pairs files."""
     step_dir = storage.join(run_dir, "steps", "crawl")
-    pairs_path = storage.join(step_dir, "pairs.parquet")
+    stats_path = storage.join(step_dir, "stats.json")
     if storage.marker_exists(storage.join(step_dir, storage.SUCCESS)):
-        return pairs_path
-    table = crawl(settings.seeds, max_pages=settings.max_pages, max_depth=settings.max_depth,
-                  same_domain=settings.same_domain, respect_robots=settings.respect_robots,
-                  user_agent=settings.user_agent, allow_networks=allow_networks,
-                  timeout=settings.timeout, concurrency=settings.concurrency,
-                  per_host_limit=settings.per_host_limit)
-    stats = json.loads((table.schema.metadata or {}).get(b"curate.crawl.stats", b"{}"))
-    parts.write_parquet(table.replace_schema_metadata(None), pairs_path)
-    storage.write_json({"pairs": table.num_rows, **stats}, storage.join(step_dir, "stats.json"))
+        return storage.read_json(stats_path)["files"]
+    if settings.max_pages < 0 or settings.max_depth < 0 or settings.concurrency < 1 \
+            or settings.per_host_limit < 1 or settings.tasks < 1:
+        raise UserError("crawl: max_pages and max_depth must be >= 0, concurrency, "
+                        "per_host_limit and tasks >= 1")
+    seeds = []
+    for seed in settings.seeds:
+        url = normalize_http_url(str(seed))
+        if url is None:
+            raise UserError(f"crawl.seeds: {seed!r} is not an http(s) URL")
+        seeds.append(url)
+    options = CrawlOptions(seeds=tuple(seeds), buckets=settings.tasks,
+                           same_domain=settings.same_domain, respect_robots=settings.respect_robots,
+                           user_agent=settings.user_agent, allow_networks=tuple(allow_networks),
+                           timeout=settings.timeout, concurrency=settings.concurrency,
+                           per_host_limit=settings.per_host_limit)
+    files, stats = crawl_on(engine.map, step_dir, options, settings.max_pages, settings.max_depth)
+    storage.write_json({**stats, "files": files}, stats_path)
     storage.write_text(storage.join(step_dir, storage.SUCCESS), "")
-    log(f"{'crawl':>15}: {table.num_rows:,} pairs from {stats.get('pages_fetched', '?')} pages")
-    return pairs_path
+    log(f"{'crawl':>15}: {stats['pairs']:,} pairs from {stats['pages_fetched']:,} pages")
+    return files
