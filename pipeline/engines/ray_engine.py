@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 
 from pipeline.core.engine import Engine
 
 
 class TaskRunner:
     """A long-lived worker: runs tasks in one process, so `setup()` caches survive."""
+
+    def ready(self) -> bool:
+        return True
 
     def run(self, fn, task):
         return fn(task)
@@ -61,29 +65,80 @@ class RayEngine(Engine):
 
     def _map_on_actors(self, fn, tasks, resources):
         """One actor per slot for this map call; killed after it, so their CPUs and GPUs
-        go back to the tasks of the next steps."""
-        import ray
-        from ray.util import ActorPool
+        go back to the tasks of the next steps.
 
-        actors = self._start_actors(resources, len(tasks))
+        An actor lost with its node (or its process) costs only the part it was running: that
+        part goes to the next free actor (at most `task_retries` times a part), and a fresh
+        actor is started in the lost one's place, taking parts once it is up (where the cluster
+        has room). Ray's own actor restarts are not used: an actor restarting after its node
+        died waits for a free slot elsewhere, and the slots are held by this call's other
+        actors until it ends, so the part on it would wait forever."""
+        import ray
+        from ray.exceptions import ObjectLostError, RayActorError
+
+        runner, slots = self._runner(resources), self._slots(resources, len(tasks))
+        todo = deque(range(len(tasks)))
+        results, losses = [None] * len(tasks), [0] * len(tasks)
+        idle, running, starting, started = [], {}, {}, []
+        fresh_sets = 0
+
+        def start(count: int) -> None:
+            for _ in range(count):
+                actor = runner.remote()
+                started.append(actor)
+                starting[actor.ready.remote()] = actor
+
+        start(slots)
         try:
-            pool = ActorPool(actors)
-            return list(pool.map(lambda actor, task: actor.run.remote(fn, task), tasks))
+            while todo or running:
+                while todo and idle:
+                    actor, index = idle.pop(), todo.popleft()
+                    running[actor.run.remote(fn, tasks[index])] = (actor, index)
+                if not running and not starting:   # every actor was lost before it came up
+                    fresh_sets += 1
+                    if fresh_sets > self.retries:
+                        raise RuntimeError(f"ray: every actor was lost {fresh_sets} times; "
+                                           f"{len(todo)} part(s) not run")
+                    start(slots)
+                [ref], _ = ray.wait([*running, *starting], num_returns=1)
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                        idle.append(actor)
+                    except RayActorError:
+                        ray.kill(actor)        # lost before it ran a part: nothing to redo
+                    continue
+                actor, index = running.pop(ref)
+                try:
+                    results[index] = ray.get(ref)
+                    idle.append(actor)
+                except (RayActorError, ObjectLostError):
+                    losses[index] += 1
+                    if losses[index] > self.retries:
+                        raise
+                    ray.kill(actor)
+                    todo.appendleft(index)
+                    start(1)
+            return results
         finally:
-            for actor in actors:
+            for actor in started:
                 ray.kill(actor)
 
-    def _start_actors(self, resources, most: int) -> list:
+    def _slots(self, resources, most: int) -> int:
         import ray
 
         total = ray.cluster_resources()
         slots = int(total.get("CPU", 1) // max(resources.cpus, 1e-9))
         if resources.gpus:
             slots = min(slots, int(total.get("GPU", 0) // resources.gpus))
-        actor = ray.remote(TaskRunner).options(
-            num_cpus=resources.cpus, num_gpus=resources.gpus,
-            max_restarts=self.retries, max_task_retries=self.retries)
-        return [actor.remote() for _ in range(max(1, min(slots, most)))]
+        return max(1, min(slots, most))
+
+    def _runner(self, resources):
+        import ray
+
+        return ray.remote(TaskRunner).options(num_cpus=resources.cpus, num_gpus=resources.gpus,
+                                              max_restarts=0, max_task_retries=0)
 
     def close(self):
         import ray

@@ -109,49 +109,135 @@ def _second_node_raylet() -> tuple[int, int]:
     raise AssertionError("no raylet of the second node found")
 
 
-def test_losing_a_node_during_download_changes_nothing(tmp_path, two_node_cluster):
-    """SIGKILL the second node (its raylet's process group) a quarter into the download: Ray
-    retries its tasks on the head, and the run ends as an undisturbed one does."""
+def _descendants(root: int) -> list[int]:
+    """The pids of every process under `root`."""
+    children: dict[int, list[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(pid))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except OSError:
+        return True
+
+
+def _kill_second_node() -> None:
+    """SIGKILL the second node at once: its raylet's process group, and the workers the raylet
+    started (each in a session of its own: they would outlive it by seconds, finishing parts)."""
     import signal
 
-    from pipeline.testing.fakeweb import FakeWeb
-    from tests.support import assert_same_result, slow_image_config
+    raylet, group = _second_node_raylet()
+    workers = _descendants(raylet)
+    assert workers, "the second node runs workers"
+    os.killpg(group, signal.SIGKILL)
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(1)
+    assert all(_gone(pid) for pid in [raylet, *workers])
 
-    env = two_node_cluster["env"]
-    with FakeWeb() as web:
-        run(slow_image_config(web, tmp_path, tmp_path / "local", "local"))
-        (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(slow_image_config(web, tmp_path, tmp_path / "cluster", "ray")))
-        runtime_env = json.dumps({"excludes": [".venv", ".git", "runs", "bench/results"]})
-        out = ray_cli("job", "submit", "--no-wait", f"--address={two_node_cluster['dashboard']}",
-                      f"--working-dir={ROOT}", f"--runtime-env-json={runtime_env}", "--",
-                      sys.executable, "jobs/curate.py", "--config", str(tmp_path / "cluster.yaml"),
-                      env=env, timeout=400, attempts=20)
-        job = re.search(r"raysubmit_[A-Za-z0-9]+", out).group(0)
-        done = tmp_path / "cluster" / "steps" / "01_download" / "map" / "done"
-        deadline = time.time() + 300
-        while time.time() < deadline and len(list(done.glob("*.json"))) < 3:
-            time.sleep(0.1)
-        finished = {p: p.stat().st_mtime_ns for p in done.glob("*.json")}
-        assert 3 <= len(finished) < 12, "the node must be lost part-way through the download"
-        raylet, group = _second_node_raylet()
-        os.killpg(group, signal.SIGKILL)
+
+def _lose_the_second_node(tmp_path, two_node_cluster, config: dict, done: Path, parts: int, total: int,
+                          before: Path | None = None) -> str:
+    """Submit `config` to the two-node cluster and kill the second node (`_kill_second_node`)
+    once `parts` of a step's `total` parts are done (`done` holds their done files) and
+    `before` (a file) exists; the job must still succeed, the head must see the node dead, and
+    the parts finished before the loss must not be done again. Returns the job's logs."""
+    env, dashboard = two_node_cluster["env"], two_node_cluster["dashboard"]
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(config))
+    runtime_env = json.dumps({"excludes": [".venv", ".git", "runs", "bench/results"]})
+    out = ray_cli("job", "submit", "--no-wait", f"--address={dashboard}",
+                  f"--working-dir={ROOT}", f"--runtime-env-json={runtime_env}", "--",
+                  sys.executable, "jobs/curate.py", "--config", str(tmp_path / "cluster.yaml"),
+                  env=env, timeout=400, attempts=20)
+    job = re.search(r"raysubmit_[A-Za-z0-9]+", out).group(0)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(done.glob("*.json"))) < parts:
+        time.sleep(0.05)
+    finished = {p: p.stat().st_mtime_ns for p in done.glob("*.json")}
+    assert before is None or before.exists(), f"the node must be lost after {before} is written"
+    assert parts <= len(finished) < total, f"the node must be lost part-way ({len(finished)} of {total} parts)"
+    _kill_second_node()
+    while time.time() < deadline:
+        status = ray_cli("job", "status", f"--address={dashboard}", job, env=env).upper()
+        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(2)
+    logs = ray_cli("job", "logs", f"--address={dashboard}", job, env=env)
+    for _ in range(60):   # the head notices a dead node after its health checks fail
+        nodes = json.loads(ray_cli("list", "nodes", "--format=json", f"--address={two_node_cluster['gcs']}", env=env))
+        if any(n["state"] == "DEAD" for n in nodes):
+            break
         time.sleep(1)
-        assert not Path(f"/proc/{raylet}").exists() or "Z" in Path(f"/proc/{raylet}/stat").read_text().split()[2]
-        while time.time() < deadline:
-            status = ray_cli("job", "status", f"--address={two_node_cluster['dashboard']}", job, env=env).upper()
-            if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
-                break
-            time.sleep(2)
-        logs = ray_cli("job", "logs", f"--address={two_node_cluster['dashboard']}", job, env=env)
-        for _ in range(60):   # the head notices a dead node after its health checks fail
-            nodes = json.loads(ray_cli("list", "nodes", "--format=json",
-                                       f"--address={two_node_cluster['gcs']}", env=env))
-            if any(n["state"] == "DEAD" for n in nodes):
-                break
-            time.sleep(1)
     assert "SUCCEEDED" in status, status + logs[-3000:]
     assert sorted(n["state"] for n in nodes) == ["ALIVE", "DEAD"], "the second node was lost"
     assert "running on the Ray cluster (2 node(s), 2 CPUs)" in logs
-    assert_same_result(tmp_path / "cluster", tmp_path / "local")
     for path, mtime in finished.items():   # parts done before the loss were not done again
         assert path.stat().st_mtime_ns == mtime, path
+    return logs
+
+
+def test_losing_a_node_during_download_changes_nothing(tmp_path, two_node_cluster):
+    """SIGKILL the second node (its raylet's process group) a quarter into the download: Ray
+    retries its tasks on the head, and the run ends as an undisturbed one does."""
+    from pipeline.testing.fakeweb import FakeWeb
+    from tests.support import assert_same_result, slow_image_config
+
+    with FakeWeb() as web:
+        run(slow_image_config(web, tmp_path, tmp_path / "local", "local"))
+        _lose_the_second_node(tmp_path, two_node_cluster,
+                              slow_image_config(web, tmp_path, tmp_path / "cluster", "ray"),
+                              tmp_path / "cluster" / "steps" / "01_download" / "map" / "done", parts=3, total=12)
+    assert_same_result(tmp_path / "cluster", tmp_path / "local")
+
+
+def clip_config(web, folder: Path, output: Path, engine: str, checkpoint) -> dict:
+    """720 world images (served at once) in 24 parts of 30 rows, downloaded, deduplicated,
+    scored one image at a time by curate-tiny (a few seconds of scoring after its load: a
+    node can be lost part-way through clip_score) and sharded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tests.support import serve_world
+
+    pairs = folder / "clip-pairs.parquet"
+    if not pairs.exists():
+        urls, texts = serve_world(web, 720)
+        pq.write_table(pa.table({"url": urls, "text": texts}), pairs)
+    return {"input": {"path": [str(pairs)], "part_rows": 30}, "output": str(output),
+            "engine": engine, "processes": 2, "allow_networks": ["127.0.0.1/32"],
+            "download": {"image_size": 64, "threads": 4, "timeout": 5, "part_rows": 30},
+            "image_dedup": {"phash_distance": 0},
+            "clip_score": {"model": "curate-tiny", "pretrained": str(checkpoint), "device": "cpu",
+                           "precision": "fp32", "batch_size": 1, "threshold": 0.0},
+            "shard": {"samples_per_shard": 32}}
+
+
+def test_losing_a_node_during_clip_score_changes_nothing(tmp_path, two_node_cluster, tiny_clip_checkpoint):
+    """SIGKILL the second node while the actors score (after the download): its actor's part
+    goes to the actor on the head, and the run ends as an undisturbed one does."""
+    from pipeline.testing.fakeweb import FakeWeb
+    from tests.support import assert_same_result
+
+    steps = tmp_path / "cluster" / "steps"
+    with FakeWeb() as web:
+        run(clip_config(web, tmp_path, tmp_path / "local", "local", tiny_clip_checkpoint))
+        total = len(list((tmp_path / "local" / "steps" / "03_clip_score" / "map" / "done").glob("*.json")))
+        _lose_the_second_node(tmp_path, two_node_cluster,
+                              clip_config(web, tmp_path, tmp_path / "cluster", "ray", tiny_clip_checkpoint),
+                              steps / "03_clip_score" / "map" / "done", parts=3, total=total,
+                              before=steps / "01_download" / "_SUCCESS")
+    assert_same_result(tmp_path / "cluster", tmp_path / "local")
