@@ -8,11 +8,14 @@ byte cap, per-image deadline), and a PIL header check refuses decompression bomb
 OpenCV decodes anything. Rows whose failure is transient (timeout, reset, 429, 5xx) are
 retried in later passes with backoff; 4xx, opt-outs and blocked fetches never are.
 
-A task starts no fetch after its `task_deadline` (seconds from its start; after the first
-`threads` rows, so every task makes progress): the rows it did not reach are deferred, and the
-step runs them as smaller tasks spread over the workers (`core.steps.run_continued`), so one
-slow host cannot hold the step. A row fetched in the rare race with the deadline and after a
-deferred one is deferred too (fetched again later): the deferred rows are always the last ones.
+Stragglers: a task starts no fetch after its deadline, the smaller of `task_deadline` seconds
+and `straggler_factor` x its rows x the median seconds per row of the tasks this worker ran
+before (the first task of a worker has only `task_deadline`; the stragglers that hold a step
+start late, when every worker has a history). Its first `threads` rows are always started, so
+every task makes progress. The rows it did not reach are deferred, and the step runs them as
+smaller tasks spread over the workers (`core.steps.run_continued`), so one slow host cannot
+hold the step, and the result is the same. A row fetched in the rare race with the deadline
+and after a deferred one is deferred too (fetched again later): deferred rows are the last ones.
 
 Adds `jpg` (binary), `width, height, original_width, original_height` (int32), `sha256`
 (hex of `jpg`) and `_reason` (null = kept).
@@ -23,6 +26,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from multiprocessing.pool import ThreadPool
@@ -68,7 +72,9 @@ class DownloadSettings:
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
     part_rows: int = 10_000              # rows per download task (and per image part)
     task_deadline: Optional[float] = 600.0   # seconds; then the task's unstarted rows go on
-                                         # as smaller tasks (null: no deadline)
+                                         # as smaller tasks (null: no fixed deadline)
+    straggler_factor: Optional[float] = 1.5  # x the worker's median time for this many rows
+                                         # (null: no adaptive deadline)
     enabled: bool = True
 
 
@@ -142,6 +148,7 @@ class DownloadStage(Stage):
         super().__init__(settings, seed)
         self.options = read_options(settings, allow_networks)
         self._resizer = None
+        self._seconds_per_row: list[float] = []   # of this worker's earlier tasks
 
     def policy(self) -> FetchPolicy:
         opts = self.options
@@ -160,18 +167,29 @@ class DownloadStage(Stage):
 
     def process(self, table: pa.Table) -> pa.Table:
         self.setup()  # cheap; reinstalls the guarded opener in case another stage replaced it
-        deadline = self.options["task_deadline"]
-        stop_at = time.monotonic() + float(deadline) if deadline else None
+        started = time.monotonic()
         urls = table.column("url").to_pylist()
         earlier = table.column(REASON).to_pylist() if REASON in table.column_names else [None] * len(urls)
         todo = [i for i, reason in enumerate(earlier) if reason is None]
-        outcomes = self.download_rows(urls, todo, stop_at)
+        deadline = self.deadline(len(todo))
+        outcomes = self.download_rows(urls, todo, None if deadline is None else started + deadline)
         rest = min((i for i, o in outcomes.items() if o.reason == DEFERRED), default=len(urls))
+        reached = sum(1 for i in todo if i < rest)
+        if reached:
+            self._seconds_per_row.append((time.monotonic() - started) / reached)
         if rest < len(urls) and REASON in table.column_names:   # deferred: all rows from `rest` on
             table = table.drop_columns([REASON]).append_column(
                 REASON, pa.array(earlier[:rest] + [None] * (len(urls) - rest), pa.string()))
         return attach_outcomes(table, [Outcome(DEFERRED) if i >= rest else outcomes.get(i, Outcome())
                                        for i in range(len(urls))])
+
+    def deadline(self, rows: int) -> Optional[float]:
+        """Seconds this task may start fetches for (see the module's docstring); None: no limit."""
+        limits = [float(self.options["task_deadline"])] if self.options["task_deadline"] else []
+        factor = self.options["straggler_factor"]
+        if factor and self._seconds_per_row:
+            limits.append(float(factor) * rows * statistics.median(self._seconds_per_row))
+        return min(limits, default=None)
 
     def download_rows(self, urls: list, indices: list[int], stop_at: Optional[float] = None) -> dict[int, Outcome]:
         """First pass over every row (none started after `stop_at`, see the module's
