@@ -10,7 +10,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_text.py", "bench_download.py", "bench_crawl.py", "bench_phash.py",
            "bench_clip_score.py", "bench_shards.py", "bench_train.py", "bench_global_steps.py",
-           "bench_object_store.py"]
+           "bench_object_store.py", "bench_stragglers.py"]
 
 
 def main() -> int:

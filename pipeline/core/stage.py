@@ -48,6 +48,11 @@ class Stage:
         self.settings = settings
         self.seed = seed
 
+    @classmethod
+    def rest_settings(cls, settings: Any) -> Any:
+        """The settings of the tasks that run rows this stage deferred (see core.steps)."""
+        return settings
+
     def setup(self) -> None:
         """Load models or tables once per worker."""
 

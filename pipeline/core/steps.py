@@ -82,11 +82,13 @@ class StepContext:
         return stats
 
     def run_continued(self, name: str, readers: list[Callable], op: Callable,
-                      resources: Resources = Resources(), images: bool = False) -> list[PartRef]:
-        """`run_phase`, then the rows its tasks deferred, as smaller tasks, round after round
-        until every row is reached; returns the output parts in the input's row order (each
-        task's part, then those of the pieces of its rest)."""
+                      resources: Resources = Resources(), images: bool = False,
+                      rest_op: Optional[Callable] = None) -> list[PartRef]:
+        """`run_phase`, then the rows its tasks deferred, as smaller tasks (run by `rest_op`,
+        default `op`), round after round until every row is reached; returns the output
+        parts in the input's row order (each task's part, then those of its rest's pieces)."""
         stats = self.run_phase(name, readers, op, resources, images=images)
+        op = rest_op or op
         nodes = [[ref] for ref in self.data_parts(name, len(readers))]   # a task's parts
         tree = list(nodes)
         for round_ in range(1, 1 << 30):
@@ -200,9 +202,11 @@ class Step:
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         op = StageOp(self.stage_cls, self.settings, ctx.seed)
+        rest_op = StageOp(self.stage_cls, self.stage_cls.rest_settings(self.settings), ctx.seed)
         readers = split_readers(inputs, self.rows_per_task)
         stage = self.stage_cls(self.settings, seed=ctx.seed)
-        return ctx.run_continued("map", readers, op, stage.resources, images=stage.reads_images)
+        return ctx.run_continued("map", readers, op, stage.resources, images=stage.reads_images,
+                                 rest_op=rest_op)
 
 
 def split_readers(inputs: list[PartRef], rows_per_task: Optional[int]) -> list[Callable]:

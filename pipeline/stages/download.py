@@ -11,7 +11,8 @@ retried in later passes with backoff; 4xx, opt-outs and blocked fetches never ar
 Stragglers: a task starts no fetch after its deadline, the smaller of `task_deadline` seconds
 and `straggler_factor` x its rows x the median seconds per row of the tasks this worker ran
 before (the first task of a worker has only `task_deadline`; the stragglers that hold a step
-start late, when every worker has a history). Its first `threads` rows are always started, so
+start late, when every worker has a history; tasks of deferred rows keep only `task_deadline`).
+Its first `threads` rows are always started, so
 every task makes progress. The rows it did not reach are deferred, and the step runs them as
 smaller tasks spread over the workers (`core.steps.run_continued`), so one slow host cannot
 hold the step, and the result is the same. A row fetched in the rare race with the deadline
@@ -149,6 +150,12 @@ class DownloadStage(Stage):
         self.options = read_options(settings, allow_networks)
         self._resizer = None
         self._seconds_per_row: list[float] = []   # of this worker's earlier tasks
+
+    @classmethod
+    def rest_settings(cls, settings: Any) -> Any:
+        """Deferred rows are already spread over the workers: their tasks keep only the fixed
+        `task_deadline` (an adaptive one would cut them again into ever smaller tasks)."""
+        return {**read_options(settings), "straggler_factor": None}
 
     def policy(self) -> FetchPolicy:
         opts = self.options
