@@ -181,6 +181,25 @@ pyarrow) and the entry lists, not the data. The plan carries it unchanged to 400
 
 Total: **{core_h:,.0f} core-hours**, **{wall_h:,.1f} hours** of wall time, **{stored_tb:,.1f} TB** stored.
 
+## Lost nodes, stragglers and the crawl
+
+- **A lost node** costs its running tasks only: every task commits its outputs and then its
+  `done` marker, so Ray (task retries; for model stages, our actor loop restarts the lost
+  actor's part on a surviving one) and Spark (task retry) redo just those. Tested by killing
+  the second node of a two-node Ray cluster during download and during clip_score, and a
+  Spark standalone executor mid-step: the same kept set, ledger and tar bytes.
+- **Stragglers.** A download task starts no fetch after 1.5x the time its worker's earlier
+  tasks took for as many rows (`download.straggler_factor`), nor after `task_deadline`
+  (600 s); the rows it did not reach run as 8 smaller tasks spread over the workers, and
+  the step's output keeps the input's row order, so the result is identical.
+  `bench/bench_stragglers.py` (one part's 96 rows on a host 8x slower than the rest): the
+  longest task over the median task goes from 6.3-7.6x to 1.5-1.7x, with identical tars.
+- **The crawl** runs on the workers, level by level: hosts are hashed by site into
+  `crawl.tasks` buckets, one task per bucket and level, so per-host politeness holds; each
+  level is checkpointed. Its throughput grows with the number of distinct hosts; a single
+  site is one task per level (`bench/bench_crawl.py`: 0.57x the one-process crawler on a
+  one-host site, from per-level task overhead).
+
 ## The limits that bind
 
 The plan extrapolates loopback measurements; on the real web other limits bind first. The
