@@ -17,6 +17,7 @@ BLOCKED_ADDRESS = "blocked_address"
 BLOCKED_SCHEME = "blocked_scheme"
 TOO_MANY_REDIRECTS = "too_many_redirects"
 CONNECTION_ERROR = "connection_error"
+TRUNCATED_BODY = "truncated_body"      # the body ended before its Content-Length
 DECODE_ERROR = "decode_error"
 IMAGE_TOO_LARGE = "image_too_large"
 
@@ -34,12 +35,12 @@ _MESSAGE_RULES: tuple[tuple[str, str], ...] = (
     ("decompression bomb", IMAGE_TOO_LARGE),
     ("decod", DECODE_ERROR),
     ("cannot identify image", DECODE_ERROR),
+    ("incompleteread", TRUNCATED_BODY),
     ("urlopen error", CONNECTION_ERROR),
     ("connection", CONNECTION_ERROR),
     ("remote end closed", CONNECTION_ERROR),
-    ("incompleteread", CONNECTION_ERROR),
 )
-_TRANSIENT = frozenset({TIMEOUT, CONNECTION_ERROR, "http_408", "http_425", "http_429"})
+_TRANSIENT = frozenset({TIMEOUT, CONNECTION_ERROR, TRUNCATED_BODY, "http_408", "http_425", "http_429"})
 
 
 class FetchRefused(Exception):
@@ -75,7 +76,7 @@ class TooManyRedirects(FetchRefused):
 class BrokenBody(FetchRefused):
     """The body ended before its declared Content-Length."""
 
-    reason = CONNECTION_ERROR
+    reason = TRUNCATED_BODY
 
 
 def http_reason(code: int) -> str:
@@ -94,6 +95,8 @@ def classify_error(error: BaseException | str, default: str = CONNECTION_ERROR) 
         return classify_error(error.reason, default)
     if isinstance(error, TimeoutError):
         return TIMEOUT
+    if isinstance(error, http.client.IncompleteRead):
+        return TRUNCATED_BODY
     if isinstance(error, (OSError, http.client.HTTPException)):
         return CONNECTION_ERROR
     return classify_message(str(error), default)

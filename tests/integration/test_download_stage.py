@@ -29,7 +29,7 @@ EXPECTED = {
     "/fault/endless/sendless.jpg": "timeout",
     "/fault/large/60000000/slarge.jpg": "too_large",
     "/fault/large-nolength/60000000/snolength.jpg": "too_large",
-    "/fault/truncated/struncated.jpg": "connection_error",
+    "/fault/truncated/struncated.jpg": "truncated_body",
     "/fault/corrupt/scorrupt.jpg": "decode_error",
     "/fault/html/shtml.jpg": "decode_error",
     "/fault/bomb/sbomb.png": "image_too_large",

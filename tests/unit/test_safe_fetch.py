@@ -164,8 +164,9 @@ def test_chunked_body_is_read_and_capped(fakeweb):
     assert reason_of(fakeweb.url("/fault/chunked/chunked.jpg?w=300&h=300"), policy(max_bytes=1000)) == "too_large"
 
 
-def test_truncated_body_is_a_connection_error(fakeweb):
-    assert reason_of(fakeweb.url("/fault/truncated/t.jpg"), policy()) == "connection_error"
+def test_truncated_body_is_its_own_transient_reason(fakeweb):
+    assert reason_of(fakeweb.url("/fault/truncated/t.jpg"), policy()) == "truncated_body"
+    assert is_transient("truncated_body") and is_transient("connection_error")
 
 
 def test_peer_check_refuses_an_unexpected_peer(fakeweb):
