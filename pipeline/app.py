@@ -55,6 +55,8 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
             inputs = record["parts"]
             records.append(record)
             log(funnel_line(record))
+            if "sources" in record:
+                check_sources(record["sources"], settings.input.strict, log)
         finalizing = time.perf_counter()
         finalize(engine, run_dir, inputs, records)
         timing = {"seconds": round(time.perf_counter() - started, 3),
@@ -119,11 +121,32 @@ def check_same_config(settings: RunSettings, run_dir: str) -> None:
         storage.write_json(current, path)
 
 
+def check_sources(sources: list[dict], strict: bool, log) -> None:
+    """An input file that yields no rows is a warning (an error with `input.strict`): a
+    whole archive read as nothing must not pass unnoticed."""
+    empty = [s for s in sources if not s["rows"]]
+    for source in empty:
+        log(f"warning: {source['path']}: yielded no rows{empty_detail(source)}")
+    if empty and strict:
+        more = f" (and {len(empty) - 1} more input file(s))" if len(empty) > 1 else ""
+        raise UserError(f"{empty[0]['path']}: yielded no rows{empty_detail(empty[0])}{more}; "
+                        f"input.strict is set")
+
+
+def empty_detail(source: dict) -> str:
+    """What an input file held, for the message: the reader's counts but `rows`."""
+    counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in source.items()
+                       if k not in ("path", "format", "rows") and isinstance(v, int))
+    return f" ({counts})" if counts else ""
+
+
 def make_summary(records: list[dict]) -> dict:
     stages = [{k: r[k] for k in ("name", "rows_in", "rows_out", "dropped", "seconds")}
               for r in records]
+    sources = [s for r in records for s in r.get("sources", [])]
     return {"input_rows": stages[0]["rows_in"], "kept_rows": stages[-1]["rows_out"],
-            "stages": stages}
+            "stages": stages, "sources": sources,
+            "warnings": [f"{s['path']}: yielded no rows{empty_detail(s)}" for s in sources if not s["rows"]]}
 
 
 def finalize(engine, run_dir: str, final_parts: list, records: list[dict]) -> None:

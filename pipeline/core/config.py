@@ -27,6 +27,7 @@ class InputSettings:
     text_col: str = "text"
     format: Optional[str] = None                      # parquet|csv|tsv|jsonl|warc|wat; default by suffix
     part_rows: int = 100_000                          # rows per part (the unit of work and resume)
+    strict: bool = False                              # an input file that yields no rows is an error
 
 
 @dataclass

@@ -42,7 +42,8 @@ class StepContext:
     phase_stats: list = field(default_factory=list)   # stats lists of the phases run so far
     dropped_files: list = field(default_factory=list)  # ledger parts with rows, of every phase
     results: dict = field(default_factory=dict)        # phase name -> its tasks' stats
-    timings: dict = field(default_factory=dict)        # phase name -> (seconds, gpus per task)
+    timings: dict = field(default_factory=dict)        # phase name -> (seconds, gpus, continues)
+    record: dict = field(default_factory=dict)         # what a step adds to its stats record
 
     @property
     def run_dir(self) -> str:
@@ -244,6 +245,7 @@ def execute_step(step: Step, engine: Engine, run_dir: str, index: int, seed: int
     record["parts_in"] = len(inputs)
     record["slots"] = engine.parallelism()
     record["driver_peak_bytes"] = peak_rss_bytes()
+    record.update(ctx.record)
     storage.write_json(record, storage.join(step_dir, "stats.json"))
     storage.write_text(success, "")
     return record

@@ -14,6 +14,7 @@ A rerun finds the done file and returns its stats without doing the work again.
 from __future__ import annotations
 
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 from pipeline.core import images, parts, storage
 from pipeline.core.stage import DEFERRED, REASON, Resources, set_column
 
+SOURCE_STATS = b"curate.source"   # table metadata a reader may set: what it read (JSON)
 LEDGER_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()),
                            ("stage", pa.string()), ("reason", pa.string())])
 
@@ -60,6 +62,7 @@ def run_part_task(task: PartTask) -> dict:
     started = time.perf_counter()
     _SETUP_SECONDS[0] = 0.0
     table = task.reader()
+    source = (table.schema.metadata or {}).get(SOURCE_STATS)
     rows_in = table.num_rows
     if task.images:
         table = images.attach_images(table)
@@ -91,6 +94,8 @@ def run_part_task(task: PartTask) -> dict:
         "peak_rss_bytes": peak_rss_bytes(),             # the worker's high-water mark so far
         "objects": {p[len(task.phase_dir) + 1:]: storage.size(p) for p in written},
     }
+    if source is not None:
+        stats["source"] = json.loads(source)
     if rows_in != stats["rows_out"] + sum(stats["dropped"].values()) + deferred:
         raise RuntimeError(f"{task.stage}: part {task.part} lost rows ({rows_in} in, "
                            f"{stats['rows_out']} out, {stats['dropped']} dropped, {deferred} deferred)")

@@ -20,7 +20,7 @@ td.text,th:first-child{text-align:left}.note{color:#666;font-size:13px}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:10px}
 figure{margin:0;border:1px solid #ddd;padding:5px;font-size:12px;background:#fafafa}
 figure img{display:block;margin:0 auto 4px;max-width:160px;max-height:160px}
-figcaption .why{color:#b34700;display:block}pre{font-size:12px;background:#f6f6f6;padding:8px;overflow:auto}
+ul.warnings{color:#b34700}figcaption .why{color:#b34700;display:block}pre{font-size:12px;background:#f6f6f6;padding:8px;overflow:auto}
 """
 # Sets data-* attributes on <html> once loaded: how many images decoded and plots have a box
 # (the report test reads them from Chromium's --dump-dom).
@@ -55,7 +55,8 @@ def write_report(run_dir: str | Path) -> str:
 def render(run_dir: str, summary: dict) -> str:
     stages = summary["stages"]
     names = [s["name"] for s in stages]
-    sections = [funnel_section(summary), throughput_section(stages), download_section(stages),
+    sections = [warnings_section(summary), funnel_section(summary), sources_section(summary),
+                throughput_section(stages), download_section(stages),
                 language_section(run_dir), clip_section(run_dir, stages), entries_section(run_dir),
                 grid_section("kept", "Sample of kept pairs", samples.kept_samples(run_dir)),
                 grid_section("dropped", "Sample of dropped pairs (with images)",
@@ -97,6 +98,30 @@ def reasons_text(dropped: dict) -> str:
 def throughput(stage: dict) -> float | None:
     seconds = stage.get("seconds") or 0
     return stage["rows_in"] / seconds if seconds > 0 else None
+
+
+def warnings_section(summary: dict) -> str:
+    warnings = summary.get("warnings") or []
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{escape(w)}</li>" for w in warnings)
+    return section("warnings", "Warnings", f'<ul class="warnings">{items}</ul>')
+
+
+def sources_section(summary: dict) -> str:
+    """One row per input file: rows read, and for archives what the reader counted."""
+    sources = summary.get("sources") or []
+    if not sources:
+        return ""
+    keys = sorted({k for s in sources for k in s} - {"path", "format", "rows"})
+    body = [[s["path"], s["format"], s["rows"], *[s.get(k, "-") for k in keys]] for s in sources[:MAX_SOURCE_ROWS]]
+    more = (f'<p class="note">{len(sources) - MAX_SOURCE_ROWS:,} more input files in summary.json</p>'
+            if len(sources) > MAX_SOURCE_ROWS else "")
+    headers = ["input file", "format", "rows", *[k.replace("_", " ") for k in keys]]
+    return section("sources", "Input files", table(headers, body), more)
+
+
+MAX_SOURCE_ROWS = 200
 
 
 def funnel_section(summary: dict) -> str:

@@ -5,6 +5,7 @@ Rows whose URL cannot be fetched (null, empty, not http(s), no host) are dropped
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,10 +15,10 @@ import pyarrow.compute as pc
 from pipeline.core.hashing import uids_of
 from pipeline.core.stage import POS, Stage, with_reason
 from pipeline.core.steps import Step, StepContext
-from pipeline.core.tasks import StageOp
+from pipeline.core.tasks import SOURCE_STATS, StageOp
 from pipeline.errors import UserError
 from pipeline.stages.sources import (MALFORMED, SourceSlice, detect_format, find_files,
-                                     plan_slices, read_slice)
+                                     merge_counts, plan_slices, read_slice)
 
 RESERVED = ("uid", "url", "text")
 
@@ -36,8 +37,10 @@ class ReadSource:
     part: int
 
     def __call__(self) -> pa.Table:
-        return normalize(read_slice(self.piece), self.url_col, self.text_col, self.part,
-                         self.piece.path)
+        raw, counts = read_slice(self.piece)
+        table = normalize(raw, self.url_col, self.text_col, self.part, self.piece.path)
+        source = {"path": self.piece.path, "format": self.piece.format, **counts}
+        return table.replace_schema_metadata({SOURCE_STATS: json.dumps(source)})
 
 
 def normalize(raw: pa.Table, url_col: str, text_col: str, part: int, path: str) -> pa.Table:
@@ -112,7 +115,8 @@ class IngestStep(Step):
                     for piece in plan_slices(path, "parquet", ["url", "text"], self.input.part_rows)]
         readers = [ReadSource(piece, url_col, text_col, i)
                    for i, (piece, (url_col, text_col)) in enumerate(sources)]
-        ctx.run_phase("map", readers, StageOp(IngestStage, None, ctx.seed))
+        stats = ctx.run_phase("map", readers, StageOp(IngestStage, None, ctx.seed))
+        ctx.record["sources"] = merge_counts([s["source"] for s in stats])
         return ctx.data_parts("map", len(readers))
 
 

@@ -153,19 +153,38 @@ def _first_line(exc: Exception) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def read_slice(piece: SourceSlice) -> pa.Table:
-    """Read one slice as a table with the file's own columns (+ `_malformed` for bad rows)."""
+def read_slice(piece: SourceSlice) -> tuple[pa.Table, dict]:
+    """Read one slice as a table with the file's own columns (+ `_malformed` for bad rows),
+    and what was read: `rows`, and for archives the reader's counts (records, pages, ...)."""
+    counts: dict = {}
     if piece.format == "parquet":
-        return parts.read_ref(parts.PartRef(piece.path, tuple(piece.row_groups or ())))
-    if piece.format in ("csv", "tsv"):
-        return _read_csv(piece.path, "\t" if piece.format == "tsv" else ",")
-    if piece.format == "jsonl":
-        return _read_jsonl(piece.path)
+        table = parts.read_ref(parts.PartRef(piece.path, tuple(piece.row_groups or ())))
+    elif piece.format in ("csv", "tsv"):
+        table = _read_csv(piece.path, "\t" if piece.format == "tsv" else ",")
+    elif piece.format == "jsonl":
+        table = _read_jsonl(piece.path)
+    else:
+        table = _read_archive(piece, counts)
+    return table, {"rows": table.num_rows, **counts}
+
+
+def _read_archive(piece: SourceSlice, counts: dict) -> pa.Table:
     from pipeline.crawl.archive import ARCHIVE_SCHEMA, iter_warc_pairs, iter_wat_pairs
 
     with storage.local_file(piece.path) as path:
         batches = (iter_wat_pairs if piece.format == "wat" else iter_warc_pairs)(path)
         return pa.Table.from_batches(list(batches), schema=ARCHIVE_SCHEMA)
+
+
+def merge_counts(sources: list[dict]) -> list[dict]:
+    """One entry per input file (its slices' counts summed), in input order."""
+    merged: dict[str, dict] = {}
+    for source in sources:
+        entry = merged.setdefault(source["path"], {"path": source["path"], "format": source["format"]})
+        for key, value in source.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                entry[key] = entry.get(key, 0) + value
+    return list(merged.values())
 
 
 def _read_csv(path: str, delimiter: str) -> pa.Table:

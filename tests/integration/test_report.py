@@ -19,7 +19,7 @@ from pipeline.testing.fakeweb import FakeWeb
 from pipeline.world import make_world, shuffled_captions
 
 ROWS = 60
-ALL_SECTIONS = ["funnel", "throughput", "download", "languages", "clip", "entries", "kept", "dropped"]
+ALL_SECTIONS = ["funnel", "sources", "throughput", "download", "languages", "clip", "entries", "kept", "dropped"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--hide-scrollbars"]
@@ -115,7 +115,7 @@ def test_text_only_run_leaves_out_image_sections(text_run):
     (text_run / "report.html").unlink(missing_ok=True)
     assert curate(["report", str(text_run)]) == 0
     html = (text_run / "report.html").read_text()
-    assert sections(html) == {"funnel", "throughput", "languages", "entries", "config"}
+    assert sections(html) == {"funnel", "sources", "throughput", "languages", "entries", "config"}
     assert "<img " not in html
 
 
