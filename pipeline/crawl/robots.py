@@ -1,17 +1,18 @@
-"""robots.txt (RFC 9309): a small parser and a thread-safe per-origin cache.
+"""robots.txt (RFC 9309): protego's parser behind a thread-safe per-origin cache.
 
-Matching follows RFC 9309 / Google rather than `urllib.robotparser`: the group for our
-product token (else `*`) applies, `*` and `$` work in paths, the longest matching rule wins
-and Allow wins a tie. Fetch outcomes: 2xx -> parse; 4xx (404, 403, ...) -> allow all;
-429, 5xx or a network error -> disallow all (the conservative reading Google uses).
+protego follows RFC 9309 / Google rather than `urllib.robotparser`: the group for our product
+token (else `*`) applies, `*` and `$` work in paths, the longest matching rule wins and Allow
+wins a tie. Fetch outcomes (ours): 2xx -> parse; 4xx (404, 403, ...) -> allow all; 429, 5xx
+or a network error -> disallow all (the conservative reading Google uses).
 """
 from __future__ import annotations
 
-import re
 import threading
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
+
+from protego import Protego
 
 from pipeline.crawl.html_extract import agent_token
 
@@ -20,16 +21,10 @@ Fetch = Callable[[str], tuple[int, Mapping[str, str], bytes]]
 MAX_ROBOTS_BYTES = 500 * 1024
 
 
-@dataclass(frozen=True)
-class Rule:
-    allow: bool
-    pattern: str
-    regex: re.Pattern
-
-
 @dataclass
 class RobotsRules:
-    rules: list[Rule] = field(default_factory=list)
+    parser: Any = None             # a parsed robots.txt (protego), None: no rules
+    token: str = "*"               # our product token, the group that applies to us
     crawl_delay: float | None = None
     disallow_all: bool = False
 
@@ -39,73 +34,19 @@ class RobotsRules:
             return True
         if self.disallow_all:
             return False
-        best: Rule | None = None
-        for rule in self.rules:
-            if rule.regex.match(path) and (
-                    best is None or len(rule.pattern) > len(best.pattern)
-                    or (len(rule.pattern) == len(best.pattern) and rule.allow)):
-                best = rule
-        return best is None or best.allow
+        return self.parser is None or self.parser.can_fetch(path, self.token)
 
 
 ALLOW_ALL = RobotsRules()
 DISALLOW_ALL = RobotsRules(disallow_all=True)
 
 
-def pattern_regex(pattern: str) -> re.Pattern:
-    """'/a*b$' -> regex matching paths starting with /a, anything, b, at the very end."""
-    anchored = pattern.endswith("$")
-    body = pattern[:-1] if anchored else pattern
-    regex = ".*".join(re.escape(piece) for piece in body.split("*"))
-    return re.compile(regex + (r"\Z" if anchored else ""), re.DOTALL)
-
-
-def parse_lines(text: str) -> list[tuple[str, str]]:
-    """(key, value) pairs of a robots.txt, comments and malformed lines dropped."""
-    pairs = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        key, colon, value = line.partition(":")
-        if colon:
-            pairs.append((key.strip().lower().replace("_", "-"), value.strip()))
-    return pairs
-
-
-def group_lines(pairs: list[tuple[str, str]]) -> list[tuple[set[str], list[tuple[str, str]]]]:
-    """Groups: consecutive user-agent lines, then the lines that apply to them."""
-    groups: list[tuple[set[str], list[tuple[str, str]]]] = []
-    in_agents = False
-    for key, value in pairs:
-        if key == "user-agent":
-            if not in_agents:
-                groups.append((set(), []))
-                in_agents = True
-            groups[-1][0].add((agent_token(value) or "").lower())
-        elif groups and key in ("allow", "disallow", "crawl-delay"):
-            groups[-1][1].append((key, value))
-            in_agents = False
-    return groups
-
-
 def parse_robots(text: str, user_agent: str) -> RobotsRules:
-    """The rules that apply to `user_agent`: its own groups merged, else the `*` groups."""
-    groups = group_lines(parse_lines(text))
-    token = agent_token(user_agent) or "*"
-    chosen = [lines for agents, lines in groups if token in agents]
-    if not chosen:
-        chosen = [lines for agents, lines in groups if "*" in agents]
-    rules, crawl_delay = [], None
-    for lines in chosen:
-        for key, value in lines:
-            if key == "crawl-delay":
-                try:
-                    crawl_delay = float(value)
-                except ValueError:
-                    pass
-            elif value:  # an empty Disallow means "nothing disallowed"
-                path = value if value.startswith(("/", "*")) else "/" + value
-                rules.append(Rule(key == "allow", path, pattern_regex(path)))
-    return RobotsRules(rules=rules, crawl_delay=crawl_delay)
+    """The rules that apply to `user_agent`: its own groups, else the `*` groups."""
+    parser = Protego.parse(text)
+    token = (agent_token(user_agent) or "*").lower()
+    delay = parser.crawl_delay(token)
+    return RobotsRules(parser, token, float(delay) if delay is not None else None)
 
 
 def rules_for_response(status: int, body: bytes, user_agent: str) -> RobotsRules:
