@@ -82,13 +82,16 @@ class RayEngine(Engine):
         idle, running, starting, started = [], {}, {}, []
         fresh_sets = 0
 
-        def start(count: int) -> None:
+        def start(count: int, wait_until_up: bool = True) -> None:
             for _ in range(count):
                 actor = runner.remote()
                 started.append(actor)
-                starting[actor.ready.remote()] = actor
+                if wait_until_up:
+                    starting[actor.ready.remote()] = actor
+                else:   # the first set fits the cluster: parts queue on each at once
+                    idle.append(actor)
 
-        start(slots)
+        start(slots, wait_until_up=False)
         try:
             while todo or running:
                 while todo and idle:
