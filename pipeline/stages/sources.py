@@ -63,6 +63,9 @@ def detect_format(path: str, declared: Optional[str], strict: bool = True) -> Op
     for suffix, fmt in FORMATS.items():
         if name.endswith(suffix):
             return fmt
+    if name.endswith(".arc"):   # not skipped in a folder either: its pages would be lost silently
+        from pipeline.crawl.archive import arc_unsupported
+        raise arc_unsupported(path)
     if strict:
         raise UserError(f"{path}: unknown file type (use .parquet, .csv, .tsv, .jsonl, .warc.gz, "
                         f".wat.gz or set input.format)")
@@ -172,7 +175,7 @@ def _read_archive(piece: SourceSlice, counts: dict) -> pa.Table:
     from pipeline.crawl.archive import ARCHIVE_SCHEMA, iter_warc_pairs, iter_wat_pairs
 
     with storage.local_file(piece.path) as path:
-        batches = (iter_wat_pairs if piece.format == "wat" else iter_warc_pairs)(path)
+        batches = (iter_wat_pairs if piece.format == "wat" else iter_warc_pairs)(path, counts=counts)
         return pa.Table.from_batches(list(batches), schema=ARCHIVE_SCHEMA)
 
 

@@ -42,9 +42,12 @@ def test_each_input_file_is_counted_and_an_empty_one_warns(tmp_path):
     assert sources["list.parquet"]["rows"] == 40 and sources["list.parquet"]["format"] == "parquet"
     assert sources["pages.warc.gz"]["rows"] == 2 and sources["pages.warc.gz"]["format"] == "warc"
     assert sources["nothing.warc.gz"]["rows"] == 0
+    assert sources["pages.warc.gz"]["html_pages"] == 1 and sources["pages.warc.gz"]["pairs"] == 2
+    assert sources["nothing.warc.gz"]["records"] == 2 and sources["nothing.warc.gz"]["skipped_not_html"] == 1
     assert sum(s["rows"] for s in summary["sources"]) == summary["input_rows"] == 42
     warned = [line for line in lines if line.startswith("warning:")]
     assert len(warned) == 1 and "nothing.warc.gz: yielded no rows" in warned[0]
+    assert "skipped not html 1" in warned[0], "the warning says what the file held"
     assert len(summary["warnings"]) == 1 and "nothing.warc.gz" in summary["warnings"][0]
     report = (tmp_path / "run" / "report.html").read_text()
     assert 'id="warnings"' in report and "nothing.warc.gz: yielded no rows" in report
