@@ -7,6 +7,7 @@ import statistics
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from tests.support import assert_same_result, run
 
 from pipeline.testing.fakeweb import FakeWeb
@@ -70,3 +71,16 @@ def test_a_slow_host_does_not_hold_the_download_step(tmp_path):
     assert slow_requests == 2 * ROWS, "each slow URL fetched once per run"
     download = next(s for s in summary["stages"] if s["name"] == "download")
     assert download["rows_in"] == PARTS * ROWS == download["rows_out"] + sum(download["dropped"].values())
+
+
+@pytest.mark.parametrize("engine", ["ray", "spark"])
+def test_deferred_rows_give_the_same_result_on_every_engine(tmp_path, engine):
+    """A fixed deadline short enough to defer rows on any machine: the rest runs as more
+    tasks on Ray and Spark too, and the result equals the local run that waited."""
+    with FakeWeb() as web, FakeWeb(host="127.0.0.3") as slow:
+        pairs = straggler_input(tmp_path, web, slow)
+        run(config(pairs, tmp_path / "waiting", task_deadline=None, straggler_factor=None))
+        cut = config(pairs, tmp_path / engine, task_deadline=1.0, straggler_factor=None)
+        run({**cut, "engine": engine, "ray": {"num_cpus": 2}, "spark": {"master": "local[2]"}})
+    assert "rest1" in task_seconds(tmp_path / engine)
+    assert_same_result(tmp_path / engine, tmp_path / "waiting")
