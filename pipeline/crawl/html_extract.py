@@ -4,6 +4,10 @@ A pair is one `<img>`: `url` (absolute, `<base href>` honoured), `text` (its `al
 null when the attribute is absent, "" when it is empty), `title` (the img's `title`) and
 `figcaption` (the enclosing `<figure>`'s caption) kept in their own fields, and `page_url`.
 
+Bytes are decoded as a browser decodes them (`charset.decode_html`: a BOM, then the HTTP charset
+the caller passes, then `<meta charset>` in the first 1024 bytes, then UTF-8 if the bytes are
+valid UTF-8 and windows-1252 if not; labels and decoders of the WHATWG Encoding Standard).
+
 `<meta name="robots">` (and `X-Robots-Tag` directives the caller passes in) is honoured:
 `noindex`, `noimageindex`, `noai`, `noimageai` and `none` drop every pair; `nofollow` and
 `none` drop every link.
@@ -15,6 +19,8 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urldefrag, urljoin, urlsplit, urlunsplit
 
 from selectolax.lexbor import LexborHTMLParser
+
+from pipeline.crawl.charset import decode_html
 
 PAIR_FIELDS = ("url", "text", "title", "figcaption", "page_url")
 NO_PAIRS_DIRECTIVES = frozenset({"noindex", "noimageindex", "noai", "noimageai", "none"})
@@ -186,14 +192,10 @@ def outgoing_links(tree: LexborHTMLParser, base_url: str) -> list[str]:
 
 
 def parse_html(body: bytes | str, charset: str | None = None) -> LexborHTMLParser:
-    """Parse with the HTTP charset when known, else let lexbor sniff BOM / `<meta charset>`."""
-    if isinstance(body, bytes) and charset:
-        try:
-            body = body.decode(charset, errors="replace")
-        except LookupError:
-            pass
+    """Parse a page; bytes are decoded as a browser would, `charset` being the HTTP charset
+    label (or the whole Content-Type value), None when the response named none."""
     if isinstance(body, bytes):
-        return LexborHTMLParser(body, encoding=True)
+        body = decode_html(body, charset)
     return LexborHTMLParser(body)
 
 
