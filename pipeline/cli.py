@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from pipeline.config import load_config
     from pipeline.app import run_pipeline
+    from pipeline.core import storage
+    from pipeline.run_log import run_log
 
     overrides = list(args.set)
     if args.engine:
@@ -77,7 +79,9 @@ def cmd_run(args) -> int:
     if args.output:
         overrides.append(f"output={args.output}")
     settings = load_config(args.config, overrides)
-    summary = run_pipeline(settings, settings.output, log=_log)
+    storage.configure(settings.storage_options)
+    with run_log(storage.absolute(settings.output)):
+        summary = run_pipeline(settings, settings.output, log=_log)
     _log(f"kept {summary['kept_rows']:,} of {summary['input_rows']:,} rows -> {settings.output}")
     return 0
 

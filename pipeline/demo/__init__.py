@@ -18,6 +18,7 @@ import yaml
 from pipeline.core import storage
 from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
+from pipeline.run_log import run_log
 from pipeline.testing.world_web import build_demo_web
 from pipeline.testing.fakeweb import FakeWeb
 
@@ -39,7 +40,7 @@ def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path, s
         "image_dedup": {"phash_distance": 0},   # drawn shapes: distance > 0 merges distinct scenes
         "clip_score": {"model": "curate-tiny", "pretrained": str(checkpoint), "threshold": 0.8,
                        "device": "cpu", "precision": "fp32", "batch_size": 128},
-        "shard": {"samples_per_shard": 250},
+        "shard": {"samples_per_shard": 150},
         "train": train_section(steps),
     }
 
@@ -58,7 +59,7 @@ def uncurated_config(pools: list[Path], output: Path, steps: int) -> dict:
         "engine": "local",
         "seed": 0, "allow_networks": ["127.0.0.1/32"],
         "download": {"image_size": 64, "threads": 16, "timeout": 5, "retries": 1, "part_rows": 1000},
-        "shard": {"samples_per_shard": 250},
+        "shard": {"samples_per_shard": 150},
         "train": train_section(steps),
     }
 
@@ -83,6 +84,11 @@ def bootstrap_model(output: Path, log) -> Path:
 def run_demo(output: Path, rows: int = 3000, steps: int = TRAIN_STEPS, log=print) -> dict:
     output = Path(output)
     clear_previous_demo(output)
+    with run_log(str(output)):   # library notices go to output/run.log, not the console
+        return demo_run(output, rows, steps, log)
+
+
+def demo_run(output: Path, rows: int, steps: int, log) -> dict:
     checkpoint = bootstrap_model(output, log)
     with FakeWeb() as web:
         world = build_demo_web(web, rows, seed=WORLD_SEED)
