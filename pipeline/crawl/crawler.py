@@ -250,25 +250,35 @@ class Crawler:
             budget = self.max_pages - self.stats["pages_fetched"]
             if not frontier or budget <= 0:
                 break
-            batch = self.first_allowed(frontier, budget)
-            self.stats["pages_fetched"] += len(batch)
-            links: set[str] = set()
-            for result in self.runner.map(batch, self.fetch_page):
-                duplicate = result.final_url in finals  # two URLs redirecting to one page
-                self._count("duplicate" if duplicate else result.outcome)
-                if result.final_url is None or duplicate:
-                    continue
-                finals.add(result.final_url)
-                seen.add(result.final_url)
-                for pair in result.pairs:
-                    for name in CRAWL_SCHEMA.names:
-                        rows[name].append(depth if name == "depth" else pair[name])
-                links.update(result.links)
+            links, reached = self.fetch_level(frontier, budget, depth, finals, rows)
+            seen.update(reached)
             frontier = self.next_frontier(links, seen) if depth < self.max_depth else []
             seen.update(frontier)
         self.stats["pairs"] = len(rows["url"])
         table = pa.table(rows, schema=CRAWL_SCHEMA)
         return table.replace_schema_metadata({STATS_METADATA_KEY: json.dumps(self.stats)})
+
+    def fetch_level(self, frontier: list[str], budget: int, depth: int, finals: set,
+                    rows: dict[str, list]) -> tuple[set[str], list[str]]:
+        """Fetch the first `budget` robots-allowed URLs of a BFS level and append their pairs
+        to `rows` in frontier order; a page reached twice (two URLs redirecting to it) counts
+        once against `finals`. Returns the links found and the level's new final URLs."""
+        batch = self.first_allowed(frontier, budget)
+        self.stats["pages_fetched"] += len(batch)
+        links: set[str] = set()
+        reached: list[str] = []
+        for result in self.runner.map(batch, self.fetch_page):
+            duplicate = result.final_url in finals
+            self._count("duplicate" if duplicate else result.outcome)
+            if result.final_url is None or duplicate:
+                continue
+            finals.add(result.final_url)
+            reached.append(result.final_url)
+            for pair in result.pairs:
+                for name in CRAWL_SCHEMA.names:
+                    rows[name].append(depth if name == "depth" else pair[name])
+            links.update(result.links)
+        return links, reached
 
     def _count(self, outcome: str) -> None:
         self.stats[f"pages_{outcome}"] = self.stats.get(f"pages_{outcome}", 0) + 1

@@ -136,26 +136,12 @@ class Fetch:
             crawler.robots.preload(storage.read_json(self.robots))
         finals = _read_urls(self.finals)
         candidates = parts.read_ref(storage.join(self.folder, "select", f"candidates-{self.bucket:05d}.parquet"))
+        rows: dict[str, list] = {name: [] for name in CRAWL_SCHEMA.names}
         try:
-            batch = crawler.first_allowed(candidates["url"].to_pylist(), self.budget)
-            crawler.stats["pages_fetched"] += len(batch)
-            results = crawler.runner.map(batch, crawler.fetch_page)
+            links, new_finals = crawler.fetch_level(candidates["url"].to_pylist(), self.budget,
+                                                    self.depth, finals, rows)
         finally:
             crawler.runner.close()
-        rows = {name: [] for name in CRAWL_SCHEMA.names}
-        links: set = set()
-        new_finals: list = []
-        for result in results:
-            duplicate = result.final_url in finals
-            crawler._count("duplicate" if duplicate else result.outcome)
-            if result.final_url is None or duplicate:
-                continue
-            finals.add(result.final_url)
-            new_finals.append(result.final_url)
-            for pair in result.pairs:
-                for name in CRAWL_SCHEMA.names:
-                    rows[name].append(self.depth if name == "depth" else pair[name])
-            links.update(result.links)
         link_groups = self._write(rows, links, new_finals, finals, crawler)
         stats = {**crawler.stats, "bucket": self.bucket, "pairs": len(rows["url"]),
                  "link_groups": link_groups}
