@@ -48,7 +48,7 @@ def as_refs(values: Sequence) -> list[PartRef]:
     return [as_ref(v) for v in values]
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=2048)   # a driver reads every part of a step (and of the phase before)
 def _footer(path: str, version: tuple) -> tuple[pq.FileMetaData, np.ndarray]:
     with _parquet_source(path) as source:
         meta = pq.read_metadata(source)

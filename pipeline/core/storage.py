@@ -362,13 +362,25 @@ def tmp_name(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def remove_stale_temporaries(path: str | Path) -> None:
-    """Temporaries an earlier, killed attempt at `path` left behind (none on object stores)."""
-    path = normalize(path)
-    if not is_local(path):
-        return
-    for stale in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
-        _remove(stale)
+def remove_stale_temporaries(*paths: str | Path) -> None:
+    """Temporaries earlier, killed attempts at `paths` left behind (none on object stores):
+    one listing per folder, names matched as text (`.<name>.*.tmp`; a glob would compile a
+    pattern per name and list the folder once per path)."""
+    folders: dict[str, list[str]] = {}
+    for path in paths:
+        path = normalize(path).rstrip("/")
+        if is_local(path):
+            folder, base = os.path.split(path)
+            folders.setdefault(folder or ".", []).append(f".{base}.")
+    for folder, prefixes in folders.items():
+        try:
+            with os.scandir(folder) as entries:
+                stale = [e.path for e in entries if e.name.endswith(".tmp") and any(
+                    e.name.startswith(p) and len(e.name) >= len(p) + 4 for p in prefixes)]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for path in stale:
+            _remove(Path(path))
 
 
 @contextmanager
@@ -386,24 +398,25 @@ def committing(path: str | Path, durable: bool = False) -> Iterator[Path]:
         tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-        if tmp.is_file() and not local:
-            _sizes[path] = tmp.stat().st_size
-            _versions[path] = _versions.get(path, 0) + 1
         if local:
             if durable and tmp.is_file():
                 with open(tmp, "rb") as stream:
                     os.fsync(stream.fileno())
             if tmp.is_dir():
                 _remove(Path(path))
-            os.replace(tmp, path)
+            os.replace(tmp, path)   # nothing left to remove after this
         else:
+            if tmp.is_file():
+                _sizes[path] = tmp.stat().st_size
+                _versions[path] = _versions.get(path, 0) + 1
             _upload(tmp, path)
     except BaseException:
         _sizes.pop(path, None)
+        _remove(tmp)
         raise
     finally:
-        _remove(tmp)
         if not local:
+            _remove(tmp)
             shutil.rmtree(tmp.parent, ignore_errors=True)
 
 

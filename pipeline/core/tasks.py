@@ -5,7 +5,7 @@ that returns the table with a `_reason` column and optional numpy extras), and a
 Outputs, each renamed into place when complete:
 
     <phase>/data/part-00007.parquet      rows that go on
-    <phase>/dropped/part-00007.parquet   uid, url, stage, reason of the rows dropped here
+    <phase>/dropped/part-00007.parquet   uid, url, stage, reason of the rows dropped here (if any)
     <phase>/done/part-00007.json         stats, written last: the part is done when it exists
     <phase>/done/part-00007.npz          numpy extras (e.g. per-entry counts), if any
 
@@ -57,8 +57,8 @@ def run_part_task(task: PartTask) -> dict:
     finished = storage.read_marker(done)
     if finished is not None:
         return finished
-    for kind, suffix in (("data", ".parquet"), ("dropped", ".parquet"), ("done", ".json"), ("done", ".npz")):
-        storage.remove_stale_temporaries(task.path(kind, suffix))
+    storage.remove_stale_temporaries(*(task.path(kind, suffix) for kind, suffix in (
+        ("data", ".parquet"), ("dropped", ".parquet"), ("done", ".json"), ("done", ".npz"))))
     started = time.perf_counter()
     _SETUP_SECONDS[0] = 0.0
     table = task.reader()
@@ -74,8 +74,10 @@ def run_part_task(task: PartTask) -> dict:
     kept = images.without_stored_images(kept)
     groups = parts.write_parquet(kept, task.path("data"), task.row_group_key,
                                  images.image_row_groups(kept))
-    parts.write_parquet(dropped, task.path("dropped"))
-    written = [task.path("data"), task.path("dropped")]
+    written = [task.path("data")]
+    if dropped.num_rows:   # no ledger part when nothing was dropped (the marker says so)
+        parts.write_parquet(dropped, task.path("dropped"))
+        written.append(task.path("dropped"))
     if extras:
         _write_npz(extras, task.path("done", ".npz"))
         written.append(task.path("done", ".npz"))
