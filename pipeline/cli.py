@@ -57,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     plan.set_defaults(handler=cmd_plan)
 
+    index = commands.add_parser("index", help="build a faiss index of a run's image embeddings "
+                                              "(clip_score.keep_embeddings)")
+    index.add_argument("run_dir")
+    index.set_defaults(handler=cmd_index)
+
+    search = commands.add_parser("search", help="a run's images nearest to a text query")
+    search.add_argument("run_dir")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    search.add_argument("--device", default="cpu", help="where the query is embedded (default cpu)")
+    search.set_defaults(handler=cmd_search)
+
     metadata = commands.add_parser("metadata", help="query entries")
     meta_commands = metadata.add_subparsers(dest="metadata_command", required=True)
     build = meta_commands.add_parser("build", help="write the entry list to a JSON file")
@@ -129,6 +141,26 @@ def cmd_report(args) -> int:
     from pipeline.report import write_report
 
     _log(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from pipeline.clip.index import build_index
+
+    infos = build_index(args.run_dir)
+    _log(f"indexed {infos['rows']:,} image embeddings ({infos['dim']} dims, {infos['index_key']}, "
+         f"{infos['metric']}) -> {args.run_dir}/embeddings/index/knn.index")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from pipeline.clip.index import search
+
+    hits = search(args.run_dir, args.query, args.k, device=args.device)
+    print("uid\turl\tcaption\tsimilarity")
+    for hit in hits:
+        caption = " ".join(str(hit.caption or "").split())   # one line per hit
+        print(f"{hit.uid}\t{hit.url}\t{caption}\t{hit.similarity:.4f}")
     return 0
 
 

@@ -2,10 +2,12 @@
 
 Reads `jpg` (encoded image bytes) and `text`; adds `clip_score` (float32, NaN where the
 image cannot be decoded) and, with `keep_embeddings`, `image_embedding` / `text_embedding`
-(fixed-size lists of float16). Reasons: `undecodable_image`, and with `filter: threshold`,
-`low_clip_score` for scores below `threshold`. `filter: top_fraction` is a global two-phase
-step: this stage only scores; the engine merges `ScoreHistogram`s of the scores (see
-`score_histogram`), takes its threshold, and drops rows with `low_score_reasons`.
+(fixed-size lists of float16), which the step also writes, for the rows it keeps, in
+clip-retrieval's layout under `<run>/embeddings/` (`pipeline.clip.index`). Reasons:
+`undecodable_image`, and with `filter: threshold`, `low_clip_score` for scores below
+`threshold`. `filter: top_fraction` is a global two-phase step: this stage only scores; the
+engine merges `ScoreHistogram`s of the scores (see `score_histogram`), takes its threshold,
+and drops rows with `low_score_reasons`.
 """
 from __future__ import annotations
 
@@ -173,6 +175,15 @@ class ClipScoreStep(Step):
         super().__init__(ClipScoreStage, settings)
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
+        outputs = self.score(ctx, inputs)
+        if self.settings.keep_embeddings:
+            from pipeline.clip.index import write_embeddings
+
+            ctx.record["embeddings"] = write_embeddings(ctx.engine, outputs, ctx.run_dir,
+                                                        ctx.phase_dir("embeddings"))
+        return outputs
+
+    def score(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         if self.settings.filter == "threshold":
             op = ScoreKeepingDroppedScores(StageOp(ClipScoreStage, self.settings, ctx.seed))
             ctx.run_phase("map", [ReadParts([p]) for p in inputs], op,
