@@ -163,6 +163,8 @@ The driver never holds per-row data. What it holds per global step:
 - image_dedup: the tasks' stats; candidate pairs are found and applied in tasks.
 - clip_score (`top_fraction`): one score histogram (a few thousand integers).
 - shard: the row count of each part (8 bytes a part) to cut shard ranges.
+- `exclude` (earlier releases): the list of the earlier runs' index files and their
+  footers' row counts; their uids, sha256s and pHashes are read by tasks only.
 - all steps: one stats dict per task (~1 KB), so 400M rows in 1M-row tasks hold ~400 of
   them per global phase, and per-part phases ~40k (10k-row parts): tens of MB.
 
@@ -199,6 +201,28 @@ Total: **{core_h:,.0f} core-hours**, **{wall_h:,.1f} hours** of wall time, **{st
   level is checkpointed. Its throughput grows with the number of distinct hosts; a single
   site is one task per level (`bench/bench_crawl.py`: 0.57x the one-process crawler on a
   one-host site, from per-level task overhead).
+
+## Excluding earlier releases
+
+With `exclude: [release-1, ...]` a run drops what earlier runs hold, reading their `index/`
+(uid, sha256, pHash of the kept rows: ~62 bytes a row with zstd, so 400M rows are ~25 GB).
+Where each key is checked, and what it costs per run, for E earlier rows:
+
+- uid, at dedup: an uncounted `earlier` phase scatters the E uids into dedup's own hash
+  buckets (E / task_rows tasks, each writing one file), and each reduce task reads its
+  buckets' share: the earlier uids are read once and written once, a task holds E / tasks
+  of them, and the reads are (earlier files x reduce tasks) row-group runs, as for the
+  run's own rows. Without a dedup step on `url, text`, ingest checks each part against all
+  E uids instead, loaded once per worker (16 bytes each: fine to ~10M, not at 400M).
+- sha256, in the download task (so an excluded image's bytes are never stored): all E
+  sha256s once per worker, as a sorted array of 16-byte prefixes, exact for any practical E;
+  100M earlier images cost 1.6 GB per worker. (image_dedup joins the earlier sha256s
+  through its buckets too, so for much larger E this early check could give way to that
+  join, at the price of storing those images once.)
+- pHash, at image_dedup: the E hashes enter its LSH buckets as d+2 key rows each (an
+  uncounted `earlier` phase), and a bucket's rows are compared with the earlier rows of their
+  (band, value) group only: the same cost model as the run's own near-duplicate search,
+  with E more rows.
 
 ## The limits that bind
 

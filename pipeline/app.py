@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.core import images, parts, storage
+from pipeline.core import images, parts, run_index, storage
 from pipeline.config import RunSettings
-from pipeline.stages import STAGES
+from pipeline.stages import STAGES, dedup
 from pipeline.stages.ingest import IngestStep
 from pipeline.core.steps import Step, execute_step
 from pipeline.core.tasks import LEDGER_SCHEMA, peak_rss_bytes
@@ -24,8 +24,11 @@ EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source", "st
 
 
 def build_steps(settings, crawled: list[str] = ()) -> list[Step]:
-    """Ingest, then each registered stage whose section is present, in registry order."""
-    steps: list[Step] = [IngestStep(settings.input, crawled)]
+    """Ingest, then each registered stage whose section is present, in registry order.
+    Excluded runs' uids are dropped by dedup when it joins on uid, else by ingest."""
+    deduplicating = settings.section("dedup")
+    uids_at_dedup = deduplicating is not None and dedup.joins_uids(deduplicating)
+    steps: list[Step] = [IngestStep(settings.input, crawled, [] if uids_at_dedup else settings.exclude)]
     for stage in STAGES:
         section = settings.section(stage.SECTION)
         if section is not None:
@@ -39,6 +42,7 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
     run_dir = storage.absolute(run_dir)
     settings = in_one_process_for_memory(settings, run_dir)
     storage.makedirs(run_dir)
+    settings = with_earlier_runs(settings, run_dir)
     check_same_config(settings, run_dir)
     with make_engine(settings) as engine:
         crawled = []
@@ -86,6 +90,16 @@ def in_one_process_for_memory(settings: RunSettings, run_dir: str) -> RunSetting
         raise UserError(f"{run_dir}: memory:// is seen by one process only; use a local "
                         f"path or an object store with engine {settings.engine}")
     return dataclasses.replace(settings, processes=1)
+
+
+def with_earlier_runs(settings: RunSettings, run_dir: str) -> RunSettings:
+    """`exclude` as absolute paths (workers may start elsewhere), each checked to be a
+    finished run before any work starts."""
+    if not settings.exclude:
+        return settings
+    exclude = [storage.absolute(path) for path in settings.exclude]
+    run_index.earlier_files(exclude, run_dir)
+    return dataclasses.replace(settings, exclude=exclude)
 
 
 def write_report_quietly(run_dir: str, log) -> None:
@@ -150,23 +164,27 @@ def make_summary(records: list[dict]) -> dict:
 
 
 def finalize(engine, run_dir: str, final_parts: list, records: list[dict]) -> None:
-    """Write `kept/` and `ledger/`, each committed whole (a folder renamed into place, or
-    on an object store marked `_SUCCESS` once every file is written)."""
+    """Write `kept/`, `ledger/` and `index/` (what a later run excludes), each committed
+    whole (a folder renamed into place, or on an object store marked `_SUCCESS` once every
+    file is written)."""
     with storage.committing_folder(storage.join(run_dir, "kept")) as kept, \
-            storage.committing_folder(storage.join(run_dir, "ledger")) as ledger:
-        write_kept_and_ledger(engine, kept, ledger, final_parts, records)
+            storage.committing_folder(storage.join(run_dir, "ledger")) as ledger, \
+            storage.committing_folder(storage.join(run_dir, run_index.INDEX)) as index:
+        write_kept_and_ledger(engine, kept, ledger, index, final_parts, records)
 
 
-def write_kept_and_ledger(engine, kept: storage.Folder, ledger: storage.Folder, final_parts: list,
-                          records: list[dict]) -> None:
+def write_kept_and_ledger(engine, kept: storage.Folder, ledger: storage.Folder, index: storage.Folder,
+                          final_parts: list, records: list[dict]) -> None:
     final_parts = parts.as_refs(final_parts)
     schema = unified_schema(final_parts)
     jobs = [(p, storage.join(kept.path, f"part-{i:05d}.parquet"),
-             storage.join(ledger.path, f"kept-{i:05d}.parquet"), schema)
+             storage.join(ledger.path, f"kept-{i:05d}.parquet"),
+             storage.join(index.path, f"part-{i:05d}.parquet"), schema)
             for i, p in enumerate(final_parts)]
-    for kept_size, ledger_size in engine.map(finalize_part, jobs):
+    for kept_size, ledger_size, index_size in engine.map(finalize_part, jobs):
         kept.files.update([kept_size])
         ledger.files.update([ledger_size])
+        index.files.update([index_size])
     for record in records:
         for path in record["dropped_files"]:
             pieces = path.split("/")
@@ -184,17 +202,17 @@ def unified_schema(refs: list) -> pa.Schema:
     return pa.schema([f for f in merged if not f.name.startswith(parts.INTERNAL_PREFIX)])
 
 
-def finalize_part(job) -> tuple[tuple[str, int], tuple[str, int]]:
-    """Write one kept part and its ledger rows; returns each file's (name, size)."""
-    ref, kept_path, ledger_path, schema = job
+def finalize_part(job) -> tuple[tuple[str, int], ...]:
+    """Write one kept part, its ledger rows and its index rows; returns each file's (name, size)."""
+    ref, kept_path, ledger_path, index_path, schema = job
     table = parts.public_columns(images.attach_images(parts.read_ref(ref)))
     table = table.select([n for n in schema.names if n in table.column_names])
     table = parts.conform(table, schema)
+    parts.write_parquet(run_index.index_table(table), index_path)
     parts.write_parquet(table, kept_path)
     ledger = pa.table({"uid": table["uid"], "url": table["url"],
                        "stage": pa.array(["kept"] * table.num_rows, pa.string()),
                        "reason": pa.array(["kept"] * table.num_rows, pa.string())},
                       schema=LEDGER_SCHEMA)
     parts.write_parquet(ledger, ledger_path)
-    return ((storage.name(kept_path), storage.size(kept_path)),
-            (storage.name(ledger_path), storage.size(ledger_path)))
+    return tuple((storage.name(path), storage.size(path)) for path in (kept_path, ledger_path, index_path))

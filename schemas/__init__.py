@@ -9,6 +9,9 @@ VERSION = 1
 LEDGER_V1 = pa.schema([("uid", pa.string()), ("url", pa.string()),
                        ("stage", pa.string()), ("reason", pa.string())])
 
+INDEX_V1 = pa.schema([("uid", pa.string()), ("sha256", pa.string()), ("phash", pa.string())])
+"""`index/`: what a run holds (its kept rows), read by later runs' `exclude`."""
+
 INGEST_V1 = pa.schema([("uid", pa.string()), ("url", pa.string()), ("text", pa.string())])
 
 STAGE_COLUMNS_V1 = {

@@ -53,6 +53,7 @@ class GeneralSettings:
     processes: Optional[int] = None      # local engine worker processes; default: all cores
     task_rows: int = 1_000_000           # rows one task of a global step holds at most (memory)
     allow_networks: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)   # earlier run folders: drop what they hold
     storage_options: dict[str, Any] = field(default_factory=dict)   # for fsspec (s3fs, gcsfs)
     ray: RaySettings = field(default_factory=RaySettings)
     spark: SparkSettings = field(default_factory=SparkSettings)

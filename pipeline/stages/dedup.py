@@ -7,7 +7,11 @@ groups of one file per task; then each `reduce` task takes a range of buckets (u
 keeps the first occurrence of each key in input order (smallest `_pos`), writing one row
 group per bucket. Both phases have about rows / `task_rows` tasks whatever the number of
 input parts, so the reduce reads (scatter files x reduce tasks) follow data volume only.
-Drops: `duplicate`.
+Drops: `duplicate`; with `exclude` (keys `url, text`, whose hash is the uid) also
+`in_earlier_run`: an `earlier` phase scatters the earlier runs' index uids into the same
+buckets, and each reduce task reads its buckets' share of them (a hash join riding on this
+shuffle: the earlier uids are read once and written once per run, and a task holds only its
+share). Every copy of an earlier uid goes as `in_earlier_run`, before `duplicate`.
 """
 from __future__ import annotations
 
@@ -16,13 +20,15 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core import parts
 from pipeline.core.hashing import bucket_of, hash_strings
 from pipeline.core.parts import PartRef, read_schema
+from pipeline.core.run_index import IN_EARLIER_RUN, earlier_files
 from pipeline.core.stage import POS, REASON, Stage, check_columns
 from pipeline.core.steps import Step, StepContext, bucket_refs, group_by_rows, rows_of
 from pipeline.core.tasks import ReadParts
 
-KEY, BUCKET = "_key", "_bucket"
+KEY, BUCKET, EARLIER = "_key", "_bucket", "_earlier"
 SECTION = "dedup"
 
 
@@ -63,21 +69,51 @@ def key_hashes(table: pa.Table, keys: list) -> list[str]:
 
 
 def drop_duplicates(table: pa.Table) -> pa.Table:
-    """Mark all but the first occurrence (smallest `_pos`) of each key as `duplicate`
-    (`_bucket` stays: the reduce output is written by bucket)."""
+    """Mark all but the first occurrence (smallest `_pos`) of each key as `duplicate`, and
+    rows flagged `_earlier` as `in_earlier_run` (`_bucket` stays: the reduce output is
+    written by bucket)."""
     table = table.sort_by([(POS, "ascending")])
     firsts = table.group_by(KEY, use_threads=False).aggregate([(POS, "min")])[f"{POS}_min"]
     is_first = pc.is_in(table[POS], value_set=firsts)
     reason = pc.if_else(is_first, pa.scalar(None, pa.string()), pa.scalar("duplicate"))
+    if EARLIER in table.column_names:
+        reason = pc.if_else(table[EARLIER], pa.scalar(IN_EARLIER_RUN), reason)
+        table = table.drop_columns([EARLIER])
     return table.drop_columns([KEY]).append_column(REASON, reason)
+
+
+@dataclass
+class ScatterUids:
+    """Op of `earlier`: index uids with their bucket, sorted by bucket."""
+    buckets: int
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        uid = table["uid"]
+        return pa.table({"uid": uid, BUCKET: bucket_of(uid.to_pylist(), self.buckets)}).sort_by(BUCKET)
+
+
+@dataclass
+class ReadExcluding:
+    """Reader: some buckets' rows, flagged `_earlier` where the uid is among the earlier
+    uids scattered into the same buckets (`earlier`: their row groups)."""
+    refs: list
+    earlier: list
+
+    def __call__(self) -> pa.Table:
+        table = ReadParts(self.refs)()
+        held = [parts.read_ref(ref, ["uid"])["uid"] for ref in parts.as_refs(self.earlier)]
+        chunks = [chunk for column in held for chunk in column.chunks]
+        value_set = pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+        return table.append_column(EARLIER, pc.is_in(table["uid"], value_set=value_set))
 
 
 class DedupStep(Step):
     """Also evens out part sizes: the output has about `part_rows` rows per part."""
 
-    def __init__(self, settings, part_rows: int):
+    def __init__(self, settings, part_rows: int, exclude: list[str] = ()):
         super().__init__(DedupStage, settings)
         self.part_rows = part_rows
+        self.exclude = list(exclude) if joins_uids(settings) else []
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         check_columns(self.name, self.settings.keys, read_schema(inputs[0]).names)
@@ -87,11 +123,28 @@ class DedupStep(Step):
         groups = group_by_rows(inputs, ctx.task_rows, counts)
         stats = ctx.run_phase("scatter", [ReadParts(g) for g in groups],
                               ScatterByKey(self.settings.keys, buckets), row_group_key=BUCKET)
-        ranges = bucket_ranges(buckets, -(-rows // ctx.task_rows))
         scattered = ctx.data_parts("scatter", len(groups))
-        readers = [ReadParts(bucket_refs(scattered, stats, r)) for r in ranges]
+        earlier, held = self.scatter_earlier(ctx, buckets)
+        ranges = bucket_ranges(buckets, -(-(rows + held) // ctx.task_rows))
+        readers = [ReadExcluding(bucket_refs(scattered, stats, r), earlier(r)) if self.exclude
+                   else ReadParts(bucket_refs(scattered, stats, r)) for r in ranges]
         reduced = ctx.run_phase("reduce", readers, drop_duplicates, row_group_key=BUCKET)
         return ctx.keyed_parts("reduce", reduced, [list(r) for r in ranges])
+
+    def scatter_earlier(self, ctx: StepContext, buckets: int):
+        """The earlier runs' uids in this step's buckets: (bucket range -> their row groups,
+        how many uids)."""
+        if not self.exclude:
+            return (lambda keys: []), 0
+        files = parts.as_refs(earlier_files(self.exclude))
+        if not files:
+            return (lambda keys: []), 0
+        counts = rows_of(files)
+        groups = group_by_rows(files, ctx.task_rows, counts)
+        stats = ctx.run_phase("earlier", [ReadParts(g, columns=["uid"]) for g in groups],
+                              ScatterUids(buckets), row_group_key=BUCKET, counted=False)
+        scattered = ctx.data_parts("earlier", len(groups))
+        return (lambda keys: bucket_refs(scattered, stats, keys)), sum(counts)
 
 
 def bucket_ranges(buckets: int, tasks: int) -> list[range]:
@@ -101,5 +154,10 @@ def bucket_ranges(buckets: int, tasks: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+def joins_uids(settings: DedupSettings) -> bool:
+    """Whether this dedup drops the uids of excluded runs (its key hash is the uid)."""
+    return list(settings.keys) == ["url", "text"]
+
+
 def build_step(settings: DedupSettings, run) -> DedupStep:
-    return DedupStep(settings, run.input.part_rows)
+    return DedupStep(settings, run.input.part_rows, run.exclude)

@@ -19,7 +19,10 @@ hold the step, and the result is the same. A row fetched in the rare race with t
 and after a deferred one is deferred too (fetched again later): deferred rows are the last ones.
 
 Adds `jpg` (binary), `width, height, original_width, original_height` (int32), `sha256`
-(hex of `jpg`) and `_reason` (null = kept).
+(hex of `jpg`) and `_reason` (null = kept). With `exclude` (the run's earlier run folders), an
+image whose sha256 one of them holds is dropped as `in_earlier_run` in the task that fetched
+it, so its bytes are never stored (the earlier sha256s are loaded once per worker from their
+indexes, `core.run_index`: 16 bytes per earlier image).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
+from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
 from pipeline.core.stage import DEFERRED, REASON, Resources, Stage, set_column, with_reason
 from pipeline.core.steps import Step
 from pipeline.download.reasons import (
@@ -83,7 +87,7 @@ SETTINGS = DownloadSettings
 
 
 DEFAULTS = {**{k: v for k, v in dataclasses.asdict(DownloadSettings()).items()
-               if k not in ("enabled", "part_rows", "processes")}, "allow_networks": ()}
+               if k not in ("enabled", "part_rows", "processes")}, "allow_networks": (), "exclude": ()}
 OUTPUT_SCHEMA = pa.schema([
     ("jpg", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
     ("original_width", pa.int32()), ("original_height", pa.int32()), ("sha256", pa.string()),
@@ -117,6 +121,7 @@ def read_options(settings: Any, allow_networks=None) -> dict[str, Any]:
     if allow_networks is not None:
         options["allow_networks"] = allow_networks
     options["allow_networks"] = tuple(options["allow_networks"] or ())
+    options["exclude"] = tuple(options["exclude"] or ())
     return options
 
 
@@ -150,6 +155,7 @@ class DownloadStage(Stage):
         self.options = read_options(settings, allow_networks)
         self._resizer = None
         self._seconds_per_row: list[float] = []   # of this worker's earlier tasks
+        self._earlier: Optional[KeySet] = None    # sha256s of the excluded runs, once per worker
 
     @classmethod
     def rest_settings(cls, settings: Any) -> Any:
@@ -187,8 +193,17 @@ class DownloadStage(Stage):
         if rest < len(urls) and REASON in table.column_names:   # deferred: all rows from `rest` on
             table = table.drop_columns([REASON]).append_column(
                 REASON, pa.array(earlier[:rest] + [None] * (len(urls) - rest), pa.string()))
-        return attach_outcomes(table, [Outcome(DEFERRED) if i >= rest else outcomes.get(i, Outcome())
-                                       for i in range(len(urls))])
+        table = attach_outcomes(table, [Outcome(DEFERRED) if i >= rest else outcomes.get(i, Outcome())
+                                        for i in range(len(urls))])
+        return self.drop_earlier(table)
+
+    def drop_earlier(self, table: pa.Table) -> pa.Table:
+        """Images an excluded run holds (by sha256) go as `in_earlier_run`, before storing."""
+        if not self.options["exclude"]:
+            return table
+        if self._earlier is None:
+            self._earlier = KeySet.of_files(earlier_files(self.options["exclude"]), "sha256")
+        return with_reason(table, matched_reasons(self._earlier.contains(table["sha256"])))
 
     def deadline(self, rows: int) -> Optional[float]:
         """Seconds this task may start fetches for (see the module's docstring); None: no limit."""
@@ -283,7 +298,9 @@ def attach_outcomes(table: pa.Table, outcomes: list[Outcome]) -> pa.Table:
 
 
 def build_step(settings: DownloadSettings, run) -> Step:
-    """Tasks of `part_rows` rows; the stage gets its options and the run's `allow_networks`."""
+    """Tasks of `part_rows` rows; the stage gets its options and the run's `allow_networks`
+    and `exclude`."""
     options = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("enabled", "part_rows")}
-    return Step(DownloadStage, {**options, "allow_networks": list(run.allow_networks)},
+    return Step(DownloadStage, {**options, "allow_networks": list(run.allow_networks),
+                                "exclude": list(run.exclude)},
                 rows_per_task=settings.part_rows)

@@ -20,6 +20,12 @@ volume, not the number of parts.
 Only `apply` enters the row accounting; the others move auxiliary rows. Every task keeps
 its row count (the core checks it), so `scatter` gets its d+2 key rows per image from its
 reader (`ReadKeys`) and `pairs` flags key rows instead of filtering them.
+
+With `exclude`, an `earlier` phase scatters the key rows of the earlier runs' indexes (their
+sha256 and phash, `core.run_index`) into the same buckets, and each `pairs` task flags `_old`
+the key rows that match one of its bucket's earlier key rows (`phash_lsh.matches_earlier`):
+such an image goes as `in_earlier_run` (before `duplicate_image`). No image of an earlier
+run is read.
 """
 from __future__ import annotations
 
@@ -30,14 +36,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core import images, parts
+from pipeline.core import images, parts, run_index
 from pipeline.core.images import IMAGE
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import POS, Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext, bucket_refs, group_by_rows, rows_of
 from pipeline.core.tasks import SOURCE_PART, ReadParts
 from pipeline.stages.phash_lsh import (SHA_BAND, band_keys, band_masks, key_bucket,
-                                       later_duplicates, phash_of, sha_halves)
+                                       later_duplicates, matches_earlier, phash_of, sha_halves)
 
 SECTION = "image_dedup"
 
@@ -53,7 +59,7 @@ SETTINGS = ImageDedupSettings
 
 DUPLICATE_IMAGE = "duplicate_image"
 PART, BUCKET, BAND, KEY, VALUE, DUP = "_part", "_bucket", "_band", "_key", "_value", "_dup"
-GROUP = "_group"
+GROUP, OLD = "_group", "_old"
 KEY_ROWS_PER_BUCKET = 2_000_000
 
 
@@ -102,6 +108,25 @@ class ReadKeys:
         return key_rows(ReadParts(self.refs)(), self.distance)
 
 
+@dataclass
+class ReadEarlierKeys:
+    """Reader: the key rows of some earlier runs' index files (`_part` -1: no part here)."""
+    refs: list
+    distance: int
+
+    def __call__(self) -> pa.Table:
+        index = parts.concat([run_index.index_table(parts.read_ref(ref, [
+            c for c in ("sha256", "phash") if c in parts.read_schema(ref).names]))
+            for ref in parts.as_refs(self.refs)])
+        phash = index["phash"].to_pylist()
+        hashes = pa.table({PART: pa.array(np.full(index.num_rows, -1, np.int32)),
+                           POS: pa.array(np.full(index.num_rows, -1, np.int64)),
+                           "sha256": index["sha256"],
+                           "phash": pa.array([int(h, 16) if h else 0 for h in phash], pa.uint64()),
+                           "has_phash": pa.array([bool(h) for h in phash], pa.bool_())})
+        return key_rows(hashes, self.distance)
+
+
 def key_rows(hashes: pa.Table, distance: int) -> pa.Table:
     sha_key, sha_value, has_sha = sha_halves(hashes["sha256"].to_pylist())
     phash = hashes["phash"].to_numpy()
@@ -130,16 +155,35 @@ class AssignBuckets:
 
 
 @dataclass
+class ReadBucket:
+    """Reader of `pairs`: a bucket's key rows, flagged `_old` where a key row of an earlier
+    run in the same bucket (`earlier`: its row groups, none without `exclude`) matches."""
+    refs: list
+    earlier: list
+    distance: int
+
+    def __call__(self) -> pa.Table:
+        table = ReadParts(self.refs)()
+        old = ReadParts(self.earlier)() if self.earlier else None
+        if old is None or old.num_rows == 0 or table.num_rows == 0:
+            return table.append_column(OLD, pa.array(np.zeros(table.num_rows, dtype=bool)))
+        new_cols = [table[c].to_numpy() for c in (BAND, KEY, VALUE)]
+        old_cols = [old[c].to_numpy() for c in (BAND, KEY, VALUE)]
+        return table.append_column(OLD, pa.array(matches_earlier(*new_cols, *old_cols, self.distance)))
+
+
+@dataclass
 class FindDuplicates:
-    """Op of `pairs`: `_dup` per key row, with the group of its part (`group_starts`: the
-    first part of each group) for writing by group."""
+    """Op of `pairs`: `_dup` per key row (and `_old`, as read), with the group of its part
+    (`group_starts`: the first part of each group) for writing by group."""
     distance: int
     group_starts: list
 
     def __call__(self, table: pa.Table) -> pa.Table:
         group = np.searchsorted(np.asarray(self.group_starts), table[PART].to_numpy(), side="right") - 1
+        old = table[OLD] if OLD in table.column_names else pa.array(np.zeros(table.num_rows, dtype=bool))
         return pa.table({GROUP: pa.array(group.astype(np.int32)), POS: table[POS],
-                         DUP: key_duplicates(table, self.distance)})
+                         DUP: key_duplicates(table, self.distance), OLD: old})
 
 
 def key_duplicates(keys: pa.Table, distance: int) -> pa.Array:
@@ -156,21 +200,27 @@ class ReadMarked:
     pairs: list      # this group's row group of each pairs file
 
     def __call__(self) -> pa.Table:
-        found = [parts.read_ref(ref, [POS, DUP]) for ref in self.pairs]
+        found = [parts.read_ref(ref, [POS, DUP, OLD]) for ref in self.pairs]
         dup_pos = flat_int64([pc.filter(t[POS], t[DUP]) for t in found])
-        return attach(ReadParts(self.refs, tagged=True)(), ReadParts(self.hashes)(), dup_pos)
+        old_pos = flat_int64([pc.filter(t[POS], t[OLD]) for t in found])
+        return attach(ReadParts(self.refs, tagged=True)(), ReadParts(self.hashes)(), dup_pos, old_pos)
 
 
-def attach(table: pa.Table, hashes: pa.Table, dup_pos: pa.Array) -> pa.Table:
-    """`table` with its `phash` (hashes are in the same row order) and `_dup` flags."""
+def attach(table: pa.Table, hashes: pa.Table, dup_pos: pa.Array,
+           old_pos: pa.Array = pa.array([], pa.int64())) -> pa.Table:
+    """`table` with its `phash` (hashes are in the same row order) and `_dup`, `_old` flags."""
     table = set_column(table, "phash", phash_hex(hashes))
-    return table.append_column(DUP, pc.is_in(table[POS], value_set=dup_pos))
+    table = table.append_column(DUP, pc.is_in(table[POS], value_set=dup_pos))
+    return table.append_column(OLD, pc.is_in(table[POS], value_set=old_pos))
 
 
 def mark_duplicates(table: pa.Table) -> pa.Table:
-    """Op of `apply`."""
-    reason = pc.if_else(table[DUP], pa.scalar(DUPLICATE_IMAGE), pa.scalar(None, pa.string()))
-    return with_reason(table.drop_columns([DUP]), reason)
+    """Op of `apply`: `in_earlier_run` before `duplicate_image`."""
+    none = pa.scalar(None, pa.string())
+    reason = pc.if_else(table[DUP], pa.scalar(DUPLICATE_IMAGE), none)
+    if OLD in table.column_names:
+        reason = pc.if_else(table[OLD], pa.scalar(run_index.IN_EARLIER_RUN), reason)
+    return with_reason(table.drop_columns([c for c in (DUP, OLD) if c in table.column_names]), reason)
 
 
 def flat_int64(columns: list) -> pa.Array:
@@ -198,17 +248,22 @@ class ImageDedupStage(Stage):
 
 
 class ImageDedupStep(Step):
-    def __init__(self, settings, key_rows_per_bucket: int = KEY_ROWS_PER_BUCKET):
+    def __init__(self, settings, key_rows_per_bucket: int = KEY_ROWS_PER_BUCKET,
+                 exclude: list[str] = ()):
         super().__init__(ImageDedupStage, settings)
         band_masks(int(settings.phash_distance))  # validates the distance
         self.key_rows_per_bucket = key_rows_per_bucket
+        self.exclude = list(exclude)
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         distance = int(self.settings.phash_distance)
         counts = rows_of(inputs)
         groups = group_by_rows(inputs, ctx.task_rows, counts)
         starts = np.cumsum([0] + [len(g) for g in groups]).tolist()
-        buckets = max(1, -(-sum(counts) * (distance + 2) // self.key_rows_per_bucket))
+        earlier = parts.as_refs(run_index.earlier_files(self.exclude)) if self.exclude else []
+        earlier_counts = rows_of(earlier)
+        rows = sum(counts) + sum(earlier_counts)
+        buckets = max(1, -(-rows * (distance + 2) // self.key_rows_per_bucket))
         ctx.run_phase("hash", [ReadImages(ref, i) for i, ref in enumerate(inputs)], hash_images,
                       counted=False, images=True)
         hashed = ctx.data_parts("hash", len(inputs))
@@ -216,7 +271,9 @@ class ImageDedupStep(Step):
         scatter = ctx.run_phase("scatter", [ReadKeys(g, distance) for g in hashed_groups],
                                 AssignBuckets(buckets), row_group_key=BUCKET, counted=False)
         scattered = ctx.data_parts("scatter", len(groups))
-        readers = [ReadParts(bucket_refs(scattered, scatter, [b])) for b in range(buckets)]
+        held = self.scatter_earlier(ctx, earlier, earlier_counts, buckets)
+        readers = [ReadBucket(bucket_refs(scattered, scatter, [b]), held(b), distance)
+                   for b in range(buckets)]
         pairs = ctx.run_phase("pairs", readers, FindDuplicates(distance, starts[:-1]),
                               row_group_key=GROUP, counted=False)
         pairs_files = ctx.data_parts("pairs", buckets)
@@ -225,6 +282,17 @@ class ImageDedupStep(Step):
         applied = ctx.run_phase("apply", marked, mark_duplicates, row_group_key=SOURCE_PART)
         return ctx.keyed_parts("apply", applied, [list(range(len(g))) for g in groups])
 
+    def scatter_earlier(self, ctx: StepContext, earlier: list, counts: list, buckets: int):
+        """The earlier runs' key rows in the buckets: bucket -> their row groups."""
+        if not earlier:
+            return lambda bucket: []
+        groups = group_by_rows(earlier, ctx.task_rows, counts)
+        distance = int(self.settings.phash_distance)
+        stats = ctx.run_phase("earlier", [ReadEarlierKeys(g, distance) for g in groups],
+                              AssignBuckets(buckets), row_group_key=BUCKET, counted=False)
+        scattered = ctx.data_parts("earlier", len(groups))
+        return lambda bucket: bucket_refs(scattered, stats, [bucket])
+
 
 def build_step(settings: ImageDedupSettings, run) -> ImageDedupStep:
-    return ImageDedupStep(settings)
+    return ImageDedupStep(settings, exclude=run.exclude)

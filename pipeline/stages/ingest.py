@@ -1,7 +1,9 @@
 """ingest: read URL-caption lists into `url`, `text`, the input's other columns, and a `uid`.
 
 Rows whose URL cannot be fetched (null, empty, not http(s), no host) are dropped as
-`invalid_url`; rows the file format could not parse are dropped as `malformed_row`.
+`invalid_url`; rows the file format could not parse are dropped as `malformed_row`. With
+`exclude` and no dedup step to join them (`pipeline.core.run_index`), rows whose uid an
+earlier run holds are dropped as `in_earlier_run`.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.hashing import uids_of
+from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
 from pipeline.core.stage import POS, Stage, with_reason
 from pipeline.core.steps import Step, StepContext
 from pipeline.core.tasks import SOURCE_STATS, StageOp
@@ -71,9 +74,17 @@ def _as_text(raw: pa.Table, name: str, rows: int, path: str) -> pa.ChunkedArray 
 
 
 class IngestStage(Stage):
+    """Settings: None, or the index files of earlier runs whose uids to drop."""
     name = "ingest"
     inputs = ()
     outputs = ("uid", "url", "text")
+
+    def __init__(self, settings=None, seed: int = 0):
+        super().__init__(settings, seed)
+        self.earlier = None
+
+    def setup(self) -> None:
+        self.earlier = KeySet.of_files(self.settings, "uid") if self.settings else None
 
     def process(self, table: pa.Table) -> pa.Table:
         url = pc.utf8_trim_whitespace(table["url"])
@@ -89,7 +100,10 @@ class IngestStage(Stage):
         if malformed is not None:
             reasons = pc.if_else(pc.is_valid(malformed), pa.scalar("malformed_row"), reasons)
             table = table.drop_columns([MALFORMED])
-        return with_reason(table, reasons)
+        table = with_reason(table, reasons)
+        if self.earlier is not None:
+            table = with_reason(table, matched_reasons(self.earlier.contains(uid)))
+        return table
 
 
 def valid_url(url: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -101,12 +115,14 @@ def valid_url(url: pa.ChunkedArray) -> pa.ChunkedArray:
 
 class IngestStep(Step):
     """Plans the input slices on the driver (checking every file), then reads them as parts.
-    `crawled` files (from the crawl step) join the input with columns `url` and `text`."""
+    `crawled` files (from the crawl step) join the input with columns `url` and `text`;
+    `exclude`: earlier run folders whose uids to drop here."""
 
-    def __init__(self, settings, crawled: list[str] = ()):
+    def __init__(self, settings, crawled: list[str] = (), exclude: list[str] = ()):
         super().__init__(IngestStage, None)
         self.input = settings
         self.crawled = list(crawled)
+        self.exclude = list(exclude)
 
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
         mapping = (self.input.url_col, self.input.text_col)
@@ -115,7 +131,8 @@ class IngestStep(Step):
                     for piece in plan_slices(path, "parquet", ["url", "text"], self.input.part_rows)]
         readers = [ReadSource(piece, url_col, text_col, i)
                    for i, (piece, (url_col, text_col)) in enumerate(sources)]
-        stats = ctx.run_phase("map", readers, StageOp(IngestStage, None, ctx.seed))
+        earlier = tuple(earlier_files(self.exclude)) if self.exclude else ()
+        stats = ctx.run_phase("map", readers, StageOp(IngestStage, earlier or None, ctx.seed))
         ctx.record["sources"] = merge_counts([s["source"] for s in stats])
         return ctx.data_parts("map", len(readers))
 

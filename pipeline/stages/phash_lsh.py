@@ -6,6 +6,8 @@ Key rows come in groups keyed by (band, key); `later_duplicates` says, per key r
 an earlier row (smaller position) of its group duplicates it. Sha256 key rows (band -1:
 bits 0..63 as key, 64..127 as value) duplicate only when equal.
 
+`matches_earlier` compares key rows with those of earlier runs (`exclude`) in the same way.
+
 Cost: with random hashes a group holds about rows / 2**(64 / (d+1)) rows, compared pairwise,
 so keep d small (<= ~8) at scale.
 """
@@ -105,21 +107,58 @@ def near_earlier(band: np.ndarray, key: np.ndarray, value: np.ndarray, distance:
     n = len(value)
     if n == 0:
         return np.zeros(0, dtype=bool)
+    group_start = _group_starts(band, key)
+    earlier = np.arange(n) - group_start              # how many earlier rows in the group
+    return any_close(value, group_start, earlier, np.full(n, distance), chunk_pairs)
+
+
+def matches_earlier(band: np.ndarray, key: np.ndarray, value: np.ndarray, old_band: np.ndarray,
+                    old_key: np.ndarray, old_value: np.ndarray, distance: int,
+                    chunk_pairs: int = PAIRS_PER_CHUNK) -> np.ndarray:
+    """Per key row: does a key row of an earlier run (`old_*`) in its (band, key) group match
+    it? Sha rows match when equal, band rows when within `distance` bits. Each row is
+    compared with the earlier rows of its group only (not with its own run's rows)."""
+    n, m = len(band), len(old_band)
+    if n == 0 or m == 0:
+        return np.zeros(n, dtype=bool)
+    is_new = np.concatenate([np.zeros(m, dtype=bool), np.ones(n, dtype=bool)])
+    b, k = np.concatenate([old_band, band]), np.concatenate([old_key, key])
+    order = np.lexsort((is_new, k, b))                # by group, its earlier rows first
+    b, k, v, new = b[order], k[order], np.concatenate([old_value, value])[order], is_new[order]
+    group_start = _group_starts(b, k)
+    olds = np.cumsum(~new)                            # earlier rows up to and including each row
+    olds_in_group = olds - (olds[group_start] - (~new[group_start]))
+    counts = np.where(new, olds_in_group, 0)
+    limit = np.where(b == SHA_BAND, 0, distance)
+    found = np.zeros(n + m, dtype=bool)
+    found[order] = any_close(v, group_start, counts, limit, chunk_pairs)
+    return found[m:]
+
+
+def _group_starts(band: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Rows sorted by group: the index of the first row of each row's group."""
+    n = len(band)
     starts = np.ones(n, dtype=bool)
     starts[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
-    group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-    earlier = np.arange(n) - group_start              # how many earlier rows in the group
-    before = np.concatenate([[0], np.cumsum(earlier)])
+    return np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+
+
+def any_close(value: np.ndarray, first: np.ndarray, counts: np.ndarray, limit: np.ndarray,
+              chunk_pairs: int = PAIRS_PER_CHUNK) -> np.ndarray:
+    """Per row i: is any of rows first[i] .. first[i] + counts[i] - 1 within limit[i] bits
+    of row i? Pairs are compared in chunks of about `chunk_pairs` (bounded memory)."""
+    n = len(value)
+    before = np.concatenate([[0], np.cumsum(counts)])
     found = np.zeros(n, dtype=bool)
-    first = int(np.argmax(earlier > 0)) if earlier.any() else n
-    while first < n:
-        last = int(np.searchsorted(before, before[first] + chunk_pairs, side="right")) - 1
-        last = min(max(last, first + 1), n)
-        counts = earlier[first:last]
-        rows = np.repeat(np.arange(first, last), counts)
-        within = np.arange(len(rows)) - np.repeat(before[first:last] - before[first], counts)
-        partners = group_start[rows] + within
-        close = popcount(value[rows] ^ value[partners]) <= distance
+    start = int(np.argmax(counts > 0)) if counts.any() else n
+    while start < n:
+        last = int(np.searchsorted(before, before[start] + chunk_pairs, side="right")) - 1
+        last = min(max(last, start + 1), n)
+        taken = counts[start:last]
+        rows = np.repeat(np.arange(start, last), taken)
+        within = np.arange(len(rows)) - np.repeat(before[start:last] - before[start], taken)
+        partners = first[rows] + within
+        close = popcount(value[rows] ^ value[partners]) <= limit[rows]
         found[rows[close]] = True
-        first = last
+        start = last
     return found

@@ -7,12 +7,15 @@ reading only the parts that hold them, and the image bytes of each shard from wh
 stored them. Within a shard, samples are in the order of a hash of (uid, seed), with fixed
 mtimes (byte-identical on every engine and rerun). The rows go on without their image bytes,
 with the `shard` and `key` where each one landed; `sizes.json` gives each tar's sample count.
+Tars are numbered from `start_index`; `auto` continues after the last tar of the runs in
+`exclude` (their `sizes.json`), so releases combine in one brace pattern.
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass
+from typing import Literal, Union
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +24,9 @@ from pipeline.core import images, parts, storage
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage
 from pipeline.core.steps import Step, StepContext, rows_of
-from pipeline.shards import MIN_SHARDS, as_table, shard_keys, shard_name, shuffled_order, write_sizes_json, write_tar
+from pipeline.errors import UserError
+from pipeline.shards import (MIN_SHARDS, SIZES_FILE, as_table, shard_keys, shard_name, shuffled_order,
+                             write_sizes_json, write_tar)
 
 SECTION = "shard"
 
@@ -29,6 +34,7 @@ SECTION = "shard"
 @dataclass
 class ShardSettings:
     samples_per_shard: int = 10_000
+    start_index: Union[int, Literal["auto"]] = 0   # auto: after the excluded runs' last tar
     enabled: bool = True
 
 
@@ -75,6 +81,7 @@ class WriteShards:
     out_dir: str
     seed: int
     samples_per_shard: int
+    start_index: int = 0
 
     def __call__(self, table: pa.Table) -> pa.Table:
         shards = table[SHARD].to_numpy()
@@ -86,8 +93,9 @@ class WriteShards:
                 "shard", pa.array([], pa.string())).append_column("key", pa.array([], pa.string()))
         return pa.concat_tables(written)
 
-    def write_one(self, rows: pa.Table, index: int) -> pa.Table:
+    def write_one(self, rows: pa.Table, shard: int) -> pa.Table:
         ordered = rows.take(shuffled_order(rows["uid"].to_pylist(), self.seed))
+        index = self.start_index + shard
         keys = shard_keys(index, ordered.num_rows, self.samples_per_shard)
         write_tar(storage.join(self.out_dir, shard_name(index)), images.attach_images(ordered), keys)
         placed = images.without_references(ordered)
@@ -96,8 +104,9 @@ class WriteShards:
 
 
 class ShardStep(Step):
-    def __init__(self, settings):
+    def __init__(self, settings, start_index: int = 0):
         super().__init__(ShardStage, settings)
+        self.start_index = start_index
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         counts = rows_of(inputs)
@@ -108,22 +117,36 @@ class ShardStep(Step):
         out_dir = storage.join(ctx.run_dir, "shards")
         readers = [ReadShardRows(inputs, counts, r.start * per, min(rows, r.stop * per), per)
                    for r in ranges]
-        written = ctx.run_phase("write", readers, WriteShards(out_dir, ctx.seed, per),
+        written = ctx.run_phase("write", readers, WriteShards(out_dir, ctx.seed, per, self.start_index),
                                 row_group_key=SHARD)
-        finish_shard_folder(out_dir, [min(per, rows - s * per) for s in range(shards)])
+        finish_shard_folder(out_dir, [min(per, rows - s * per) for s in range(shards)], self.start_index)
         return ctx.keyed_parts("write", written, [list(r) for r in ranges])
 
 
-def finish_shard_folder(out_dir: str, sizes: list[int]) -> None:
+def finish_shard_folder(out_dir: str, sizes: list[int], start_index: int = 0) -> None:
     """Empty tars for empty shards (so brace patterns have no holes), and sizes.json."""
-    for index, size in enumerate(sizes):
+    for index, size in enumerate(sizes, start_index):
         if size == 0:
             write_tar(storage.join(out_dir, shard_name(index)), as_table([]), [])
-    write_sizes_json(out_dir, {shard_name(i): n for i, n in enumerate(sizes)})
+    write_sizes_json(out_dir, {shard_name(i): n for i, n in enumerate(sizes, start_index)})
     if len(sizes) < MIN_SHARDS:
         log.warning("%d shard(s) in %s: fewer than a typical trainer's %d dataloader workers; "
                     "lower shard.samples_per_shard", len(sizes), out_dir, MIN_SHARDS)
 
 
+def first_index(settings: ShardSettings, exclude: list[str]) -> int:
+    """The first tar's number: `start_index`, or with `auto` one after the highest tar of
+    the excluded runs (0 when they have none)."""
+    if settings.start_index != "auto":
+        if settings.start_index < 0:
+            raise UserError(f"shard.start_index: must be >= 0 or auto, got {settings.start_index}")
+        return settings.start_index
+    last = -1
+    for run in exclude:
+        sizes = storage.read_marker(storage.join(run, "shards", SIZES_FILE)) or {}
+        last = max([last] + [int(name.split(".")[0]) for name in sizes])
+    return last + 1
+
+
 def build_step(settings: ShardSettings, run) -> ShardStep:
-    return ShardStep(settings)
+    return ShardStep(settings, first_index(settings, [storage.absolute(r) for r in run.exclude]))
