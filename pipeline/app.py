@@ -126,13 +126,41 @@ def check_same_config(settings: RunSettings, run_dir: str) -> None:
     path = storage.join(run_dir, "config.json")
     previous = storage.read_marker(path)
     if previous is not None:
-        if previous != storage.json_roundtrip(current):
-            changed = sorted(k for k in set(previous) | set(current)
-                             if previous.get(k) != storage.json_roundtrip(current).get(k))
+        current = storage.json_roundtrip(current)
+        defaults = {k: v for k, v in default_settings(settings).items() if k not in EXECUTION_ONLY}
+        previous = with_defaults(previous, storage.json_roundtrip(defaults))
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        if changed:
             raise UserError(f"{run_dir}: holds a run of a different config (changed: "
                             f"{', '.join(changed)}); use another --output or delete it")
     else:
         storage.write_json(current, path)
+
+
+def default_settings(settings: RunSettings) -> dict:
+    """Every key's default, sections included (a section's dataclass built bare)."""
+    defaults = {}
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        if dataclasses.is_dataclass(value):
+            defaults[item.name] = dataclasses.asdict(type(value)())
+        elif item.default is not dataclasses.MISSING:
+            defaults[item.name] = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            defaults[item.name] = item.default_factory()
+    return defaults
+
+
+def with_defaults(previous: dict, defaults: dict) -> dict:
+    """A config.json written before some keys existed, read as if it had their defaults
+    (so a run folder of an earlier version resumes, unless a key it knew has changed)."""
+    filled = dict(previous)
+    for key, default in defaults.items():
+        if key not in filled:
+            filled[key] = default
+        elif isinstance(filled[key], dict) and isinstance(default, dict):
+            filled[key] = {**default, **filled[key]}
+    return filled
 
 
 def check_sources(sources: list[dict], strict: bool, log) -> None:

@@ -78,6 +78,30 @@ def test_rerun_with_another_config_is_refused(tmp_path):
         raise AssertionError("a changed config must not reuse the run folder")
 
 
+def test_a_run_folder_of_an_earlier_version_resumes(tmp_path):
+    """config.json written before some keys existed reads as if it had their defaults: the
+    same config resumes it (nothing redone), a changed one is still refused."""
+    import json
+
+    sample = write_sample(tmp_path / "s.parquet", rows=200)
+    config = text_config(sample, tmp_path / "run")
+    first = run(config)
+    saved = tmp_path / "run" / "config.json"
+    older = json.loads(saved.read_text())
+    del older["exclude"], older["input"]["strict"], older["dedup"]["enabled"]   # keys added later
+    saved.write_text(json.dumps(older))
+    marker = tmp_path / "run" / "steps" / "01_dedup" / "_SUCCESS"
+    mtime = marker.stat().st_mtime_ns
+    assert run(config) == first and marker.stat().st_mtime_ns == mtime
+    config["metadata"]["t"] = 5   # not the default the old file is read with
+    try:
+        run(config)
+    except Exception as exc:
+        assert "different config" in str(exc) and "metadata" in str(exc)
+    else:
+        raise AssertionError("a changed config must not reuse the run folder")
+
+
 def test_sigkill_then_rerun_gives_identical_output(tmp_path):
     sample = write_sample(tmp_path / "s.parquet", rows=60_000, row_group=2000)
     config = text_config(sample, tmp_path / "killed", input={"path": [str(sample)], "part_rows": 2000})
