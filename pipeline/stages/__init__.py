@@ -13,6 +13,6 @@ A stage module holds its settings dataclass (the one place its defaults live), i
 Stage code never imports Ray or Spark.
 """
 from pipeline.stages import (caption_filter, clip_score, dedup, download, image_dedup, language,
-                             metadata, shard)
+                             metadata, semantic_dedup, shard)
 
-STAGES = [dedup, caption_filter, language, metadata, download, image_dedup, clip_score, shard]
+STAGES = [dedup, caption_filter, language, metadata, download, image_dedup, clip_score, semantic_dedup, shard]

@@ -171,12 +171,17 @@ class ClipScoreStep(Step):
     """`threshold` and `none` filter part by part; `top_fraction` is two-phase: per-part
     score histograms are merged on the driver into one global threshold, then applied."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, embed: bool = False):
+        """`embed`: add the embedding columns even without `keep_embeddings` (a later step,
+        semantic_dedup, reads them; it drops them unless `keep_embeddings`)."""
+        self.writes_layout = settings.keep_embeddings
+        if embed:
+            settings = dataclasses.replace(settings, keep_embeddings=True)
         super().__init__(ClipScoreStage, settings)
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         outputs = self.score(ctx, inputs)
-        if self.settings.keep_embeddings:
+        if self.writes_layout:
             from pipeline.clip.index import write_embeddings
 
             ctx.record["embeddings"] = write_embeddings(ctx.engine, outputs, ctx.run_dir,
@@ -206,4 +211,5 @@ class ClipScoreStep(Step):
 
 
 def build_step(settings: ClipScoreSettings, run) -> ClipScoreStep:
-    return ClipScoreStep(settings)
+    embed = run is not None and run.section("semantic_dedup") is not None
+    return ClipScoreStep(settings, embed=embed)

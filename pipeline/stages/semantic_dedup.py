@@ -1,0 +1,293 @@
+"""semantic_dedup: SemDeDup (Abbas et al. 2023) on clip_score's L2-normalised image embeddings.
+
+Rows whose image embedding has cosine similarity >= 1 - `eps` to a kept row of the same
+k-means cluster are dropped as `semantic_duplicate` (re-crops, colour shifts, re-encodes
+that a perceptual hash misses). Three phases, no engine shuffle, the driver holds no rows:
+
+    sample   one task:   reads `uid` + `image_embedding` of every part, keeps the (at most
+                         `sample_rows`) rows with the smallest hash of (seed, uid), trains
+                         spherical k-means (faiss) on them; the centroids are the task's
+                         extras (`sample/done/part-00000.npz`), its data the sampled uids
+    scatter  per group:  nearest centroid of each row -> `_cluster`, `_centroid_sim`;
+                         rows written as row groups keyed by cluster
+    reduce   per range:  a range of clusters from every scatter file; within each cluster,
+                         rows in keep order (`hard`: farthest from the centroid first,
+                         `easy`: nearest first, `random`: by hash of (seed, uid)), ties by uid
+                         then `_pos`, are kept greedily unless similar to an already kept row
+
+`clusters: 0` picks k = ceil(sqrt(rows / 10)) (a cluster of n rows costs n^2 comparisons,
+so cluster size grows as sqrt(rows)), capped at sample / 39 (faiss wants >= 39 training
+points per centroid) and at least 1. At scale set `clusters` and `sample_rows` yourself
+(SemDeDup used 50k clusters for LAION-440M, ~9k rows per cluster).
+
+Every choice depends only on row contents, uid, `_pos` order and the seed: the same kept set
+on every engine and for any part count (faiss runs on one thread for reproducible centroids;
+assignment is in float64).
+
+The embedding columns are kept only with `clip_score.keep_embeddings` (clip_score computes
+them for this step either way).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.core import parts
+from pipeline.core.hashing import splitmix64, uid_to_u64
+from pipeline.core.parts import PartRef
+from pipeline.core.stage import POS, REASON, Stage
+from pipeline.core.steps import Step, StepContext, bucket_refs, group_by_rows, rows_of
+from pipeline.core.tasks import ReadParts, built_once, load_extras
+from pipeline.errors import UserError
+
+SECTION = "semantic_dedup"
+
+
+@dataclass
+class SemanticDedupSettings:
+    eps: float = 0.05                  # drop at cosine similarity >= 1 - eps to a kept row
+    clusters: int = 0                  # k-means k; 0: ceil(sqrt(rows / 10)), <= sample / 39
+    sample_rows: int = 100_000         # rows the k-means trains on (hash of seed, uid)
+    keep: Literal["hard", "easy", "random"] = "hard"
+    niter: int = 20                    # k-means iterations
+    enabled: bool = True
+
+
+SETTINGS = SemanticDedupSettings
+
+SEMANTIC_DUPLICATE = "semantic_duplicate"
+IMAGE_EMBEDDING, TEXT_EMBEDDING = "image_embedding", "text_embedding"
+CLUSTER, CENTROID_SIM = "_cluster", "_centroid_sim"
+MIN_POINTS_PER_CENTROID = 39
+BLOCK = 1024   # rows compared at once within a cluster
+
+
+# --- pieces, usable without a run -----------------------------------------------------------
+
+def embeddings_of(column) -> np.ndarray:
+    """A fixed-size list column as float32 rows, re-normalised (float16 rounding)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    dim = column.type.list_size
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    x = values.reshape(-1, dim)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def uid_order_keys(uids: list[str], seed: int) -> np.ndarray:
+    """A deterministic pseudo-random uint64 per uid (the sample and `random` keep order)."""
+    high = uid_to_u64(uids)
+    low = uid_to_u64([u[16:32] for u in uids])   # every bit of the uid counts
+    salt = splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
+    return splitmix64(splitmix64(high ^ salt) ^ low)
+
+
+def auto_clusters(rows: int, sample: int) -> int:
+    return max(1, min(math.ceil(math.sqrt(rows / 10)), sample // MIN_POINTS_PER_CENTROID))
+
+
+def train_centroids(x: np.ndarray, k: int, seed: int, niter: int = 20) -> np.ndarray:
+    """Spherical k-means centroids (k x d float32, unit norm) of the rows of `x`."""
+    import faiss
+
+    k = max(1, min(k, len(x)))
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)   # one thread: the same centroids on every machine
+    try:
+        kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed) & 0x7FFFFFFF,
+                              spherical=True, verbose=False, min_points_per_centroid=1)
+        kmeans.train(np.ascontiguousarray(x, dtype=np.float32))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return np.asarray(kmeans.centroids, dtype=np.float32).reshape(k, -1)
+
+
+def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each row's most similar centroid (ties: the smaller index) and the similarity."""
+    sims = x.astype(np.float64) @ centroids.astype(np.float64).T
+    best = np.argmax(sims, axis=1)
+    return best.astype(np.int32), sims[np.arange(len(x)), best]
+
+
+def keep_order(centroid_sim: np.ndarray, uids: list[str], pos: np.ndarray, policy: str,
+               seed: int) -> np.ndarray:
+    """Row indices in the order rows are offered for keeping (ties by uid, then `_pos`)."""
+    uid = np.array(uids, dtype="U")
+    if policy == "hard":
+        first = centroid_sim                    # farthest from the centroid first
+    elif policy == "easy":
+        first = -centroid_sim                   # nearest first
+    elif policy == "random":
+        first = uid_order_keys(uids, seed)
+    else:
+        raise UserError(f"semantic_dedup.keep must be hard, easy or random, got {policy!r}")
+    if len(uids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.lexsort((np.asarray(pos), uid, first)).astype(np.int64)
+
+
+def greedy_duplicates(x: np.ndarray, threshold: float, block: int = BLOCK) -> np.ndarray:
+    """Rows of `x` in keep order: True where a row is within `threshold` cosine similarity
+    of an earlier kept row (then it is not kept itself)."""
+    n = len(x)
+    dup = np.zeros(n, dtype=bool)
+    kept: list[np.ndarray] = []
+    for start in range(0, n, block):
+        chunk = x[start:start + block]
+        close = np.zeros(len(chunk), dtype=bool)
+        for held in kept:
+            close |= (chunk @ held.T >= threshold).any(axis=1)
+        inner = chunk @ chunk.T >= threshold
+        chosen = []
+        for i in range(len(chunk)):
+            if close[i] or (chosen and inner[i, chosen].any()):
+                dup[start + i] = True
+            else:
+                chosen.append(i)
+        kept.append(chunk[chosen])
+    return dup
+
+
+def cluster_duplicates(x: np.ndarray, cluster: np.ndarray, centroid_sim: np.ndarray, uids: list[str],
+                       pos: np.ndarray, settings: SemanticDedupSettings, seed: int) -> np.ndarray:
+    """Per row: a semantic duplicate of a kept row of its cluster?"""
+    dup = np.zeros(len(x), dtype=bool)
+    valid = np.linalg.norm(x, axis=1) > 0      # a row without an embedding is never compared
+    threshold = 1.0 - float(settings.eps)
+    for c in np.unique(cluster):
+        members = np.flatnonzero((cluster == c) & valid)
+        order = members[keep_order(centroid_sim[members], [uids[i] for i in members],
+                                   pos[members], settings.keep, seed)]
+        dup[order] = greedy_duplicates(x[order], threshold)
+    return dup
+
+
+# --- phases --------------------------------------------------------------------------------
+
+@dataclass
+class ReadSample:
+    """Reader of `sample`: uid and image embedding of the (at most `rows`) rows of all parts
+    with the smallest hash of (seed, uid), in that order (one part at a time in memory)."""
+    refs: list
+    rows: int
+    seed: int
+
+    def __call__(self) -> pa.Table:
+        held = None
+        for ref in parts.as_refs(self.refs):
+            table = parts.read_ref(ref, ["uid", POS, IMAGE_EMBEDDING])
+            held = table if held is None else parts.concat([held, table])
+            held = self.smallest(held)
+        return held
+
+    def smallest(self, table: pa.Table) -> pa.Table:
+        uids = table["uid"].to_pylist()
+        if not uids:
+            return table
+        keys = uid_order_keys(uids, self.seed)
+        order = np.lexsort((table[POS].to_numpy(), np.array(uids, dtype="U"), keys))
+        return table.take(pa.array(order[:self.rows].astype(np.int64)))
+
+
+@dataclass
+class TrainKMeans:
+    """Op of `sample`: the centroids as extras; the data kept is the sampled uids."""
+    clusters: int
+    seed: int
+    niter: int
+
+    def __call__(self, table: pa.Table):
+        x = embeddings_of(table[IMAGE_EMBEDDING])
+        x = x[np.linalg.norm(x, axis=1) > 0]
+        if len(x) == 0:
+            x = np.zeros((1, table.schema.field(IMAGE_EMBEDDING).type.list_size), np.float32)
+        centroids = train_centroids(x, self.clusters, self.seed, self.niter)
+        return table.select(["uid"]), {"centroids": centroids}
+
+
+@dataclass
+class AssignClusters:
+    """Op of `scatter`: nearest centroid (read from the `sample` phase), rows sorted by it."""
+    sample_dir: str
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        centroids = built_once(("semantic_dedup.centroids", self.sample_dir),
+                               lambda: load_extras(self.sample_dir, 0)["centroids"])
+        cluster, sim = nearest_centroid(embeddings_of(table[IMAGE_EMBEDDING]), centroids)
+        table = table.append_column(CLUSTER, pa.array(cluster)).append_column(CENTROID_SIM, pa.array(sim))
+        return table.sort_by([(CLUSTER, "ascending"), (POS, "ascending")])
+
+
+@dataclass
+class DropSemanticDuplicates:
+    """Op of `reduce`: `semantic_duplicate` per cluster; embeddings dropped unless kept."""
+    settings: SemanticDedupSettings
+    seed: int
+    keep_embeddings: bool
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        dup = cluster_duplicates(embeddings_of(table[IMAGE_EMBEDDING]), table[CLUSTER].to_numpy(),
+                                 table[CENTROID_SIM].to_numpy(), table["uid"].to_pylist(),
+                                 table[POS].to_numpy(), self.settings, self.seed)
+        drop = [CENTROID_SIM] + ([] if self.keep_embeddings else
+                                 [c for c in (IMAGE_EMBEDDING, TEXT_EMBEDDING) if c in table.column_names])
+        reason = pc.if_else(pa.array(dup), pa.scalar(SEMANTIC_DUPLICATE), pa.scalar(None, pa.string()))
+        return table.drop_columns(drop).append_column(REASON, reason)
+
+
+# --- stage and step ------------------------------------------------------------------------
+
+class SemanticDedupStage(Stage):
+    name = "semantic_dedup"
+    inputs = ("uid", POS, IMAGE_EMBEDDING)
+    outputs = ()
+    inputs_from = "clip_score"
+
+
+class SemanticDedupStep(Step):
+    def __init__(self, settings: SemanticDedupSettings, keep_embeddings: bool = True):
+        super().__init__(SemanticDedupStage, settings)
+        if not 0 <= float(settings.eps) < 1:
+            raise UserError(f"semantic_dedup.eps must be in [0, 1), got {settings.eps}")
+        if settings.keep not in ("hard", "easy", "random"):
+            raise UserError(f"semantic_dedup.keep must be hard, easy or random, got {settings.keep!r}")
+        if settings.clusters < 0 or settings.sample_rows < 1:
+            raise UserError("semantic_dedup.clusters must be >= 0 and sample_rows >= 1")
+        self.keep_embeddings = keep_embeddings
+
+    def clusters_for(self, rows: int) -> int:
+        sample = min(rows, self.settings.sample_rows)
+        if self.settings.clusters:
+            return max(1, min(self.settings.clusters, sample))
+        return auto_clusters(rows, sample)
+
+    def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
+        counts = rows_of(inputs)
+        rows = sum(counts)
+        k = self.clusters_for(rows)
+        ctx.run_phase("sample", [ReadSample(inputs, self.settings.sample_rows, ctx.seed)],
+                      TrainKMeans(k, ctx.seed, self.settings.niter), counted=False)
+        ctx.record["semantic_dedup"] = {"clusters": k, "sample_rows": min(rows, self.settings.sample_rows),
+                                        "centroids": "sample/done/part-00000.npz"}
+        groups = group_by_rows(inputs, ctx.task_rows, counts)
+        stats = ctx.run_phase("scatter", [ReadParts(g) for g in groups],
+                              AssignClusters(ctx.phase_dir("sample")), row_group_key=CLUSTER)
+        scattered = ctx.data_parts("scatter", len(groups))
+        from pipeline.stages.dedup import bucket_ranges
+
+        ranges = bucket_ranges(k, -(-rows // ctx.task_rows))
+        op = DropSemanticDuplicates(self.settings, ctx.seed, self.keep_embeddings)
+        reduced = ctx.run_phase("reduce", [ReadParts(bucket_refs(scattered, stats, r)) for r in ranges],
+                                op, row_group_key=CLUSTER)
+        return ctx.keyed_parts("reduce", reduced, [list(r) for r in ranges])
+
+
+def build_step(settings: SemanticDedupSettings, run) -> SemanticDedupStep:
+    clip = run.section("clip_score") if run is not None else None
+    return SemanticDedupStep(settings, keep_embeddings=bool(clip and clip.keep_embeddings))

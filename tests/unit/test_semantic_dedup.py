@@ -1,0 +1,90 @@
+"""semantic_dedup's pieces on embeddings built here: near-copies collapse, keep policies."""
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.stages.semantic_dedup import (SemanticDedupSettings, auto_clusters, cluster_duplicates,
+                                            greedy_duplicates, keep_order, nearest_centroid,
+                                            train_centroids)
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def groups_of_near_copies(groups=20, copies=4, dim=32, spread=0.01, seed=0):
+    """`groups` random directions, each with `copies` near-copies (cos ~ 1 - spread**2 d / 2)."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(groups, dim)))
+    x = unit(np.repeat(centres, copies, axis=0) + spread * rng.normal(size=(groups * copies, dim)))
+    return x.astype(np.float32), np.repeat(np.arange(groups), copies)
+
+
+def run_clusters(x, settings, seed=0, k=4):
+    centroids = train_centroids(x, k, seed)
+    cluster, sim = nearest_centroid(x, centroids)
+    uids = [f"{i:032x}" for i in range(len(x))]
+    return cluster_duplicates(x, cluster, sim, uids, np.arange(len(x)), settings, seed), cluster, sim
+
+
+def test_near_copies_collapse_to_one_per_group_distinct_points_survive():
+    x, group = groups_of_near_copies()
+    assert (x[0] @ x[1]) > 0.99   # near-copies
+    dup, cluster, _ = run_clusters(x, SemanticDedupSettings(eps=0.05))
+    kept_groups = group[~dup]
+    assert sorted(kept_groups) == list(range(20)), "exactly one survivor per group"
+    # distinct random directions (cos well below 0.95) all survive on their own
+    rng = np.random.default_rng(3)
+    y = unit(rng.normal(size=(50, 32))).astype(np.float32)
+    assert (y @ y.T - np.eye(50)).max() < 0.95
+    assert not run_clusters(y, SemanticDedupSettings(eps=0.05))[0].any()
+
+
+def test_eps_zero_drops_only_identical_embeddings():
+    x, _ = groups_of_near_copies(groups=5, copies=3)
+    x = np.concatenate([x, x[:2]])
+    dup, _, _ = run_clusters(x, SemanticDedupSettings(eps=0.0), k=2)
+    assert dup.sum() == 2
+
+
+def test_keep_policy_hard_keeps_farthest_easy_nearest_random_by_uid():
+    x, group = groups_of_near_copies(groups=6, copies=5, spread=0.02)
+    for keep in ("hard", "easy"):
+        dup, cluster, sim = run_clusters(x, SemanticDedupSettings(eps=0.05, keep=keep), k=3)
+        for g in range(6):
+            members = np.flatnonzero(group == g)
+            kept = members[~dup[members]]
+            assert len(kept) == 1
+            if len(set(cluster[members])) == 1:
+                expected = members[np.argmin(sim[members])] if keep == "hard" else members[np.argmax(sim[members])]
+                assert kept[0] == expected, keep
+    a = run_clusters(x, SemanticDedupSettings(keep="random"), seed=1, k=3)[0]
+    b = run_clusters(x, SemanticDedupSettings(keep="random"), seed=1, k=3)[0]
+    c = run_clusters(x, SemanticDedupSettings(keep="random"), seed=2, k=3)[0]
+    assert (a == b).all() and a.sum() == c.sum() == 24
+    assert (a != c).any(), "another seed keeps other copies"
+
+
+def test_keep_order_ties_broken_by_uid_then_position():
+    sim = np.array([0.5, 0.5, 0.2])
+    assert keep_order(sim, ["b" * 32, "a" * 32, "c" * 32], np.array([0, 1, 2]), "hard", 0).tolist() == [2, 1, 0]
+    assert keep_order(sim, ["b" * 32, "a" * 32, "c" * 32], np.array([0, 1, 2]), "easy", 0).tolist() == [1, 0, 2]
+
+
+def test_greedy_compares_with_kept_rows_only_across_blocks():
+    # a chain a - b - c: b close to a and c, a and c apart: a kept, b dropped, c kept
+    a = np.array([1.0, 0.0]); c = unit(np.array([0.90, 0.436])); b = unit(a + c)
+    x = np.stack([a, b, c]).astype(np.float32)
+    thr = 0.97
+    assert x[0] @ x[1] >= thr and x[1] @ x[2] >= thr and x[0] @ x[2] < thr
+    for block in (1, 2, 1024):
+        assert greedy_duplicates(x, thr, block=block).tolist() == [False, True, False]
+
+
+def test_centroids_deterministic_and_auto_clusters():
+    x, _ = groups_of_near_copies(groups=30, copies=10)
+    assert np.array_equal(train_centroids(x, 8, 7), train_centroids(x, 8, 7))
+    assert auto_clusters(1000, 1000) == 10
+    assert auto_clusters(10_000_000, 100_000) == 1000
+    assert auto_clusters(400_000_000, 100_000) == 100_000 // 39
+    assert auto_clusters(3, 3) == 1
