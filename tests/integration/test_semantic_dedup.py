@@ -1,0 +1,141 @@
+"""semantic_dedup on world images through download and clip_score (curate-tiny): re-crops
+and colour shifts that pHash misses are dropped as `semantic_duplicate`; the kept set does
+not depend on the part count; every input row is in the ledger once.
+
+curate-tiny knows colours and backgrounds, hardly shapes or positions: two world images of
+the same colour on the same background embed at cosine ~0.99. So the labelled set takes
+one original per (colour, background) pair (30 distinct images), plus a re-crop or a colour
+shift of some of them; precision and recall are measured on that set (printed with -s).
+"""
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from tests.support import assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary, run
+
+from pipeline.stages.phash_lsh import phash_of
+from pipeline.testing.fakeweb import FakeWeb
+from pipeline.world import describe, encode_jpeg, make_sample
+
+WORLD_SEED = 5
+PHASH_DISTANCE = 2
+EPS = 0.03
+
+
+def originals(limit: int = 400) -> list[int]:
+    """The first world index of each (colour, background) pair: 30 distinct-looking images."""
+    seen, chosen = set(), []
+    for index in range(limit):
+        scene = describe(index, WORLD_SEED)
+        if (scene.colour, scene.background) not in seen:
+            seen.add((scene.colour, scene.background))
+            chosen.append(index)
+    return chosen
+
+
+def recrop(jpg: bytes) -> bytes:
+    with Image.open(io.BytesIO(jpg)) as image:
+        w, h = image.size
+        return encode_jpeg(image.convert("RGB").crop((5, 4, w - 3, h - 6)).resize((w, h)))
+
+
+def colour_shift(jpg: bytes) -> bytes:
+    with Image.open(io.BytesIO(jpg)) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(np.int16)
+    shifted = np.clip(pixels + np.array([14, -10, 8]), 0, 255).astype(np.uint8)
+    return encode_jpeg(Image.fromarray(shifted))
+
+
+def labelled_set() -> tuple[list[bytes], list[str], list[int]]:
+    """Images, captions and a group id per row (a variant shares its original's group):
+    every original, and a variant of every other original that pHash does not match."""
+    jpgs, captions, groups = [], [], []
+    for group, index in enumerate(originals()):
+        sample = make_sample(index, WORLD_SEED, 64)
+        jpgs.append(sample.jpg)
+        captions.append(sample.caption)
+        groups.append(group)
+        if group % 2:
+            continue
+        variant = (recrop if group % 4 == 0 else colour_shift)(sample.jpg)
+        if bin(phash_of(variant) ^ phash_of(sample.jpg)).count("1") > PHASH_DISTANCE:
+            jpgs.append(variant)
+            captions.append(sample.caption)
+            groups.append(group)
+    return jpgs, captions, groups
+
+
+def config_for(folder, pairs, checkpoint, name: str, part_rows: int, processes: int, **extra) -> dict:
+    return {"input": {"path": [str(pairs)], "part_rows": part_rows}, "output": str(folder / name),
+            "engine": "local", "processes": processes, "allow_networks": ["127.0.0.1/32"],
+            "download": {"image_size": 64, "threads": 8, "timeout": 5, "part_rows": part_rows},
+            "image_dedup": {"phash_distance": PHASH_DISTANCE},
+            "clip_score": {"model": "curate-tiny", "pretrained": str(checkpoint), "device": "cpu",
+                           "precision": "fp32", "batch_size": 32, "filter": "none"},
+            "semantic_dedup": {}, **extra}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_clip_checkpoint):
+    """The labelled set in one part on one process, and in parts of 6 rows (7 parts, global
+    tasks of 10 rows) on two processes, with 3 clusters; returns (folder, groups by url)."""
+    folder = tmp_path_factory.mktemp("semdedup")
+    jpgs, captions, groups = labelled_set()
+    with FakeWeb() as web:
+        urls = []
+        for i, jpg in enumerate(jpgs):
+            web.add_image(f"/s/{i}.jpg", jpg)
+            urls.append(web.url(f"/s/{i}.jpg"))
+        pairs = folder / "pairs.parquet"
+        pq.write_table(pa.table({"url": urls, "text": captions}), pairs)
+        sem = {"semantic_dedup": {"clusters": 3}}
+        run(config_for(folder, pairs, tiny_clip_checkpoint, "one", 1000, 1, **sem))
+        run(config_for(folder, pairs, tiny_clip_checkpoint, "many", 6, 2, task_rows=10, **sem))
+    return folder, dict(zip(urls, groups))
+
+
+def precision_recall(run_dir, group_of: dict) -> tuple[float, float, dict]:
+    """Of the rows dropped as `semantic_duplicate`: a drop is right when its group keeps
+    another row; a group of n rows reaching semantic_dedup should lose n - 1."""
+    ledger = read_dataset(run_dir / "ledger")
+    step = ledger.filter(pc.equal(ledger["stage"], "semantic_dedup"))
+    assert set(step["reason"].to_pylist()) <= {"semantic_duplicate"}
+    dropped = step["url"].to_pylist()
+    reached = dropped + read_dataset(run_dir / "kept")["url"].to_pylist()
+    size, lost = {}, {}
+    for url in reached:
+        size[group_of[url]] = size.get(group_of[url], 0) + 1
+    for url in dropped:
+        lost[group_of[url]] = lost.get(group_of[url], 0) + 1
+    right = sum(min(n, size[g] - 1) for g, n in lost.items())
+    expected = sum(n - 1 for n in size.values())
+    counts = {"dropped": len(dropped), "right": right, "expected": expected, "reached": len(reached)}
+    return (right / len(dropped) if dropped else 1.0), (right / expected if expected else 1.0), counts
+
+
+def test_phash_misses_the_variants_and_semantic_dedup_catches_them(runs):
+    folder, group_of = runs
+    summary = assert_run_invariants(folder / "one")
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert stages["image_dedup"]["dropped"] == {}, "pHash must miss every variant here"
+    assert stages["clip_score"]["dropped"] == {}
+    precision, recall, counts = precision_recall(folder / "one", group_of)
+    print(f"\nsemantic_duplicate on the labelled set: precision {precision:.3f}, recall {recall:.3f}, {counts}")
+    assert counts["expected"] == 10 and counts["reached"] == 40
+    assert precision == 1.0 and recall == 1.0
+    kept = read_dataset(folder / "one" / "kept")
+    assert "image_embedding" not in kept.column_names, "embeddings kept only with keep_embeddings"
+    stats = read_summary(folder / "one")
+    assert [s["name"] for s in stats["stages"]][-2:] == ["clip_score", "semantic_dedup"]
+
+
+def test_same_kept_set_for_any_part_count(runs):
+    folder, group_of = runs
+    assert_run_invariants(folder / "many")
+    assert len(list((folder / "many" / "steps").glob("*_semantic_dedup/scatter/done/*.json"))) > 1
+    assert kept_uids(folder / "one") == kept_uids(folder / "many")
+    assert ledger_rows(folder / "one") == ledger_rows(folder / "many")
