@@ -160,8 +160,10 @@ def cluster_duplicates(x: np.ndarray, cluster: np.ndarray, centroid_sim: np.ndar
     dup = np.zeros(len(x), dtype=bool)
     valid = np.linalg.norm(x, axis=1) > 0      # a row without an embedding is never compared
     threshold = 1.0 - float(settings.eps)
-    for c in np.unique(cluster):
-        members = np.flatnonzero((cluster == c) & valid)
+    rows = np.flatnonzero(valid)
+    rows = rows[np.argsort(cluster[rows], kind="stable")]
+    starts = np.flatnonzero(np.diff(cluster[rows])) + 1
+    for members in np.split(rows, starts) if len(rows) else []:
         order = members[keep_order(centroid_sim[members], [uids[i] for i in members],
                                    pos[members], settings.keep, seed)]
         dup[order] = greedy_duplicates(x[order], threshold)

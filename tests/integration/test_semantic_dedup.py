@@ -82,7 +82,8 @@ def config_for(folder, pairs, checkpoint, name: str, part_rows: int, processes: 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_clip_checkpoint):
     """The labelled set in one part on one process, and in parts of 6 rows (7 parts, global
-    tasks of 10 rows) on two processes, with 3 clusters; returns (folder, groups by url)."""
+    tasks of 10 rows, keep_embeddings) on two processes, with 3 clusters; returns (folder,
+    groups by url)."""
     folder = tmp_path_factory.mktemp("semdedup")
     jpgs, captions, groups = labelled_set()
     with FakeWeb() as web:
@@ -94,7 +95,9 @@ def runs(tmp_path_factory, tiny_clip_checkpoint):
         pq.write_table(pa.table({"url": urls, "text": captions}), pairs)
         sem = {"semantic_dedup": {"clusters": 3}}
         run(config_for(folder, pairs, tiny_clip_checkpoint, "one", 1000, 1, **sem))
-        run(config_for(folder, pairs, tiny_clip_checkpoint, "many", 6, 2, task_rows=10, **sem))
+        many = config_for(folder, pairs, tiny_clip_checkpoint, "many", 6, 2, task_rows=10, **sem)
+        many["clip_score"]["keep_embeddings"] = True
+        run(many)
     return folder, dict(zip(urls, groups))
 
 
@@ -139,3 +142,7 @@ def test_same_kept_set_for_any_part_count(runs):
     assert len(list((folder / "many" / "steps").glob("*_semantic_dedup/scatter/done/*.json"))) > 1
     assert kept_uids(folder / "one") == kept_uids(folder / "many")
     assert ledger_rows(folder / "one") == ledger_rows(folder / "many")
+    # with keep_embeddings the kept rows keep them (and clip_score still writes its layout)
+    kept = read_dataset(folder / "many" / "kept")
+    assert {"image_embedding", "text_embedding"} <= set(kept.column_names)
+    assert (folder / "many" / "embeddings" / "_SUCCESS").exists()

@@ -88,3 +88,29 @@ def test_centroids_deterministic_and_auto_clusters():
     assert auto_clusters(10_000_000, 100_000) == 1000
     assert auto_clusters(400_000_000, 100_000) == 100_000 // 39
     assert auto_clusters(3, 3) == 1
+
+
+def test_without_embeddings_one_clear_error(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.app import run_pipeline
+    from pipeline.config import settings_from_dict
+    from pipeline.errors import UserError
+
+    pq.write_table(pa.table({"url": ["http://a.example/x.jpg"], "text": ["a red circle"]}),
+                   tmp_path / "in.parquet")
+    settings = settings_from_dict({"input": {"path": [str(tmp_path / "in.parquet")]}, "processes": 1,
+                                   "semantic_dedup": {}}, "c.yaml")
+    with pytest.raises(UserError, match=r"^semantic_dedup: the rows have no 'image_embedding' column "
+                                        r"\(add a clip_score section before semantic_dedup\)$"):
+        run_pipeline(settings, tmp_path / "run", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("values, message", [({"eps": 1.0}, "eps"), ({"keep": "first"}, "keep"),
+                                             ({"clusters": -1}, "clusters")])
+def test_bad_settings_are_one_clear_error(values, message):
+    from pipeline.errors import UserError
+    from pipeline.stages.semantic_dedup import SemanticDedupStep
+
+    with pytest.raises(UserError, match=message):
+        SemanticDedupStep(SemanticDedupSettings(**values))
