@@ -28,11 +28,17 @@ class PartRef:
     follows the number of tasks (data volume), not the number of parts."""
     path: str
     row_groups: Optional[tuple] = None   # None: the whole file
+    joined: bool = False   # rows a task deferred: read with the part before (steps.logical_parts)
 
     def to_json(self) -> Union[str, dict]:
-        if self.row_groups is None:
+        if self.row_groups is None and not self.joined:
             return self.path
-        return {"path": self.path, "row_groups": list(self.row_groups)}
+        found: dict = {"path": self.path}
+        if self.row_groups is not None:
+            found["row_groups"] = list(self.row_groups)
+        if self.joined:
+            found["joined"] = True
+        return found
 
 
 def as_ref(value: Union[str, Path, dict, PartRef]) -> PartRef:
@@ -40,7 +46,8 @@ def as_ref(value: Union[str, Path, dict, PartRef]) -> PartRef:
     if isinstance(value, PartRef):
         return value
     if isinstance(value, dict):
-        return PartRef(value["path"], tuple(value["row_groups"]))
+        groups = value.get("row_groups")
+        return PartRef(value["path"], None if groups is None else tuple(groups), bool(value.get("joined")))
     return PartRef(str(value))
 
 

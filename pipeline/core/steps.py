@@ -12,11 +12,14 @@ as many files and reads each part once.
 A map task may stop early and defer its last rows (the download stage does at its deadline,
 when a slow host holds it): `run_continued` runs the rest as smaller tasks (`rest1`,
 `rest2`, ... phases, each deferred remainder cut in SPREAD pieces, so one slow part spreads
-over the cluster), and the step's output keeps the input's row order, so the result is the
-same as without the deadline.
+over the cluster), and the step's output keeps the input's row order. The pieces are marked
+`joined` to the task's own part: the next map step reads them as one part (`logical_parts`),
+so it cuts the same tasks and batches as in a run without the deadline, and the result is
+byte for byte the same (CLIP scores depend on the batch a row is encoded in).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -106,7 +109,8 @@ class StepContext:
             stats = self.run_phase(phase, readers, op, resources, images=images, continues=True)
             for i, node in enumerate(nodes):
                 node.append(PartRef(self.data_path(phase, i)))
-        return list(flatten(tree))
+        return [ref if i == 0 else dataclasses.replace(ref, joined=True)
+                for node in tree for i, ref in enumerate(flatten(node))]
 
     def extras(self, name: str) -> Iterator[dict]:
         """The numpy extras of a phase's tasks that wrote any, in task order."""
@@ -129,13 +133,27 @@ class StepContext:
                  for k in task_keys if str(k) in s["row_groups"]]
         return found or [PartRef(self.data_path(name, 0), ())]
 
+    def mirrored_parts(self, name: str, stats: list[dict], groups: list[list[PartRef]]) -> list[PartRef]:
+        """The parts of a phase that wrote one row group per input part (task i read the
+        parts `groups[i]`), empty ones left out, each joined to the part before it where its
+        input part was and that part's row group (or an earlier one of the same part) is kept."""
+        found: list[PartRef] = []
+        part, last = -1, None   # the input's logical part, and that of the last part found
+        for i, (s, group) in enumerate(zip(stats, groups)):
+            for k, ref in enumerate(group):
+                part += 0 if ref.joined else 1
+                if str(k) in s["row_groups"]:
+                    found.append(PartRef(self.data_path(name, i), (s["row_groups"][str(k)],), last == part))
+                    last = part
+        return found or [PartRef(self.data_path(name, 0), ())]
+
     def run_grouped(self, name: str, refs: list[PartRef], op: Callable, **options) -> list[PartRef]:
         """Run `op` over groups of consecutive parts of up to `task_rows` rows; the output
         keeps the parts (one row group each, empty ones left out)."""
         groups = group_by_rows(refs, self.task_rows)
         readers = [ReadParts(group, tagged=True) for group in groups]
         stats = self.run_phase(name, readers, op, row_group_key=SOURCE_PART, **options)
-        return self.keyed_parts(name, stats, [list(range(len(g))) for g in groups])
+        return self.mirrored_parts(name, stats, groups)
 
 
 def bucket_refs(files: list[PartRef], stats: list[dict], keys: range) -> list[PartRef]:
@@ -150,15 +168,15 @@ def bucket_refs(files: list[PartRef], stats: list[dict], keys: range) -> list[Pa
 
 
 def rest_of(reader: Callable, reached: int, deferred: int) -> list[ReadSlice]:
-    """The `deferred` rows after the first `reached` of a one-part reader, in SPREAD pieces."""
+    """The `deferred` rows after the first `reached` of a reader, in SPREAD pieces."""
     if isinstance(reader, ReadSlice):
-        ref, start = reader.ref, reader.offset + reached
+        source, start = reader.ref, reader.offset + reached
     elif isinstance(reader, ReadParts) and len(reader.refs) == 1 and not reader.tagged:
-        ref, start = reader.refs[0], reached
+        source, start = reader.refs[0], reached
     else:
-        raise TypeError(f"cannot continue a task read by {type(reader).__name__}")
+        source, start = reader, reached
     size = math.ceil(deferred / SPREAD)
-    return [ReadSlice(ref, start + offset, min(size, deferred - offset))
+    return [ReadSlice(source, start + offset, min(size, deferred - offset))
             for offset in range(0, deferred, size)]
 
 
@@ -175,13 +193,31 @@ def rows_of(refs: list[PartRef]) -> list[int]:
     return [parts.num_rows(ref) for ref in refs]
 
 
+def logical_parts(refs: list[PartRef]) -> list[list[PartRef]]:
+    """The input's parts as a run without deadlines cut them: each part with the `joined`
+    ones after it (the rows its task deferred)."""
+    found: list[list[PartRef]] = []
+    for ref in refs:
+        if ref.joined and found:
+            found[-1].append(ref)
+        else:
+            found.append([ref])
+    return found
+
+
+def part_readers(refs: list[PartRef]) -> list[ReadParts]:
+    """One reader per logical part (a map step's tasks)."""
+    return [ReadParts(group) for group in logical_parts(refs)]
+
+
 def group_by_rows(refs: list[PartRef], task_rows: int, counts: Optional[list[int]] = None) -> list[list[PartRef]]:
-    """Consecutive parts in groups of at most `task_rows` rows (a larger part alone)."""
+    """Consecutive parts in groups of at most `task_rows` rows (a larger part alone; a
+    joined part stays with the part before it)."""
     counts = rows_of(refs) if counts is None else counts
     groups: list[list[PartRef]] = []
     total = 0
     for ref, rows in zip(refs, counts):
-        if not groups or total + rows > task_rows:
+        if not groups or (total + rows > task_rows and not ref.joined):
             groups.append([])
             total = 0
         groups[-1].append(ref)
@@ -211,16 +247,19 @@ class Step:
 
 
 def split_readers(inputs: list[PartRef], rows_per_task: Optional[int]) -> list[Callable]:
+    """One reader per logical part, or with `rows_per_task`, per slice of that many rows."""
+    readers: list[Callable] = part_readers(inputs)
     if not rows_per_task:
-        return [ReadParts([p]) for p in inputs]
-    readers: list[Callable] = []
-    for ref, rows in zip(inputs, rows_of(inputs)):
+        return readers
+    cut: list[Callable] = []
+    for reader, rows in zip(readers, [sum(rows_of(r.refs)) for r in readers]):
         if rows <= rows_per_task:
-            readers.append(ReadParts([ref]))
+            cut.append(reader)
             continue
-        readers.extend(ReadSlice(ref, start, min(rows_per_task, rows - start))
-                       for start in range(0, rows, rows_per_task))
-    return readers
+        source = reader.refs[0] if len(reader.refs) == 1 else reader
+        cut.extend(ReadSlice(source, start, min(rows_per_task, rows - start))
+                   for start in range(0, rows, rows_per_task))
+    return cut
 
 
 def execute_step(step: Step, engine: Engine, run_dir: str, index: int, seed: int,

@@ -187,13 +187,14 @@ class ReadParts:
 
 @dataclass
 class ReadSlice:
-    """Reader: rows [offset, offset + length) of one part."""
+    """Reader: rows [offset, offset + length) of one part (or of another reader's table)."""
     ref: Any
     offset: int
     length: int
 
     def __call__(self) -> pa.Table:
-        return images.read_detached(parts.as_ref(self.ref)).slice(self.offset, self.length)
+        table = self.ref() if callable(self.ref) else images.read_detached(parts.as_ref(self.ref))
+        return table.slice(self.offset, self.length)
 
 
 _STAGES: dict = {}

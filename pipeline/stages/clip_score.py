@@ -23,8 +23,8 @@ from pipeline.clip.threshold import ScoreHistogram
 from pipeline.core import storage
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Resources, Stage, set_column, with_reason
-from pipeline.core.steps import Step, StepContext
-from pipeline.core.tasks import ReadParts, StageOp
+from pipeline.core.steps import Step, StepContext, part_readers
+from pipeline.core.tasks import StageOp
 
 SECTION = "clip_score"
 
@@ -191,15 +191,16 @@ class ClipScoreStep(Step):
     def score(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         if self.settings.filter == "threshold":
             op = ScoreKeepingDroppedScores(StageOp(ClipScoreStage, self.settings, ctx.seed))
-            ctx.run_phase("map", [ReadParts([p]) for p in inputs], op,
-                          ClipScoreStage(self.settings).resources, images=True)
-            return ctx.data_parts("map", len(inputs))
+            readers = part_readers(inputs)
+            ctx.run_phase("map", readers, op, ClipScoreStage(self.settings).resources, images=True)
+            return ctx.data_parts("map", len(readers))
         if self.settings.filter != "top_fraction":
             return super().run(ctx, inputs)
         scoring = dataclasses.replace(self.settings, filter="none")
         op = ScoreAndHistogram(StageOp(ClipScoreStage, scoring, ctx.seed))
         resources = ClipScoreStage(scoring).resources
-        ctx.run_phase("score", [ReadParts([p]) for p in inputs], op, resources, images=True)
+        readers = part_readers(inputs)
+        ctx.run_phase("score", readers, op, resources, images=True)
         histogram = ScoreHistogram()
         for extras in ctx.extras("score"):
             counts = extras["histogram"]
@@ -207,7 +208,7 @@ class ClipScoreStep(Step):
         threshold = histogram.threshold(self.settings.top_fraction)
         storage.write_json({"top_fraction": self.settings.top_fraction, "threshold": threshold,
                           "scored": histogram.total}, ctx.path("threshold.json"))
-        return ctx.run_grouped("cut", ctx.data_parts("score", len(inputs)), CutBelow(threshold))
+        return ctx.run_grouped("cut", ctx.data_parts("score", len(readers)), CutBelow(threshold))
 
 
 def build_step(settings: ClipScoreSettings, run) -> ClipScoreStep:

@@ -280,7 +280,7 @@ class ImageDedupStep(Step):
         marked = [ReadMarked(group, hashed_groups[g], bucket_refs(pairs_files, pairs, [g]))
                   for g, group in enumerate(groups)]
         applied = ctx.run_phase("apply", marked, mark_duplicates, row_group_key=SOURCE_PART)
-        return ctx.keyed_parts("apply", applied, [list(range(len(g))) for g in groups])
+        return ctx.mirrored_parts("apply", applied, groups)
 
     def scatter_earlier(self, ctx: StepContext, earlier: list, counts: list, buckets: int):
         """The earlier runs' key rows in the buckets: bucket -> their row groups."""

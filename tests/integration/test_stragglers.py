@@ -8,7 +8,7 @@ import statistics
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.support import assert_same_result, run
+from tests.support import assert_same_result, read_dataset, run
 
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.world import make_world
@@ -84,3 +84,23 @@ def test_deferred_rows_give_the_same_result_on_every_engine(tmp_path, engine):
         run({**cut, "engine": engine, "ray": {"num_cpus": 2}, "spark": {"master": "local[2]"}})
     assert "rest1" in task_seconds(tmp_path / engine)
     assert_same_result(tmp_path / engine, tmp_path / "waiting")
+
+
+def test_the_steps_after_a_deferral_cut_the_same_tasks(tmp_path, tiny_clip_checkpoint):
+    """CLIP scores depend (in their last bits) on the batch a row is encoded in: the rest's
+    pieces are read with their part by the steps after download (through image_dedup too),
+    so clip_score runs the same tasks and batches, and the scores and tars are byte-equal."""
+    clip = {"model": "curate-tiny", "pretrained": str(tiny_clip_checkpoint), "device": "cpu",
+            "precision": "fp32", "batch_size": 12, "threshold": -1.0}
+    with FakeWeb() as web, FakeWeb(host="127.0.0.3") as slow:
+        pairs = straggler_input(tmp_path, web, slow)
+        for name, deadline in (("waiting", None), ("cut", 1.0)):
+            run({**config(pairs, tmp_path / name, task_deadline=deadline, straggler_factor=None),
+                 "image_dedup": {"phash_distance": 0}, "clip_score": clip})
+    assert "rest1" in task_seconds(tmp_path / "cut")
+    step = next((tmp_path / "cut" / "steps").glob("*_clip_score"))
+    assert len(list((step / "map" / "done").glob("*.json"))) == PARTS
+    scores = [dict(zip(*(read_dataset(f"{tmp_path / name}/kept")[c].to_pylist() for c in ("uid", "clip_score"))))
+              for name in ("cut", "waiting")]
+    assert scores[0] == scores[1]
+    assert_same_result(tmp_path / "cut", tmp_path / "waiting")

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.core import parts
 from pipeline.core.stage import DEFERRED, Stage, with_reason
-from pipeline.core.steps import SPREAD, Step, execute_step
+from pipeline.core.steps import SPREAD, Step, execute_step, logical_parts
 from pipeline.core.tasks import PartTask, ReadParts, StageOp, run_part_task
 from pipeline.engines.local import LocalEngine
 
@@ -48,6 +48,10 @@ def test_deferred_rows_run_again_in_order_until_every_row_is_reached(tmp_path):
     assert first_rest["tasks"] == SPREAD + 1   # 38 rows of part 0 in 8 pieces, 1 of part 1
     ledger = pa.concat_tables(pq.read_table(f) for f in record["dropped_files"])
     assert sorted(ledger["uid"].to_pylist(), key=int) == [str(i) for i in range(44) if i % 2]
+    # the next step reads each input part with the pieces of its rest, as one part
+    groups = logical_parts(parts.as_refs(record["parts"]))
+    assert [sum(parts.num_rows(r) for r in g) for g in groups] == [20, 2, 0]
+    assert [len(g) for g in groups][1:] == [2, 1] and all(r.joined for g in groups for r in g[1:])
 
 
 class DeferTheMiddle(ReachTwo):
