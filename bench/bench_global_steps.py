@@ -3,8 +3,8 @@
 1. scale: the same rows cut into P and 10 P input parts (`part_rows` and `samples_per_shard`
    scaled with them, as a run with smaller parts would set them), each global step timed on
    the local engine (2 processes): `dedup` then `metadata` on caption rows; `shard` on rows
-   as download leaves them (small JPEGs in the parts); `image_dedup` on fewer rows (it
-   hashes every image). Target: 10x parts <= 1.6x the time.
+   as download leaves them (small JPEGs in the parts); `semantic_dedup` on 64-d embeddings
+   (10% near copies); `image_dedup` on fewer rows (it hashes every image). Target: 10x parts <= 1.6x the time.
    image_dedup runs on 128 px images: its `hash` phase decodes every image, part by part,
    like any per-part stage; the rest of the step is the global exchange.
 2. storage: download -> image_dedup -> clip_score -> shard over loopback photo-like images
@@ -65,6 +65,22 @@ def image_rows(rows: int, seed: int = 0, image_size: int = 24, distinct: int = 6
                      "sha256": [hashlib.sha256(j).hexdigest() for j in jpg]})
 
 
+def embedding_rows(rows: int, dim: int = 64, seed: int = 0) -> pa.Table:
+    """Rows as clip_score leaves them for semantic_dedup: uid, url, text, `_pos` and a unit
+    image embedding (float16); every 10th row a near copy of the row before it."""
+    from pipeline.core.hashing import uids_of
+    from pipeline.stages.clip_score import embedding_array
+
+    base = caption_table(rows, seed)
+    base = base.add_column(0, "uid", pa.array(uids_of(base["url"].to_pylist(), base["text"].to_pylist())))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, dim)).astype(np.float32)
+    x[1::10] = x[0::10][:len(x[1::10])] + 0.01 * rng.normal(size=(len(x[1::10]), dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return base.append_column("_pos", pa.array(np.arange(rows, dtype=np.int64))).append_column(
+        "image_embedding", embedding_array(x))
+
+
 def write_parts(table: pa.Table, folder: Path, count: int) -> list[str]:
     from pipeline.core import parts
 
@@ -93,10 +109,12 @@ def scale(rows: int, parts_low: int, image_rows_count: int, work: Path) -> dict:
     from pipeline.stages.dedup import DedupSettings, DedupStep
     from pipeline.stages.image_dedup import ImageDedupSettings, ImageDedupStep
     from pipeline.stages.metadata import MetadataSettings, MetadataStep
+    from pipeline.stages.semantic_dedup import SemanticDedupSettings, SemanticDedupStep
     from pipeline.stages.shard import ShardSettings, ShardStep
 
     table = image_rows(rows)
     images = image_rows(image_rows_count, image_size=128, distinct=2048)  # phash decodes them
+    embeddings = embedding_rows(rows)
     results = {}
     with LocalEngine(2) as engine:
         engine.map(abs, [1, 2])   # start the workers outside the timings
@@ -109,6 +127,9 @@ def scale(rows: int, parts_low: int, image_rows_count: int, work: Path) -> dict:
             downloaded = write_parts(table, work / f"img-{count}", count)
             results[count].update(run_chain(work / f"shard-run-{count}", downloaded, [
                 ShardStep(ShardSettings(samples_per_shard=per_part))], engine))
+            embedded = write_parts(embeddings, work / f"emb-{count}", count)
+            results[count].update(run_chain(work / f"semantic-run-{count}", embedded, [
+                SemanticDedupStep(SemanticDedupSettings())], engine))
             hashed = write_parts(images, work / f"big-img-{count}", count)
             results[count].update(run_chain(work / f"image-run-{count}", hashed, [
                 ImageDedupStep(ImageDedupSettings(phash_distance=4))], engine))

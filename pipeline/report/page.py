@@ -18,6 +18,8 @@ table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}
 td.text,th:first-child{text-align:left}.note{color:#666;font-size:13px}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:10px}
+.pairs{display:grid;grid-template-columns:repeat(auto-fill,minmax(350px,1fr));gap:10px}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:4px}
 figure{margin:0;border:1px solid #ddd;padding:5px;font-size:12px;background:#fafafa}
 figure img{display:block;margin:0 auto 4px;max-width:160px;max-height:160px}
 ul.warnings{color:#b34700}figcaption .why{color:#b34700;display:block}pre{font-size:12px;background:#f6f6f6;padding:8px;overflow:auto}
@@ -61,6 +63,8 @@ def render(run_dir: str, summary: dict) -> str:
                 grid_section("kept", "Sample of kept pairs", samples.kept_samples(run_dir)),
                 grid_section("dropped", "Sample of dropped pairs (with images)",
                              samples.dropped_samples(run_dir, names)),
+                pairs_section("semantic", "Semantic duplicates removed, beside the pair kept",
+                              samples.duplicate_pairs(run_dir)),
                 train_section(summary), config_section(run_dir)]
     kept, total = summary.get("kept_rows", 0), summary.get("input_rows", 0)
     share = f" ({kept / total:.1%})" if total else ""
@@ -197,13 +201,22 @@ def entries_section(run_dir: str) -> str:
     return section("entries", "Metadata entry counts before and after balancing", chart)
 
 
+def figure(sample: samples.Sample) -> str:
+    return (f'<figure><img src="{sample.image}" alt="{escape(sample.caption)}"><figcaption>'
+            f'{escape(sample.caption)}<span class="why">{escape(sample.note)}</span></figcaption></figure>')
+
+
 def grid_section(key: str, title: str, items: list[samples.Sample]) -> str:
     if not items:
         return ""
-    figures = "".join(
-        f'<figure><img src="{s.image}" alt="{escape(s.caption)}"><figcaption>{escape(s.caption)}'
-        f'<span class="why">{escape(s.note)}</span></figcaption></figure>' for s in items)
-    return section(key, title, f'<div class="grid">{figures}</div>')
+    return section(key, title, f'<div class="grid">{"".join(figure(s) for s in items)}</div>')
+
+
+def pairs_section(key: str, title: str, pairs: list[tuple[samples.Sample, samples.Sample]]) -> str:
+    if not pairs:
+        return ""
+    rows = "".join(f'<div class="pair">{figure(removed)}{figure(kept)}</div>' for removed, kept in pairs)
+    return section(key, title, f'<div class="pairs">{rows}</div>')
 
 
 def train_section(summary: dict) -> str:

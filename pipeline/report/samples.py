@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import storage
-from pipeline.report.data import phase_files, read_columns, read_json
+from pipeline.report.data import phase_files, read_columns, read_json, step_records
 
 THUMB = 160
 
@@ -108,6 +108,29 @@ def dropped_samples(run_dir: str, stages: list[str], limit: int = 24) -> list[Sa
         if image is not None:
             samples.append(Sample(image, row.get("text") or "", f"{stage}: {reason}"))
     return samples
+
+
+def duplicate_pairs(run_dir: str, limit: int = 8) -> list[tuple[Sample, Sample]]:
+    """Pairs semantic_dedup removed, each beside the kept pair it duplicates (the examples
+    its step recorded), with their images from the download step's parts."""
+    examples = [pair for _, record in step_records(run_dir, "semantic_dedup")
+                for pair in (record.get("semantic_dedup") or {}).get("examples", [])][:limit]
+    if not examples:
+        return []
+    uids = sorted({pair[side] for pair in examples for side in ("removed", "kept")})
+    found = read_columns(phase_files(run_dir, "download", "data"), ["uid", "text", "jpg"],
+                         filter=pc.field("uid").isin(uids))
+    if found is None or "jpg" not in found.column_names:
+        return []
+    rows = {row["uid"]: row for row in found.to_pylist()}
+    pairs = []
+    for pair in examples:
+        removed, kept = rows.get(pair["removed"]), rows.get(pair["kept"])
+        images = [thumbnail_uri(row["jpg"]) if row else None for row in (removed, kept)]
+        if None not in images:
+            pairs.append((Sample(images[0], removed.get("text") or "", f"removed: cosine {pair['similarity']:.3f}"),
+                          Sample(images[1], kept.get("text") or "", "kept")))
+    return pairs
 
 
 def pick_spread(ledger: pa.Table, limit: int) -> dict[str, tuple[str, str]]:

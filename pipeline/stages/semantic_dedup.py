@@ -2,12 +2,14 @@
 
 Rows whose image embedding has cosine similarity >= 1 - `eps` to a kept row of the same
 k-means cluster are dropped as `semantic_duplicate` (re-crops, colour shifts, re-encodes
-that a perceptual hash misses). Three phases, no engine shuffle, the driver holds no rows:
+that a perceptual hash misses). Four phases, no engine shuffle, the driver holds no rows:
 
-    sample   one task:   reads `uid` + `image_embedding` of every part, keeps the (at most
-                         `sample_rows`) rows with the smallest hash of (seed, uid), trains
-                         spherical k-means (faiss) on them; the centroids are the task's
-                         extras (`sample/done/part-00000.npz`), its data the sampled uids
+    pick     per group:  `uid` + `image_embedding` of the rows whose hash of (seed, uid) is
+                         below a cut that keeps ~1.2 x `sample_rows` of all rows (in parallel)
+    sample   one task:   reads the picked rows only, keeps the (at most `sample_rows`) with
+                         the smallest hash, trains spherical k-means (faiss) on them; the
+                         centroids are the task's extras (`sample/done/part-00000.npz`), its
+                         data the sampled uids
     scatter  per group:  nearest centroid of each row -> `_cluster`, `_centroid_sim`;
                          rows written as row groups keyed by cluster
     reduce   per range:  a range of clusters from every scatter file; within each cluster,
@@ -65,6 +67,7 @@ IMAGE_EMBEDDING, TEXT_EMBEDDING = "image_embedding", "text_embedding"
 CLUSTER, CENTROID_SIM = "_cluster", "_centroid_sim"
 MIN_POINTS_PER_CENTROID = 39
 BLOCK = 1024   # rows compared at once within a cluster
+EXAMPLES = 12  # removed pairs (with what they duplicate) each reduce task keeps for the report
 
 
 # --- pieces, usable without a run -----------------------------------------------------------
@@ -132,32 +135,45 @@ def keep_order(centroid_sim: np.ndarray, uids: list[str], pos: np.ndarray, polic
     return np.lexsort((np.asarray(pos), uid, first)).astype(np.int64)
 
 
-def greedy_duplicates(x: np.ndarray, threshold: float, block: int = BLOCK) -> np.ndarray:
-    """Rows of `x` in keep order: True where a row is within `threshold` cosine similarity
-    of an earlier kept row (then it is not kept itself)."""
+def greedy_duplicates(x: np.ndarray, threshold: float, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `x` in keep order: the index of an earlier kept row within `threshold` cosine
+    similarity (the most similar of the earlier blocks, or of its own), -1 where there is
+    none (the row is kept), and that similarity."""
     n = len(x)
-    dup = np.zeros(n, dtype=bool)
-    kept: list[np.ndarray] = []
+    of = np.full(n, -1, dtype=np.int64)
+    best = np.full(n, -np.inf, dtype=np.float32)
+    kept: list[tuple[np.ndarray, np.ndarray]] = []   # (indices, vectors) of kept rows, per block
     for start in range(0, n, block):
         chunk = x[start:start + block]
-        close = np.zeros(len(chunk), dtype=bool)
-        for held in kept:
-            close |= (chunk @ held.T >= threshold).any(axis=1)
-        inner = chunk @ chunk.T >= threshold
-        chosen = []
+        near, sim = np.full(len(chunk), -1, dtype=np.int64), np.full(len(chunk), -np.inf, np.float32)
+        for indices, held in kept:
+            sims = chunk @ held.T
+            j = sims.argmax(axis=1)
+            top = sims[np.arange(len(chunk)), j]
+            better = top > sim
+            near[better], sim[better] = indices[j[better]], top[better]
+        near[sim < threshold] = -1
+        inner = chunk @ chunk.T
+        chosen: list[int] = []
         for i in range(len(chunk)):
-            if close[i] or (chosen and inner[i, chosen].any()):
-                dup[start + i] = True
-            else:
+            if near[i] < 0 and chosen:
+                j = int(np.argmax(inner[i, chosen]))
+                if inner[i, chosen[j]] >= threshold:
+                    near[i], sim[i] = start + chosen[j], inner[i, chosen[j]]
+            if near[i] < 0:
                 chosen.append(i)
-        kept.append(chunk[chosen])
-    return dup
+        of[start:start + len(chunk)], best[start:start + len(chunk)] = near, sim
+        if chosen:
+            kept.append((start + np.array(chosen, dtype=np.int64), chunk[chosen]))
+    return of, best
 
 
 def cluster_duplicates(x: np.ndarray, cluster: np.ndarray, centroid_sim: np.ndarray, uids: list[str],
-                       pos: np.ndarray, settings: SemanticDedupSettings, seed: int) -> np.ndarray:
-    """Per row: a semantic duplicate of a kept row of its cluster?"""
-    dup = np.zeros(len(x), dtype=bool)
+                       pos: np.ndarray, settings: SemanticDedupSettings, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the row (of its cluster, kept) it is a semantic duplicate of, or -1; and
+    the similarity to it."""
+    of = np.full(len(x), -1, dtype=np.int64)
+    sim = np.zeros(len(x), dtype=np.float32)
     valid = np.linalg.norm(x, axis=1) > 0      # a row without an embedding is never compared
     threshold = 1.0 - float(settings.eps)
     rows = np.flatnonzero(valid)
@@ -166,8 +182,20 @@ def cluster_duplicates(x: np.ndarray, cluster: np.ndarray, centroid_sim: np.ndar
     for members in np.split(rows, starts) if len(rows) else []:
         order = members[keep_order(centroid_sim[members], [uids[i] for i in members],
                                    pos[members], settings.keep, seed)]
-        dup[order] = greedy_duplicates(x[order], threshold)
-    return dup
+        near, best = greedy_duplicates(x[order], threshold)
+        dup = near >= 0
+        of[order[dup]], sim[order[dup]] = order[near[dup]], best[dup]
+    return of, sim
+
+
+def example_pairs(uids: list[str], of: np.ndarray, sim: np.ndarray, count: int) -> dict[str, np.ndarray]:
+    """The `count` duplicates with the smallest uids (a stable, arbitrary choice), each with
+    the uid of the kept row it duplicates and the similarity: what the report shows."""
+    dup = np.flatnonzero(of >= 0)
+    dup = dup[np.argsort(np.array([uids[i] for i in dup], dtype="U"), kind="stable")][:count]
+    return {"removed": np.array([uids[i] for i in dup], dtype="U"),
+            "kept": np.array([uids[of[i]] for i in dup], dtype="U"),
+            "similarity": sim[dup].astype(np.float32)}
 
 
 # --- phases --------------------------------------------------------------------------------
@@ -195,6 +223,38 @@ class ReadSample:
         keys = uid_order_keys(uids, self.seed)
         order = np.lexsort((table[POS].to_numpy(), np.array(uids, dtype="U"), keys))
         return table.take(pa.array(order[:self.rows].astype(np.int64)))
+
+
+SAMPLE_MARGIN = 1.2   # `pick` keeps this many times `sample_rows` rows, in expectation
+
+
+def sample_cut(rows: int, sample_rows: int) -> int:
+    """The hash below which `pick` keeps a row: a share of the 64-bit range that holds
+    SAMPLE_MARGIN x `sample_rows` of `rows` rows in expectation (every row when that is all)."""
+    share = SAMPLE_MARGIN * sample_rows / max(rows, 1)
+    return (1 << 64) - 1 if share >= 1 else int(share * (1 << 64))
+
+
+@dataclass
+class ReadPicked:
+    """Reader of `pick` (one task per group of parts, in parallel): uid and embedding of the
+    rows whose hash of (seed, uid) is at most `cut`, a set that does not depend on how rows
+    are split in parts (one part at a time in memory)."""
+    refs: list
+    cut: int
+    seed: int
+
+    def __call__(self) -> pa.Table:
+        return parts.concat([self.pick(parts.read_ref(ref, ["uid", POS, IMAGE_EMBEDDING]))
+                             for ref in parts.as_refs(self.refs)])
+
+    def pick(self, table: pa.Table) -> pa.Table:
+        keys = uid_order_keys(table["uid"].to_pylist(), self.seed)
+        return table.filter(pa.array(keys <= np.uint64(self.cut)))
+
+
+def keep_all(table: pa.Table) -> pa.Table:
+    return table
 
 
 @dataclass
@@ -233,14 +293,16 @@ class DropSemanticDuplicates:
     seed: int
     keep_embeddings: bool
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        dup = cluster_duplicates(embeddings_of(table[IMAGE_EMBEDDING]), table[CLUSTER].to_numpy(),
-                                 table[CENTROID_SIM].to_numpy(), table["uid"].to_pylist(),
-                                 table[POS].to_numpy(), self.settings, self.seed)
+    def __call__(self, table: pa.Table):
+        uids = table["uid"].to_pylist()
+        of, sim = cluster_duplicates(embeddings_of(table[IMAGE_EMBEDDING]), table[CLUSTER].to_numpy(),
+                                     table[CENTROID_SIM].to_numpy(), uids,
+                                     table[POS].to_numpy(), self.settings, self.seed)
         drop = [CENTROID_SIM] + ([] if self.keep_embeddings else
                                  [c for c in (IMAGE_EMBEDDING, TEXT_EMBEDDING) if c in table.column_names])
-        reason = pc.if_else(pa.array(dup), pa.scalar(SEMANTIC_DUPLICATE), pa.scalar(None, pa.string()))
-        return table.drop_columns(drop).append_column(REASON, reason)
+        reason = pc.if_else(pa.array(of >= 0), pa.scalar(SEMANTIC_DUPLICATE), pa.scalar(None, pa.string()))
+        examples = example_pairs(uids, of, sim, EXAMPLES)
+        return table.drop_columns(drop).append_column(REASON, reason), examples if len(examples["removed"]) else {}
 
 
 # --- stage and step ------------------------------------------------------------------------
@@ -273,11 +335,14 @@ class SemanticDedupStep(Step):
         counts = rows_of(inputs)
         rows = sum(counts)
         k = self.clusters_for(rows)
-        ctx.run_phase("sample", [ReadSample(inputs, self.settings.sample_rows, ctx.seed)],
+        groups = group_by_rows(inputs, ctx.task_rows, counts)
+        cut = sample_cut(rows, self.settings.sample_rows)
+        ctx.run_phase("pick", [ReadPicked(g, cut, ctx.seed) for g in groups], keep_all, counted=False)
+        picked = ctx.data_parts("pick", len(groups))
+        ctx.run_phase("sample", [ReadSample(picked, self.settings.sample_rows, ctx.seed)],
                       TrainKMeans(k, ctx.seed, self.settings.niter), counted=False)
         ctx.record["semantic_dedup"] = {"clusters": k, "sample_rows": min(rows, self.settings.sample_rows),
                                         "centroids": "sample/done/part-00000.npz"}
-        groups = group_by_rows(inputs, ctx.task_rows, counts)
         stats = ctx.run_phase("scatter", [ReadParts(g) for g in groups],
                               AssignClusters(ctx.phase_dir("sample")), row_group_key=CLUSTER)
         scattered = ctx.data_parts("scatter", len(groups))
@@ -287,7 +352,15 @@ class SemanticDedupStep(Step):
         op = DropSemanticDuplicates(self.settings, ctx.seed, self.keep_embeddings)
         reduced = ctx.run_phase("reduce", [ReadParts(bucket_refs(scattered, stats, r)) for r in ranges],
                                 op, row_group_key=CLUSTER)
+        ctx.record["semantic_dedup"]["examples"] = examples(ctx.extras("reduce"), EXAMPLES)
         return ctx.keyed_parts("reduce", reduced, [list(r) for r in ranges])
+
+
+def examples(extras, count: int) -> list[dict]:
+    """The `count` example pairs with the smallest removed uids over every reduce task."""
+    found = [{"removed": str(r), "kept": str(k), "similarity": round(float(s), 4)}
+             for e in extras for r, k, s in zip(e["removed"], e["kept"], e["similarity"])]
+    return sorted(found, key=lambda pair: pair["removed"])[:count]
 
 
 def build_step(settings: SemanticDedupSettings, run) -> SemanticDedupStep:

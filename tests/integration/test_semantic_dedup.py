@@ -98,7 +98,7 @@ def runs(tmp_path_factory, tiny_clip_checkpoint):
         many = config_for(folder, pairs, tiny_clip_checkpoint, "many", 6, 2, task_rows=10, **sem)
         many["clip_score"]["keep_embeddings"] = True
         run(many)
-    return folder, dict(zip(urls, groups))
+        yield folder, dict(zip(urls, groups))   # the web stays up for the engine runs
 
 
 def precision_recall(run_dir, group_of: dict) -> tuple[float, float, dict]:
@@ -146,3 +146,34 @@ def test_same_kept_set_for_any_part_count(runs):
     kept = read_dataset(folder / "many" / "kept")
     assert {"image_embedding", "text_embedding"} <= set(kept.column_names)
     assert (folder / "many" / "embeddings" / "_SUCCESS").exists()
+
+
+def test_report_shows_removed_pairs_beside_what_they_duplicate(runs):
+    import json
+
+    from pipeline.report.page import write_report
+
+    folder, group_of = runs
+    run_dir = folder / "one"
+    step = next((run_dir / "steps").glob("*_semantic_dedup"))
+    examples = json.loads((step / "stats.json").read_text())["semantic_dedup"]["examples"]
+    url_of = dict(zip(*(read_dataset(run_dir / "ledger")[c].to_pylist() for c in ("uid", "url"))))
+    url_of.update(zip(*(read_dataset(run_dir / "kept")[c].to_pylist() for c in ("uid", "url"))))
+    assert len(examples) == 10   # every removed pair of the labelled set (at most 12 are kept)
+    assert all(group_of[url_of[p["removed"]]] == group_of[url_of[p["kept"]]] for p in examples)
+    assert all(p["kept"] in kept_uids(run_dir) and p["similarity"] >= 1 - EPS for p in examples)
+    html = open(write_report(run_dir)).read()
+    section = html[html.index('<section id="semantic">'):]
+    section = section[:section.index("</section>")]
+    assert section.count('<div class="pair">') == 8 and section.count("removed: cosine") == 8
+
+
+@pytest.mark.parametrize("engine", ["ray", "spark"])
+def test_same_result_on_ray_and_spark(runs, tiny_clip_checkpoint, engine):
+    folder, _ = runs
+    cfg = config_for(folder, folder / "pairs.parquet", tiny_clip_checkpoint, engine, 6, 2, task_rows=10,
+                     semantic_dedup={"clusters": 3})
+    run({**cfg, "engine": engine, "ray": {"num_cpus": 2}, "spark": {"master": "local[2]"}})
+    assert_run_invariants(folder / engine)
+    assert kept_uids(folder / engine) == kept_uids(folder / "one")
+    assert ledger_rows(folder / engine) == ledger_rows(folder / "one")

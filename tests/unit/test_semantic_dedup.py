@@ -3,7 +3,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.stages.semantic_dedup import (SemanticDedupSettings, auto_clusters, cluster_duplicates,
+from pipeline.stages.semantic_dedup import (SemanticDedupSettings, auto_clusters, cluster_duplicates, example_pairs,
                                             greedy_duplicates, keep_order, nearest_centroid,
                                             train_centroids)
 
@@ -24,7 +24,8 @@ def run_clusters(x, settings, seed=0, k=4):
     centroids = train_centroids(x, k, seed)
     cluster, sim = nearest_centroid(x, centroids)
     uids = [f"{i:032x}" for i in range(len(x))]
-    return cluster_duplicates(x, cluster, sim, uids, np.arange(len(x)), settings, seed), cluster, sim
+    of, _ = cluster_duplicates(x, cluster, sim, uids, np.arange(len(x)), settings, seed)
+    return of >= 0, cluster, sim
 
 
 def test_near_copies_collapse_to_one_per_group_distinct_points_survive():
@@ -78,7 +79,23 @@ def test_greedy_compares_with_kept_rows_only_across_blocks():
     thr = 0.97
     assert x[0] @ x[1] >= thr and x[1] @ x[2] >= thr and x[0] @ x[2] < thr
     for block in (1, 2, 1024):
-        assert greedy_duplicates(x, thr, block=block).tolist() == [False, True, False]
+        of, sim = greedy_duplicates(x, thr, block=block)
+        assert of.tolist() == [-1, 0, -1], "b duplicates a, the kept row before it"
+        assert abs(sim[1] - x[0] @ x[1]) < 1e-6
+
+
+def test_each_duplicate_names_a_kept_row_of_its_group():
+    x, group = groups_of_near_copies()
+    centroids = train_centroids(x, 4, 0)
+    cluster, sim = nearest_centroid(x, centroids)
+    uids = [f"{i:032x}" for i in range(len(x))]
+    of, similarity = cluster_duplicates(x, cluster, sim, uids, np.arange(len(x)), SemanticDedupSettings(eps=0.05), 0)
+    dup = np.flatnonzero(of >= 0)
+    assert len(dup) == 60 and (of[of[dup]] == -1).all(), "each names a kept row"
+    assert (group[of[dup]] == group[dup]).all() and (similarity[dup] >= 0.95).all()
+    pairs = example_pairs(uids, of, similarity, 5)
+    assert pairs["removed"].tolist() == sorted(uids[i] for i in dup)[:5]
+    assert [uids.index(k) for k in pairs["kept"]] == [of[uids.index(r)] for r in pairs["removed"]]
 
 
 def test_centroids_deterministic_and_auto_clusters():
@@ -139,8 +156,8 @@ def test_phase_ops_on_tiny_and_empty_tables(tmp_path, rows):
     with storage.committing(part_path(sample_dir, "done", 0, ".npz")) as tmp, open(tmp, "wb") as out:
         np.savez(out, **extras)
     assigned = AssignClusters(sample_dir)(table)
-    reduced = DropSemanticDuplicates(SemanticDedupSettings(), 0, keep_embeddings=False)(assigned)
-    assert reduced.num_rows == rows and "image_embedding" not in reduced.column_names
+    reduced, examples = DropSemanticDuplicates(SemanticDedupSettings(), 0, keep_embeddings=False)(assigned)
+    assert not examples and reduced.num_rows == rows and "image_embedding" not in reduced.column_names
     assert reduced["_reason"].null_count == rows   # distinct points: none dropped
 
 
@@ -160,3 +177,27 @@ def test_sample_is_the_same_for_any_split_of_the_rows(tmp_path):
     other_seed = ReadSample([str(tmp_path / "one.parquet")], 30, seed=4)()
     assert one.num_rows == 30 and one["uid"].to_pylist() == four["uid"].to_pylist()
     assert set(one["uid"].to_pylist()) != set(other_seed["uid"].to_pylist())
+
+
+def test_pick_keeps_the_same_rows_for_any_split_and_holds_the_sample(tmp_path):
+    """`pick` runs per group of parts: what it keeps depends on the rows, not the split, and
+    holds the `sample_rows` smallest hashes, so the sample equals one read of every row."""
+    import pyarrow.parquet as pq
+
+    from pipeline.stages.semantic_dedup import ReadPicked, ReadSample, sample_cut
+
+    x, _ = groups_of_near_copies(groups=500, copies=2, dim=8)
+    uids = [f"{i * 7919:032x}"[::-1] for i in range(len(x))]
+    table = embedding_table(x, uids)
+    pq.write_table(table, tmp_path / "all.parquet")
+    for i in range(4):
+        pq.write_table(table.slice(i * 250, 250), tmp_path / f"p{i}.parquet")
+    cut = sample_cut(len(x), 100)
+    whole = ReadPicked([str(tmp_path / "all.parquet")], cut, seed=3)()
+    pieces = [ReadPicked([str(tmp_path / f"p{i}.parquet")], cut, seed=3)() for i in range(4)]
+    assert sorted(whole["uid"].to_pylist()) == sorted(u for p in pieces for u in p["uid"].to_pylist())
+    assert 100 < whole.num_rows < 160, "about 1.2 x the sample"
+    pq.write_table(whole, tmp_path / "picked.parquet")
+    assert (ReadSample([str(tmp_path / "picked.parquet")], 100, 3)()["uid"].to_pylist()
+            == ReadSample([str(tmp_path / "all.parquet")], 100, 3)()["uid"].to_pylist())
+    assert sample_cut(50, 100) == (1 << 64) - 1
