@@ -233,10 +233,12 @@ def unified_schema(refs: list) -> pa.Schema:
 def finalize_part(job) -> tuple[tuple[str, int], ...]:
     """Write one kept part, its ledger rows and its index rows; returns each file's (name, size)."""
     ref, kept_path, ledger_path, index_path, schema = job
-    table = parts.public_columns(images.attach_images(parts.read_ref(ref)))
+    table = images.attach_images(parts.read_ref(ref))
+    index = run_index.index_table(table)
+    table = parts.public_columns(table)
     table = table.select([n for n in schema.names if n in table.column_names])
     table = parts.conform(table, schema)
-    parts.write_parquet(run_index.index_table(table), index_path)
+    parts.write_parquet(index, index_path)
     parts.write_parquet(table, kept_path)
     ledger = pa.table({"uid": table["uid"], "url": table["url"],
                        "stage": pa.array(["kept"] * table.num_rows, pa.string()),

@@ -2,7 +2,8 @@
 
 Every run writes `<run>/index/` when it finalizes: one parquet file per kept part with the
 kept rows' `uid`, `sha256` (of the stored image) and `phash` (16 hex digits), null where a
-stage did not run: about 60 bytes per kept row once compressed, and never an image byte.
+stage did not run: about 60 bytes per kept row once compressed, and never an image byte
+(plus the image embedding where semantic_dedup ran).
 A later run with `exclude: [RUN_DIR, ...]` drops every row whose uid, sha256 or phash (within
 `image_dedup.phash_distance`) one of those runs holds, as `in_earlier_run`, at the earliest
 step that can tell, reading only these indexes:
@@ -13,7 +14,9 @@ step that can tell, reading only these indexes:
   once per worker: 16 bytes per earlier row);
 - sha256: the download task, before any image byte is stored (`KeySet` of the earlier
   sha256s, once per worker);
-- phash: image_dedup adds the earlier hashes (and sha256s) to its LSH buckets.
+- phash: image_dedup adds the earlier hashes (and sha256s) to its LSH buckets;
+- image embedding (runs where semantic_dedup ran write it, ~2 x dim bytes a row): the
+  earlier embeddings join semantic_dedup's clusters, and a row within `eps` of one goes.
 
 The driver lists the index files and reads their footers (row counts), never their rows.
 A run folder from before the index existed is read through its `kept/` (same columns).
@@ -32,13 +35,23 @@ INDEX = "index"
 COLUMNS = ("uid", "sha256", "phash")
 IN_EARLIER_RUN = "in_earlier_run"
 SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
+EMBEDDING = "image_embedding"           # float16, L2-normalised (where semantic_dedup ran)
+INDEX_EMBEDDING = "_index_embedding"    # the same, carried to the index only (not in kept/)
 
 
 def index_table(kept: pa.Table) -> pa.Table:
-    """The index rows of some kept rows (columns a run lacks are null)."""
+    """The index rows of some kept rows (columns a run lacks are null), with the image
+    embedding where the rows carry one (semantic_dedup's, or clip_score's kept ones)."""
     columns = [kept[name].cast(pa.string()) if name in kept.column_names
                else pa.nulls(kept.num_rows, pa.string()) for name in COLUMNS]
-    return pa.table(columns, schema=SCHEMA)
+    table = pa.table(columns, schema=SCHEMA)
+    embedding = next((c for c in (INDEX_EMBEDDING, EMBEDDING) if c in kept.column_names), None)
+    return table if embedding is None else table.append_column(EMBEDDING, kept[embedding])
+
+
+def with_embeddings(files: Iterable[str]) -> list[str]:
+    """The index files that hold image embeddings."""
+    return [f for f in files if EMBEDDING in parts.read_schema(f).names]
 
 
 def earlier_files(runs: Iterable[str], run_dir: Optional[str] = None) -> list[str]:

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core import parts
+from pipeline.core import parts, run_index
 from pipeline.core.hashing import splitmix64, uid_to_u64
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import POS, REASON, Stage
@@ -65,6 +65,8 @@ SETTINGS = SemanticDedupSettings
 SEMANTIC_DUPLICATE = "semantic_duplicate"
 IMAGE_EMBEDDING, TEXT_EMBEDDING = "image_embedding", "text_embedding"
 CLUSTER, CENTROID_SIM = "_cluster", "_centroid_sim"
+IN_EARLIER = "_in_earlier"
+IN_EARLIER_RUN, INDEX_EMBEDDING = run_index.IN_EARLIER_RUN, run_index.INDEX_EMBEDDING
 MIN_POINTS_PER_CENTROID = 39
 BLOCK = 1024   # rows compared at once within a cluster
 EXAMPLES = 12  # removed pairs (with what they duplicate) each reduce task keeps for the report
@@ -286,6 +288,50 @@ class AssignClusters:
         return table.sort_by([(CLUSTER, "ascending"), (POS, "ascending")])
 
 
+def earlier_matches(x: np.ndarray, cluster: np.ndarray, old: np.ndarray, old_cluster: np.ndarray,
+                    threshold: float, block: int = BLOCK) -> np.ndarray:
+    """Per row of `x`: within `threshold` cosine similarity of an earlier run's row of the
+    same cluster?"""
+    found = np.zeros(len(x), dtype=bool)
+    for c in np.intersect1d(cluster, old_cluster):
+        rows, held = np.flatnonzero(cluster == c), old[old_cluster == c]
+        for start in range(0, len(rows), block):
+            chunk = rows[start:start + block]
+            found[chunk] = (x[chunk] @ held.T >= threshold).any(axis=1)
+    return found & (np.linalg.norm(x, axis=1) > 0)
+
+
+@dataclass
+class ReadClusters:
+    """Reader of `reduce`: a range of clusters' rows; with `earlier` (the earlier runs'
+    embeddings scattered into the same clusters), `_in_earlier` flags the rows within `eps`
+    of one of them."""
+    refs: list
+    earlier: list
+    threshold: float
+
+    def __call__(self) -> pa.Table:
+        table = ReadParts(self.refs)()
+        if not self.earlier:
+            return table
+        old = parts.concat([parts.read_ref(ref, [CLUSTER, IMAGE_EMBEDDING]) for ref in parts.as_refs(self.earlier)])
+        found = earlier_matches(embeddings_of(table[IMAGE_EMBEDDING]), table[CLUSTER].to_numpy(),
+                                embeddings_of(old[IMAGE_EMBEDDING]), old[CLUSTER].to_numpy(), self.threshold)
+        return table.append_column(IN_EARLIER, pa.array(found))
+
+
+@dataclass
+class ReadEarlierEmbeddings:
+    """Reader of `earlier`: the image embeddings of some earlier runs' index files."""
+    refs: list
+
+    def __call__(self) -> pa.Table:
+        tables = [parts.read_ref(ref, ["uid", IMAGE_EMBEDDING]) for ref in parts.as_refs(self.refs)]
+        table = parts.concat(tables)
+        table = table.filter(pc.is_valid(table[IMAGE_EMBEDDING]))
+        return table.append_column(POS, pa.array(np.full(table.num_rows, -1, np.int64)))
+
+
 @dataclass
 class DropSemanticDuplicates:
     """Op of `reduce`: `semantic_duplicate` per cluster; embeddings dropped unless kept."""
@@ -295,14 +341,20 @@ class DropSemanticDuplicates:
 
     def __call__(self, table: pa.Table):
         uids = table["uid"].to_pylist()
-        of, sim = cluster_duplicates(embeddings_of(table[IMAGE_EMBEDDING]), table[CLUSTER].to_numpy(),
-                                     table[CENTROID_SIM].to_numpy(), uids,
+        x = embeddings_of(table[IMAGE_EMBEDDING])
+        earlier = (table[IN_EARLIER].to_numpy(zero_copy_only=False) if IN_EARLIER in table.column_names
+                   else np.zeros(table.num_rows, dtype=bool))
+        x[earlier] = 0   # rows of an earlier run go as such, and are never compared here
+        of, sim = cluster_duplicates(x, table[CLUSTER].to_numpy(), table[CENTROID_SIM].to_numpy(), uids,
                                      table[POS].to_numpy(), self.settings, self.seed)
-        drop = [CENTROID_SIM] + ([] if self.keep_embeddings else
-                                 [c for c in (IMAGE_EMBEDDING, TEXT_EMBEDDING) if c in table.column_names])
-        reason = pc.if_else(pa.array(of >= 0), pa.scalar(SEMANTIC_DUPLICATE), pa.scalar(None, pa.string()))
+        reasons = np.where(earlier, IN_EARLIER_RUN, np.where(of >= 0, SEMANTIC_DUPLICATE, None))
+        table = table.drop_columns([c for c in (CENTROID_SIM, IN_EARLIER) if c in table.column_names])
+        if not self.keep_embeddings:   # the image embedding goes on to the run's index only
+            table = table.drop_columns([c for c in (TEXT_EMBEDDING,) if c in table.column_names])
+            table = table.rename_columns([INDEX_EMBEDDING if c == IMAGE_EMBEDDING else c for c in table.column_names])
         examples = example_pairs(uids, of, sim, EXAMPLES)
-        return table.drop_columns(drop).append_column(REASON, reason), examples if len(examples["removed"]) else {}
+        return (table.append_column(REASON, pa.array(reasons.tolist(), pa.string())),
+                examples if len(examples["removed"]) else {})
 
 
 # --- stage and step ------------------------------------------------------------------------
@@ -315,8 +367,10 @@ class SemanticDedupStage(Stage):
 
 
 class SemanticDedupStep(Step):
-    def __init__(self, settings: SemanticDedupSettings, keep_embeddings: bool = True):
+    def __init__(self, settings: SemanticDedupSettings, keep_embeddings: bool = True,
+                 exclude: list[str] = ()):
         super().__init__(SemanticDedupStage, settings)
+        self.exclude = list(exclude)
         if not 0 <= float(settings.eps) < 1:
             raise UserError(f"semantic_dedup.eps must be in [0, 1), got {settings.eps}")
         if settings.keep not in ("hard", "easy", "random"):
@@ -350,10 +404,23 @@ class SemanticDedupStep(Step):
 
         ranges = bucket_ranges(k, -(-rows // ctx.task_rows))
         op = DropSemanticDuplicates(self.settings, ctx.seed, self.keep_embeddings)
-        reduced = ctx.run_phase("reduce", [ReadParts(bucket_refs(scattered, stats, r)) for r in ranges],
-                                op, row_group_key=CLUSTER)
+        earlier = self.scatter_earlier(ctx)
+        threshold = 1.0 - float(self.settings.eps)
+        reduced = ctx.run_phase("reduce", [ReadClusters(bucket_refs(scattered, stats, r), earlier(r), threshold)
+                                           for r in ranges], op, row_group_key=CLUSTER)
         ctx.record["semantic_dedup"]["examples"] = examples(ctx.extras("reduce"), EXAMPLES)
         return ctx.keyed_parts("reduce", reduced, [list(r) for r in ranges])
+
+    def scatter_earlier(self, ctx: StepContext):
+        """The excluded runs' embeddings in this run's clusters: range -> their row groups."""
+        files = parts.as_refs(run_index.with_embeddings(run_index.earlier_files(self.exclude))) if self.exclude else []
+        if not files:
+            return lambda clusters: []
+        groups = group_by_rows(files, ctx.task_rows)
+        stats = ctx.run_phase("earlier", [ReadEarlierEmbeddings(g) for g in groups],
+                              AssignClusters(ctx.phase_dir("sample")), row_group_key=CLUSTER, counted=False)
+        scattered = ctx.data_parts("earlier", len(groups))
+        return lambda clusters: bucket_refs(scattered, stats, clusters)
 
 
 def examples(extras, count: int) -> list[dict]:
@@ -365,4 +432,5 @@ def examples(extras, count: int) -> list[dict]:
 
 def build_step(settings: SemanticDedupSettings, run) -> SemanticDedupStep:
     clip = run.section("clip_score") if run is not None else None
-    return SemanticDedupStep(settings, keep_embeddings=bool(clip and clip.keep_embeddings))
+    return SemanticDedupStep(settings, keep_embeddings=bool(clip and clip.keep_embeddings),
+                             exclude=run.exclude if run is not None else [])
