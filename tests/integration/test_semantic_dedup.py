@@ -199,7 +199,8 @@ def test_a_later_run_excludes_what_an_earlier_one_holds_by_embedding(tmp_path, t
                 urls.append(web.url(f"/{name}/{i}.jpg"))
             pq.write_table(pa.table({"url": urls, "text": [captions[i] for i in rows]}), tmp_path / f"{name}.parquet")
             return dict(zip(urls, rows))
-        a_rows, b_rows = pairs("a", in_a), pairs("b", in_b)
+        pairs("a", in_a)
+        b_rows = pairs("b", in_b)
         one = {"semantic_dedup": {"clusters": 1}}
         run(config_for(tmp_path, tmp_path / "a.parquet", tiny_clip_checkpoint, "A", 1000, 1, **one))
         summary = run(config_for(tmp_path, tmp_path / "b.parquet", tiny_clip_checkpoint, "B", 8, 2,
