@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline import blocklist
 from pipeline.core import images, parts, run_index, storage
 from pipeline.config import RunSettings
 from pipeline.stages import STAGES, dedup
@@ -28,7 +29,8 @@ def build_steps(settings, crawled: list[str] = ()) -> list[Step]:
     Excluded runs' uids are dropped by dedup when it joins on uid, else by ingest."""
     deduplicating = settings.section("dedup")
     uids_at_dedup = deduplicating is not None and dedup.joins_uids(deduplicating)
-    steps: list[Step] = [IngestStep(settings.input, crawled, [] if uids_at_dedup else settings.exclude)]
+    steps: list[Step] = [IngestStep(settings.input, crawled, [] if uids_at_dedup else settings.exclude,
+                                    settings.blocklist)]
     for stage in STAGES:
         section = settings.section(stage.SECTION)
         if section is not None:
@@ -43,13 +45,15 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
     settings = in_one_process_for_memory(settings, run_dir)
     storage.makedirs(run_dir)
     settings = with_earlier_runs(settings, run_dir)
+    settings = with_blocklists(settings)
     check_same_config(settings, run_dir)
     with make_engine(settings) as engine:
         crawled = []
         if settings.section("crawl"):
             from pipeline.stages.crawl_step import run_crawl
 
-            crawled = run_crawl(settings.crawl, settings.allow_networks, run_dir, engine, log)
+            crawled = run_crawl(settings.crawl, settings.allow_networks, run_dir, engine, log,
+                                settings.blocklist)
         steps = build_steps(settings, crawled)
         inputs: list = []
         records = []
@@ -100,6 +104,18 @@ def with_earlier_runs(settings: RunSettings, run_dir: str) -> RunSettings:
     exclude = [storage.absolute(path) for path in settings.exclude]
     run_index.earlier_files(exclude, run_dir)
     return dataclasses.replace(settings, exclude=exclude)
+
+
+def with_blocklists(settings: RunSettings) -> RunSettings:
+    """The blocklist files as absolute paths, each read once here: a bad list fails the run
+    before any work starts."""
+    lists = settings.blocklist
+    if not lists.any():
+        return settings
+    lists = dataclasses.replace(lists, **{kind: [storage.absolute(p) for p in getattr(lists, kind)]
+                                          for kind in blocklist.KINDS})
+    blocklist.check(lists)
+    return dataclasses.replace(settings, blocklist=lists)
 
 
 def write_report_quietly(run_dir: str, log) -> None:

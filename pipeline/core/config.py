@@ -31,6 +31,19 @@ class InputSettings:
 
 
 @dataclass
+class BlocklistSettings:
+    """Lists of what a released dataset must not hold (`pipeline.blocklist`): files, text or
+    parquet, local or on an object store."""
+    urls: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
+    md5: list[str] = field(default_factory=list)       # of the original image bytes
+    sha256: list[str] = field(default_factory=list)    # of the original image bytes
+
+    def any(self, *kinds: str) -> bool:
+        return any(getattr(self, kind) for kind in (kinds or ("urls", "domains", "md5", "sha256")))
+
+
+@dataclass
 class RaySettings:
     address: Optional[str] = None        # default: RAY_ADDRESS, else start a local instance
     num_cpus: Optional[int] = None
@@ -54,6 +67,7 @@ class GeneralSettings:
     task_rows: int = 1_000_000           # rows one task of a global step holds at most (memory)
     allow_networks: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)   # earlier run folders: drop what they hold
+    blocklist: BlocklistSettings = field(default_factory=BlocklistSettings)
     storage_options: dict[str, Any] = field(default_factory=dict)   # for fsspec (s3fs, gcsfs)
     ray: RaySettings = field(default_factory=RaySettings)
     spark: SparkSettings = field(default_factory=SparkSettings)

@@ -27,6 +27,7 @@ from pipeline.core import images, parts, storage
 from pipeline.core.stage import DEFERRED, REASON, Resources, set_column
 
 SOURCE_STATS = b"curate.source"   # table metadata a reader may set: what it read (JSON)
+BLOCKLISTED = "blocklisted"   # pipeline.blocklist's reason
 LEDGER_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()),
                            ("stage", pa.string()), ("reason", pa.string())])
 
@@ -137,9 +138,10 @@ def split_by_reason(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
     is_dropped = pc.is_valid(reasons)
     kept = table.filter(pc.invert(is_dropped)).drop_columns([REASON])
     dropped = table.filter(is_dropped)
+    blocked = pc.equal(dropped[REASON], BLOCKLISTED)   # the ledger never names a blocked URL
     ledger = pa.table({
         "uid": dropped["uid"].cast(pa.string()),
-        "url": dropped["url"].cast(pa.string()),
+        "url": pc.if_else(blocked, pa.scalar(None, pa.string()), dropped["url"].cast(pa.string())),
         "stage": pa.array([stage] * dropped.num_rows, pa.string()),
         "reason": dropped[REASON].cast(pa.string()),
     }, schema=LEDGER_SCHEMA)

@@ -28,7 +28,9 @@ from typing import Callable, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import blocklist
 from pipeline.core import parts, storage
+from pipeline.core.config import BlocklistSettings
 from pipeline.core.parts import PartRef
 from pipeline.crawl.crawler import CRAWL_SCHEMA, Crawler, guarded_fetch, site_key
 from pipeline.crawl.politeness import host_of
@@ -57,6 +59,7 @@ class CrawlOptions:
     per_host_limit: int = 2
     max_redirects: int = 5
     max_bytes: int = 5_000_000
+    blocklist: Optional[BlocklistSettings] = None   # blocked image URLs and domains: never written
 
     def crawler(self, fetch=None) -> Crawler:
         fetch = fetch or guarded_fetch(self.allow_networks, self.timeout, self.max_bytes, self.user_agent)
@@ -64,6 +67,18 @@ class CrawlOptions:
                        respect_robots=self.respect_robots, user_agent=self.user_agent, fetch=fetch,
                        concurrency=self.concurrency, per_host_limit=self.per_host_limit,
                        per_host_delay=0.0, max_redirects=self.max_redirects)
+
+
+def without_blocked(rows: dict, links, blocked) -> tuple[dict, list, int]:
+    """The pairs whose image URL (or its domain) and the links whose URL is not on a
+    blocklist: a blocked URL is never written to the run folder, nor a blocked site crawled."""
+    if blocked is None:
+        return rows, links, 0
+    drop = blocked.urls_blocked(rows["url"])
+    rows = {name: [v for v, gone in zip(values, drop) if not gone] for name, values in rows.items()}
+    links = sorted(links)
+    kept_links = [u for u, gone in zip(links, blocked.urls_blocked(links)) if not gone]
+    return rows, kept_links, int(drop.sum())
 
 
 def _urls(table: pa.Table) -> pa.Table:
@@ -142,9 +157,10 @@ class Fetch:
                                                     self.depth, finals, rows)
         finally:
             crawler.runner.close()
+        rows, links, blocked = without_blocked(rows, links, blocklist.matcher(self.options.blocklist))
         link_groups = self._write(rows, links, new_finals, finals, crawler)
         stats = {**crawler.stats, "bucket": self.bucket, "pairs": len(rows["url"]),
-                 "link_groups": link_groups}
+                 "link_groups": link_groups, "blocklisted": blocked}
         storage.write_json(stats, done)
         return stats
 
@@ -216,7 +232,7 @@ def crawl_on(engine_map: Callable, folder: str, options: CrawlOptions, max_pages
         for task, stats in fetched:
             last_fetch[task.bucket] = task
             for key, value in stats.items():
-                if key.startswith("pages_") or key in ("robots_disallowed", "pairs"):
+                if key.startswith("pages_") or key in ("robots_disallowed", "pairs", "blocklisted"):
                     totals[key] = totals.get(key, 0) + value
             if stats["pairs"]:
                 pairs_files.append(task.path("pairs"))

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import storage
+from pipeline.core.tasks import BLOCKLISTED
 from pipeline.report.data import phase_files, read_columns, read_json, step_records
 
 THUMB = 160
@@ -91,8 +92,8 @@ def dropped_samples(run_dir: str, stages: list[str], limit: int = 24) -> list[Sa
     if "download" not in stages:
         return []
     later = stages[stages.index("download") + 1:]
-    ledger = read_columns(storage.join(run_dir, "ledger"), ["uid", "stage", "reason"],
-                          filter=pc.field("stage").isin(later or ["-"]))
+    ledger = read_columns(storage.join(run_dir, "ledger"), ["uid", "stage", "reason"],   # never a blocked one
+                          filter=pc.field("stage").isin(later or ["-"]) & (pc.field("reason") != BLOCKLISTED))
     if ledger is None or ledger.num_rows == 0:
         return []
     picked = pick_spread(ledger, limit)

@@ -7,8 +7,11 @@ finished crawl."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
+from pipeline import blocklist
 from pipeline.core import storage
+from pipeline.core.config import BlocklistSettings
 from pipeline.crawl.crawler import normalize_http_url
 from pipeline.crawl.spread import CrawlOptions, crawl_on
 from pipeline.errors import UserError
@@ -35,7 +38,8 @@ class CrawlSettings:
 SETTINGS = CrawlSettings
 
 
-def run_crawl(settings, allow_networks: list[str], run_dir: str, engine, log=print) -> list[str]:
+def run_crawl(settings, allow_networks: list[str], run_dir: str, engine, log=print,
+              blocked: Optional[BlocklistSettings] = None) -> list[str]:
     """Crawl once on the engine (a rerun reuses the finished crawl); returns the pairs files."""
     step_dir = storage.join(run_dir, "steps", "crawl")
     stats_path = storage.join(step_dir, "stats.json")
@@ -51,11 +55,15 @@ def run_crawl(settings, allow_networks: list[str], run_dir: str, engine, log=pri
         if url is None:
             raise UserError(f"crawl.seeds: {seed!r} is not an http(s) URL")
         seeds.append(url)
+    lists = blocked if blocked is not None and blocked.any("urls", "domains") else None
+    matcher = blocklist.matcher(lists)
+    if matcher is not None and matcher.urls_blocked(seeds).any():
+        raise UserError("crawl.seeds: a seed is on the blocklist (its URL or domain)")
     options = CrawlOptions(seeds=tuple(seeds), buckets=settings.tasks,
                            same_domain=settings.same_domain, respect_robots=settings.respect_robots,
                            user_agent=settings.user_agent, allow_networks=tuple(allow_networks),
                            timeout=settings.timeout, concurrency=settings.concurrency,
-                           per_host_limit=settings.per_host_limit)
+                           per_host_limit=settings.per_host_limit, blocklist=lists)
     files, stats = crawl_on(engine.map, step_dir, options, settings.max_pages, settings.max_depth)
     storage.write_json({**stats, "files": files}, stats_path)
     storage.write_text(storage.join(step_dir, storage.SUCCESS), "")

@@ -22,7 +22,8 @@ Adds `jpg` (binary), `width, height, original_width, original_height` (int32), `
 (hex of `jpg`) and `_reason` (null = kept). With `exclude` (the run's earlier run folders), an
 image whose sha256 one of them holds is dropped as `in_earlier_run` in the task that fetched
 it, so its bytes are never stored (the earlier sha256s are loaded once per worker from their
-indexes, `core.run_index`: 16 bytes per earlier image).
+indexes, `core.run_index`: 16 bytes per earlier image). An image whose original bytes' MD5 or
+SHA-256 is on a `blocklist` goes as `blocklisted` right after the fetch, never decoded or stored.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ from threading import Semaphore
 from typing import Any, Optional
 
 import pyarrow as pa
+
+from pipeline import blocklist
 
 from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
 from pipeline.core.stage import DEFERRED, REASON, Resources, Stage, set_column, with_reason
@@ -87,7 +90,8 @@ SETTINGS = DownloadSettings
 
 
 DEFAULTS = {**{k: v for k, v in dataclasses.asdict(DownloadSettings()).items()
-               if k not in ("enabled", "part_rows", "processes")}, "allow_networks": (), "exclude": ()}
+               if k not in ("enabled", "part_rows", "processes")}, "allow_networks": (), "exclude": (),
+            "blocklist": None}
 OUTPUT_SCHEMA = pa.schema([
     ("jpg", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
     ("original_width", pa.int32()), ("original_height", pa.int32()), ("sha256", pa.string()),
@@ -272,6 +276,9 @@ class DownloadStage(Stage):
         if error is not None or stream is None:
             return Outcome(reason=classify_message(error or ""))
         try:
+            blocked = blocklist.matcher(self.options["blocklist"])
+            if blocked is not None and blocked.checks_bytes and blocked.bytes_blocked(stream.getvalue()):
+                return Outcome(reason=blocklist.BLOCKLISTED)   # never decoded, never stored
             refused = header_check(stream, int(self.options["max_pixels"]))
             if refused:
                 return Outcome(reason=refused)
@@ -299,8 +306,9 @@ def attach_outcomes(table: pa.Table, outcomes: list[Outcome]) -> pa.Table:
 
 def build_step(settings: DownloadSettings, run) -> Step:
     """Tasks of `part_rows` rows; the stage gets its options and the run's `allow_networks`
-    and `exclude`."""
+    and `exclude`, and the hash blocklists."""
     options = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("enabled", "part_rows")}
+    lists = run.blocklist if run.blocklist.any("md5", "sha256") else None
     return Step(DownloadStage, {**options, "allow_networks": list(run.allow_networks),
-                                "exclude": list(run.exclude)},
+                                "exclude": list(run.exclude), "blocklist": lists},
                 rows_per_task=settings.part_rows)

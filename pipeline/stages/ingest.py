@@ -3,17 +3,21 @@
 Rows whose URL cannot be fetched (null, empty, not http(s), no host) are dropped as
 `invalid_url`; rows the file format could not parse are dropped as `malformed_row`. With
 `exclude` and no dedup step to join them (`pipeline.core.run_index`), rows whose uid an
-earlier run holds are dropped as `in_earlier_run`.
+earlier run holds are dropped as `in_earlier_run`. Rows whose URL, or a domain its host is
+under, is on a `blocklist` go as `blocklisted` (`pipeline.blocklist`).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import blocklist
+from pipeline.core.config import BlocklistSettings
 from pipeline.core.hashing import uids_of
 from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
 from pipeline.core.stage import POS, Stage, with_reason
@@ -73,8 +77,14 @@ def _as_text(raw: pa.Table, name: str, rows: int, path: str) -> pa.ChunkedArray 
         raise UserError(f"{path}: column '{name}' has type {column.type}, expected text") from None
 
 
+@dataclass
+class IngestOptions:
+    earlier: tuple = ()                          # index files of earlier runs whose uids to drop
+    blocklist: Optional[BlocklistSettings] = None
+
+
 class IngestStage(Stage):
-    """Settings: None, or the index files of earlier runs whose uids to drop."""
+    """Settings: `IngestOptions` (or None)."""
     name = "ingest"
     inputs = ()
     outputs = ("uid", "url", "text")
@@ -82,9 +92,12 @@ class IngestStage(Stage):
     def __init__(self, settings=None, seed: int = 0):
         super().__init__(settings, seed)
         self.earlier = None
+        self.blocked = None
 
     def setup(self) -> None:
-        self.earlier = KeySet.of_files(self.settings, "uid") if self.settings else None
+        options = self.settings or IngestOptions()
+        self.earlier = KeySet.of_files(options.earlier, "uid") if options.earlier else None
+        self.blocked = blocklist.matcher(options.blocklist)
 
     def process(self, table: pa.Table) -> pa.Table:
         url = pc.utf8_trim_whitespace(table["url"])
@@ -101,6 +114,9 @@ class IngestStage(Stage):
             reasons = pc.if_else(pc.is_valid(malformed), pa.scalar("malformed_row"), reasons)
             table = table.drop_columns([MALFORMED])
         table = with_reason(table, reasons)
+        if self.blocked is not None:
+            found = self.blocked.urls_blocked(url.to_pylist())
+            table = with_reason(table, pa.array(np.where(found, blocklist.BLOCKLISTED, None).tolist(), pa.string()))
         if self.earlier is not None:
             table = with_reason(table, matched_reasons(self.earlier.contains(uid)))
         return table
@@ -118,11 +134,13 @@ class IngestStep(Step):
     `crawled` files (from the crawl step) join the input with columns `url` and `text`;
     `exclude`: earlier run folders whose uids to drop here."""
 
-    def __init__(self, settings, crawled: list[str] = (), exclude: list[str] = ()):
+    def __init__(self, settings, crawled: list[str] = (), exclude: list[str] = (),
+                 blocked: Optional[BlocklistSettings] = None):
         super().__init__(IngestStage, None)
         self.input = settings
         self.crawled = list(crawled)
         self.exclude = list(exclude)
+        self.blocked = blocked if blocked is not None and blocked.any("urls", "domains") else None
 
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
         mapping = (self.input.url_col, self.input.text_col)
@@ -132,7 +150,7 @@ class IngestStep(Step):
         readers = [ReadSource(piece, url_col, text_col, i)
                    for i, (piece, (url_col, text_col)) in enumerate(sources)]
         earlier = tuple(earlier_files(self.exclude)) if self.exclude else ()
-        stats = ctx.run_phase("map", readers, StageOp(IngestStage, earlier or None, ctx.seed))
+        stats = ctx.run_phase("map", readers, StageOp(IngestStage, IngestOptions(earlier, self.blocked), ctx.seed))
         ctx.record["sources"] = merge_counts([s["source"] for s in stats])
         return ctx.data_parts("map", len(readers))
 
