@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--rows", type=int, default=3000, help="images in the fake web")
     demo.add_argument("--steps", type=int, default=150, help="training steps of each model")
+    demo.add_argument("--ablate", action="store_true",
+                      help="also train without each filter in turn; the report gets an Ablation table")
     demo.set_defaults(handler=cmd_demo)
 
     train = commands.add_parser("train", help="train on existing shards (the config's train section)")
@@ -101,7 +103,7 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     from pipeline.demo import run_demo
 
-    run_demo(Path(args.output), rows=args.rows, steps=args.steps, log=_log)
+    run_demo(Path(args.output), rows=args.rows, steps=args.steps, log=_log, ablate=args.ablate)
     return 0
 
 

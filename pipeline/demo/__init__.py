@@ -24,6 +24,11 @@ from pipeline.testing.fakeweb import FakeWeb
 
 WORLD_SEED = 7          # the web's pool (the trusted bootstrap set uses world seed 0)
 TRAIN_STEPS = 150
+# the filters `--ablate` removes one at a time (those the config has), and what to call them
+ABLATED = {"clip_score": "CLIP score", "metadata": "balancing (metadata)", "image_dedup": "image dedup",
+           "language": "language", "caption_filter": "caption filter", "heads": "heads",
+           "semantic_dedup": "semantic dedup"}
+ABLATION_FILE = "ablation.json"
 
 
 def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path, steps: int) -> dict:
@@ -81,14 +86,14 @@ def bootstrap_model(output: Path, log) -> Path:
     return ensure_tiny_checkpoint(output / "bootstrap", TinyTrainConfig(threads=1))
 
 
-def run_demo(output: Path, rows: int = 3000, steps: int = TRAIN_STEPS, log=print) -> dict:
+def run_demo(output: Path, rows: int = 3000, steps: int = TRAIN_STEPS, log=print, ablate: bool = False) -> dict:
     output = Path(output)
     clear_previous_demo(output)
     with run_log(str(output)):   # library notices go to output/run.log, not the console
-        return demo_run(output, rows, steps, log)
+        return demo_run(output, rows, steps, log, ablate)
 
 
-def demo_run(output: Path, rows: int, steps: int, log) -> dict:
+def demo_run(output: Path, rows: int, steps: int, log, ablate: bool = False) -> dict:
     checkpoint = bootstrap_model(output, log)
     with FakeWeb() as web:
         world = build_demo_web(web, rows, seed=WORLD_SEED)
@@ -106,12 +111,42 @@ def demo_run(output: Path, rows: int, steps: int, log) -> dict:
         pool = uncurated_config([listed, *crawled], output / "uncurated", steps)
         log("demo: the uncurated pool (download + shard only), for comparison")
         run_pipeline(settings_from_dict(pool, "uncurated"), output / "uncurated", log=log)
+        if ablate:
+            run_ablation(config, output, log)
     comparison = compare(output)
     log(f"demo: kept {summary['kept_rows']:,} of {summary['input_rows']:,} pairs")
     log(f"demo: zero-shot top-1 after {comparison['steps']} steps: curated "
         f"{comparison['curated']['top1']:.3f} vs uncurated {comparison['uncurated']['top1']:.3f}")
     log(f"demo: look at {output}/report.html, summary.json, eval.json, shards/, ledger/, train/")
     return summary
+
+
+def run_ablation(config: dict, output: Path, log) -> dict:
+    """The demo's pipeline once more per filter, without that filter, trained for the same
+    steps on the same web: `ablation.json` (and the report's Ablation table) gives each
+    variant's kept pairs and zero-shot top-1 beside the full pipeline and no curation."""
+    from pipeline.report.page import write_report
+
+    rows = [ablation_row("full pipeline", None, output)]
+    for name, label in ABLATED.items():
+        if name not in config:
+            continue
+        variant = output / "ablate" / f"without_{name}"
+        log(f"demo: ablation: the pipeline without {label}")
+        without = {k: v for k, v in config.items() if k != name}
+        run_pipeline(settings_from_dict({**without, "output": str(variant)}, f"without {name}"), variant, log=log)
+        rows.append(ablation_row(f"without {label}", name, variant))
+    rows.append(ablation_row("no curation", "all", output / "uncurated"))
+    ablation = {"steps": config["train"]["steps"], "rows": rows}
+    storage.write_json(ablation, output / ABLATION_FILE)
+    write_report(output)
+    return ablation
+
+
+def ablation_row(variant: str, removed, run_dir: Path) -> dict:
+    summary = storage.read_json(run_dir / "summary.json")
+    return {"variant": variant, "removed": removed, "kept_rows": summary["kept_rows"],
+            "top1": storage.read_json(run_dir / "train" / "eval.json")["top1"]}
 
 
 def compare(output: Path) -> dict:

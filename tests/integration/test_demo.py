@@ -22,3 +22,25 @@ def test_small_demo_curation_beats_no_curation(tmp_path):
     comparison = json.loads((run / "eval.json").read_text())
     assert comparison["steps"] == 100
     assert comparison["curated"]["top1"] > comparison["uncurated"]["top1"], comparison
+
+
+def test_ablation_trains_without_each_filter_and_the_report_shows_the_table(tmp_path):
+    import re
+
+    from tests.integration.test_report import chromium
+
+    run = tmp_path / "demo"
+    run_demo(run, rows=400, steps=6, log=lambda *_: None, ablate=True)
+    ablation = json.loads((run / "ablation.json").read_text())
+    variants = [r["variant"] for r in ablation["rows"]]
+    assert variants == ["full pipeline", "without CLIP score", "without balancing (metadata)",
+                        "without image dedup", "without language", "without caption filter", "no curation"]
+    full = ablation["rows"][0]
+    assert all(r["kept_rows"] >= full["kept_rows"] for r in ablation["rows"][1:]), ablation
+    assert ablation["rows"][1]["kept_rows"] > full["kept_rows"], "CLIP score drops rows here"
+    for row in ablation["rows"][1:-1]:
+        assert (run / "ablate" / f"without_{row['removed']}" / "train" / "eval.json").exists()
+    dom = chromium(["--virtual-time-budget=5000", "--dump-dom", (run / "report.html").as_uri()], tmp_path).stdout
+    section = re.search(r'<section id="ablation">(.*?)</section>', dom, re.S)
+    assert section, "the Ablation section renders"
+    assert section.group(1).count("<tr>") == 1 + len(variants)   # the header and a row per variant
