@@ -12,7 +12,8 @@ A stage module holds its settings dataclass (the one place its defaults live), i
 
 Stage code never imports Ray or Spark.
 """
-from pipeline.stages import (caption_filter, clip_score, dedup, download, image_dedup, language,
+from pipeline.stages import (caption_filter, clip_score, dedup, download, heads, image_dedup, language,
                              metadata, semantic_dedup, shard)
 
-STAGES = [dedup, caption_filter, language, metadata, download, image_dedup, clip_score, semantic_dedup, shard]
+STAGES = [dedup, caption_filter, language, metadata, download, image_dedup, clip_score, heads, semantic_dedup,
+          shard]

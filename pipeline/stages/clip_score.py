@@ -1,8 +1,9 @@
 """clip_score: LAION's filter, the cosine similarity of a reference CLIP's embeddings.
 
 Reads `jpg` (encoded image bytes) and `text`; adds `clip_score` (float32, NaN where the
-image cannot be decoded) and, with `keep_embeddings`, `image_embedding` / `text_embedding`
-(fixed-size lists of float16), which the step also writes, for the rows it keeps, in
+image cannot be decoded) and, with `keep_embeddings` or for the steps that read them (heads,
+semantic_dedup), `image_embedding` / `text_embedding` (fixed-size lists of float16, zeros
+where undecodable); with `keep_embeddings` the step also writes them, for the rows it keeps, in
 clip-retrieval's layout under `<run>/embeddings/` (`pipeline.clip.index`). Reasons:
 `undecodable_image`, and with `filter: threshold`, `low_clip_score` for scores below
 `threshold`. `filter: top_fraction` is a global two-phase step: this stage only scores; the
@@ -48,6 +49,7 @@ SETTINGS = ClipScoreSettings
 
 
 SCORE = "clip_score"
+EMBEDDING_READERS = ("heads", "semantic_dedup")   # later steps that read the embedding columns
 IMAGE_EMBEDDING = "image_embedding"
 TEXT_EMBEDDING = "text_embedding"
 LOW_SCORE = "low_clip_score"
@@ -172,8 +174,9 @@ class ClipScoreStep(Step):
     score histograms are merged on the driver into one global threshold, then applied."""
 
     def __init__(self, settings, embed: bool = False):
-        """`embed`: add the embedding columns even without `keep_embeddings` (a later step,
-        semantic_dedup, reads them; it drops them unless `keep_embeddings`)."""
+        """`embed`: add the embedding columns even without `keep_embeddings` (later steps,
+        heads and semantic_dedup, read them; the last of them drops them unless
+        `keep_embeddings`)."""
         self.writes_layout = settings.keep_embeddings
         if embed:
             settings = dataclasses.replace(settings, keep_embeddings=True)
@@ -212,5 +215,5 @@ class ClipScoreStep(Step):
 
 
 def build_step(settings: ClipScoreSettings, run) -> ClipScoreStep:
-    embed = run is not None and run.section("semantic_dedup") is not None
+    embed = run is not None and any(run.section(name) is not None for name in EMBEDDING_READERS)
     return ClipScoreStep(settings, embed=embed)

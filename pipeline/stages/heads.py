@@ -1,0 +1,388 @@
+"""heads: small models on clip_score's embeddings (NSFW, watermark, aesthetic) that score rows
+and drop those past a threshold, each head with its own reason.
+
+A head is a PyTorch state dict of Linear layers, read from a local path or an object store:
+a single `torch.nn.Linear` (keys `weight` [1, dim], `bias` [1]; LAION's aesthetic predictor
+`sa_0_4_vit_b_32_linear.pth` as released), or a chain (`layers.0.weight`, `layers.0.bias`,
+`layers.2.weight`, ...: LAION's improved-aesthetic-predictor MLP), applied in key order
+(numbers compared as numbers). `hidden_activation: relu` puts a ReLU between the layers (LAION's
+NSFW detector; the aesthetic MLP has none: only dropout, inactive at inference), `activation:
+sigmoid` after the last one. Each head reads the L2-normalised `image_embedding` (or, with
+`input: text`, `text_embedding`) that clip_score computes once for this step and
+semantic_dedup, adds `<name>_score` (float32) and, with `drop_above` / `drop_below`, drops
+rows past it as `reason` (default: nsfw -> `nsfw`, watermark -> `watermark`, aesthetic ->
+`low_aesthetic`, else the name); a row past several heads goes with the first one's reason.
+A row without an embedding (null or zero) gets a null score and is never dropped here.
+
+The driver reads every head when the run starts, before download, and again before the
+step's tasks (a missing or corrupt file, a bad setting or an input size that does not match
+the embeddings is one `UserError` line: `heads: <name>: <file>: <problem>`); the tasks get
+each file's sha256 and load it once per worker process (`built_once`), checking that it is
+the same file. The embedding columns go on only when
+semantic_dedup runs after this step or with `clip_score.keep_embeddings`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.core import parts, storage
+from pipeline.core.parts import PartRef
+from pipeline.core.stage import Stage, set_column, with_reason
+from pipeline.core.steps import Step, StepContext, part_readers
+from pipeline.core.tasks import built_once
+from pipeline.errors import UserError
+
+SECTION = "heads"
+
+
+@dataclass
+class HeadSettings:
+    name: str = ""                                   # the score column is `<name>_score`
+    path: str = ""                                   # a state dict of Linear layers (local or URL)
+    drop_above: Optional[float] = None               # drop rows scoring above (at most one of
+    drop_below: Optional[float] = None               # the two; neither: score only)
+    activation: Literal["none", "sigmoid"] = "none"  # after the last layer
+    hidden_activation: Literal["none", "relu"] = "none"   # between layers
+    input: Literal["image", "text"] = "image"        # which clip_score embedding it reads
+    reason: Optional[str] = None                     # default: nsfw, watermark, low_aesthetic, name
+
+
+@dataclass
+class HeadsSettings:
+    heads: list[HeadSettings] = field(default_factory=list)
+    enabled: bool = True
+
+
+SETTINGS = HeadsSettings
+
+IMAGE_EMBEDDING, TEXT_EMBEDDING = "image_embedding", "text_embedding"
+DEFAULT_REASONS = {"nsfw": "nsfw", "watermark": "watermark", "aesthetic": "low_aesthetic"}
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CHUNK = 16384   # rows through a head at once (bounds the hidden layers' memory)
+
+
+def score_column(head: HeadSettings) -> str:
+    return f"{head.name}_score"
+
+
+def reason_of(head: HeadSettings) -> str:
+    return head.reason or DEFAULT_REASONS.get(head.name, head.name)
+
+
+def head_error(head: HeadSettings, problem: str, label: str = "") -> UserError:
+    return UserError(f"heads: {head.name or label or '(no name)'}: {head.path or '(no path)'}: {problem}")
+
+
+def check_settings(settings: HeadsSettings) -> None:
+    """Every head named once, with a file, at most one threshold, known options."""
+    if not settings.heads:
+        raise UserError("heads: no heads listed (heads: [{name, path, drop_above or drop_below}, ...])")
+    seen = set()
+    for index, head in enumerate(settings.heads):
+        fail = partial(head_error, head, label=f"heads[{index}]")
+        if not NAME.fullmatch(head.name or ""):
+            raise fail(f"name must be letters, digits and _ (it names the column <name>_score), got {head.name!r}")
+        if head.name in seen:
+            raise fail("two heads have this name")
+        seen.add(head.name)
+        if not head.path:
+            raise fail("no path")
+        if head.drop_above is not None and head.drop_below is not None:
+            raise fail("set drop_above or drop_below, not both")
+        for key in ("drop_above", "drop_below"):
+            value = getattr(head, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise fail(f"{key} must be a finite number, got {value!r}")
+        for key, allowed in (("activation", ("none", "sigmoid")), ("hidden_activation", ("none", "relu")),
+                             ("input", ("image", "text"))):
+            if getattr(head, key) not in allowed:
+                raise fail(f"{key} must be one of {', '.join(allowed)}, got {getattr(head, key)!r}")
+        if reason_of(head) in ("", "kept"):
+            raise fail(f"reason {reason_of(head)!r} cannot name a drop")
+
+
+# --- loading ------------------------------------------------------------------------------
+
+@dataclass
+class Head:
+    """A loaded head: its settings and its Linear layers (float32 weight [out, in], bias)."""
+    settings: HeadSettings
+    layers: list
+
+    @property
+    def dim(self) -> int:
+        return int(self.layers[0][0].shape[1])
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """The head's score of each row of `x` (float32 [n, dim]) as float32 [n]."""
+        import torch
+        import torch.nn.functional as F
+
+        out = np.empty(len(x), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(x), CHUNK):
+                h = torch.from_numpy(np.ascontiguousarray(x[start:start + CHUNK], dtype=np.float32))
+                for i, (weight, bias) in enumerate(self.layers):
+                    h = F.linear(h, weight, bias)
+                    if i < len(self.layers) - 1 and self.settings.hidden_activation == "relu":
+                        h = torch.relu(h)
+                if self.settings.activation == "sigmoid":
+                    h = torch.sigmoid(h)
+                out[start:start + len(h)] = h[:, 0].numpy()
+        return out
+
+
+def read_head(head: HeadSettings) -> bytes:
+    try:
+        with storage.open_input(head.path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise head_error(head, "no such file") from None
+    except IsADirectoryError:
+        raise head_error(head, "a folder, not a file") from None
+    except (OSError, UserError) as exc:
+        detail = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+        raise head_error(head, f"cannot read ({detail})") from None
+
+
+def parse_head(head: HeadSettings, data: bytes) -> Head:
+    """A head from the bytes of its file (`torch.save` of a state dict); UserError otherwise."""
+    import torch
+
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:   # any unreadable file is one clear line, never a traceback
+        detail = " ".join(str(exc).split()[:24])[:200]
+        raise head_error(head, f"not a PyTorch state dict (save model.state_dict(); torch.load: {detail})") from None
+    if not isinstance(state, dict) or not state:
+        raise head_error(head, f"expected a state dict of Linear layers, got {type(state).__name__}")
+    return Head(head, linear_layers(head, state))
+
+
+def linear_layers(head: HeadSettings, state: dict) -> list:
+    """The Linear layers of a state dict in key order, checked to chain into one score."""
+    import torch
+
+    groups: dict[str, dict] = {}
+    for key, value in state.items():
+        prefix, _, kind = str(key).rpartition(".")
+        if kind not in ("weight", "bias") or not torch.is_tensor(value):
+            raise head_error(head, f"unexpected entry {key!r}: a head is Linear layers (keys ending "
+                                   f"in weight and bias, e.g. layers.0.weight)")
+        groups.setdefault(prefix, {})[kind] = value
+    layers, size = [], None
+    for prefix in sorted(groups, key=_natural):
+        named = f"{prefix}." if prefix else ""
+        weight, bias = groups[prefix].get("weight"), groups[prefix].get("bias")
+        if weight is None or weight.dim() != 2 or not weight.is_floating_point():
+            raise head_error(head, f"{named}weight must be a 2-d float tensor [out, in]")
+        if bias is not None and (tuple(bias.shape) != (weight.shape[0],) or not bias.is_floating_point()):
+            raise head_error(head, f"{named}bias must be a float tensor [{weight.shape[0]}], "
+                                   f"got {list(bias.shape)}")
+        if size is not None and weight.shape[1] != size:
+            raise head_error(head, f"{named}weight takes {weight.shape[1]} inputs, the layer before gives {size}")
+        size = int(weight.shape[0])
+        weight = weight.detach().float().contiguous()
+        bias = None if bias is None else bias.detach().float().contiguous()
+        if not all(bool(torch.isfinite(t).all()) for t in (weight, bias) if t is not None):
+            raise head_error(head, f"{named}weight or bias holds NaN or infinity")
+        layers.append((weight, bias))
+    if size != 1:
+        raise head_error(head, f"the last layer gives {size} outputs; a head gives one score")
+    return layers
+
+
+def _natural(key: str) -> list:
+    """`layers.10` after `layers.2`."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split(".")]
+
+
+def load_head(head: HeadSettings, digest: Optional[str] = None) -> Head:
+    """Read and parse a head; with `digest`, check that the file is the one the driver read."""
+    data = read_head(head)
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise head_error(head, "the file changed while the run was using it")
+    return parse_head(head, data)
+
+
+# --- scoring ------------------------------------------------------------------------------
+
+def embedding_rows(column) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed-size list column as float32 rows, re-normalised (float16 rounding), and which
+    rows have an embedding (not null, not zero: clip_score's undecodable rows are zeros)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    dim = column.type.list_size
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    x = np.zeros((len(column), dim), dtype=np.float32)
+    if valid.any():
+        present = column.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+        x[valid] = present.astype(np.float32).reshape(-1, dim)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return x, valid & (norms[:, 0] > 0)
+
+
+def input_column(head: HeadSettings) -> str:
+    return IMAGE_EMBEDDING if head.input == "image" else TEXT_EMBEDDING
+
+
+def check_fits(head: Head, schema: pa.Schema) -> None:
+    """The head's input size is the embeddings' and its column is new."""
+    s = head.settings
+    column = input_column(s)
+    if column not in schema.names:
+        raise head_error(s, f"the rows have no {column!r} column (add a clip_score section before heads)")
+    dim = schema.field(column).type.list_size
+    if head.dim != dim:
+        raise dim_error(head, f"clip_score's {s.input} embeddings are {dim}-dim")
+    if score_column(s) in schema.names:
+        raise head_error(s, f"the rows already have a {score_column(s)!r} column: rename the head")
+
+
+def dim_error(head: Head, theirs: str) -> UserError:
+    return head_error(head.settings, f"takes {head.dim}-dim embeddings, {theirs} (a head trained "
+                                     f"for another CLIP model?)")
+
+
+def clip_embed_dim(clip) -> Optional[int]:
+    """The embedding size of clip_score's model from its open_clip config, where that is known
+    without loading the model (None otherwise: the step checks the embeddings themselves)."""
+    if clip is None:
+        return None
+    try:
+        import open_clip
+
+        from pipeline.models import register_models
+
+        register_models()
+        config = open_clip.get_model_config(clip.model)
+        return int(config["embed_dim"]) if config else None
+    except Exception:   # a best-effort early check, never a reason to fail
+        return None
+
+
+def apply_heads(table: pa.Table, heads: list[Head]) -> pa.Table:
+    """`<name>_score` per head (null where a row has no embedding) and the first head's
+    reason for rows past a threshold."""
+    reasons = np.full(table.num_rows, None, dtype=object)
+    undecided = np.ones(table.num_rows, dtype=bool)
+    for head in heads:
+        s = head.settings
+        check_fits(head, table.schema)
+        x, valid = embedding_rows(table[input_column(s)])
+        scores = np.full(len(x), np.nan, dtype=np.float32)
+        if valid.any():
+            scores[valid] = head.score(x[valid])
+        table = set_column(table, score_column(s), pa.array(scores, pa.float32(), mask=~valid))
+        with np.errstate(invalid="ignore"):
+            past = (scores > s.drop_above) if s.drop_above is not None else \
+                (scores < s.drop_below) if s.drop_below is not None else np.zeros(len(x), bool)
+        dropped = valid & past & undecided
+        reasons[dropped] = reason_of(s)
+        undecided &= ~dropped
+    return with_reason(table, pa.array(reasons.tolist(), pa.string()))
+
+
+@dataclass
+class ScoreHeads:
+    """Op: every head (loaded once per worker process, the file the driver read), then the
+    embedding columns dropped unless a later step or the user keeps them."""
+    settings: HeadsSettings
+    digests: tuple
+    keep_embeddings: bool
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        heads = [Head(s, built_once(("heads.layers", s.path, d), partial(_layers, s, d)))
+                 for s, d in zip(self.settings.heads, self.digests)]
+        table = apply_heads(table, heads)
+        if not self.keep_embeddings:
+            table = table.drop_columns([c for c in (IMAGE_EMBEDDING, TEXT_EMBEDDING) if c in table.column_names])
+        return table
+
+
+def _layers(head: HeadSettings, digest: str) -> list:
+    return load_head(head, digest).layers
+
+
+# --- stage and step ------------------------------------------------------------------------
+
+class HeadsStage(Stage):
+    name = "heads"
+    inputs = (IMAGE_EMBEDDING, TEXT_EMBEDDING)
+    outputs = ()   # `<name>_score` per head
+    inputs_from = "clip_score"
+
+
+class HeadsStep(Step):
+    """Per part: one task per logical part, like a plain stage, after the driver has read
+    and checked every head."""
+
+    def __init__(self, settings: HeadsSettings, keep_embeddings: bool = True):
+        check_settings(settings)
+        super().__init__(HeadsStage, settings)
+        self.keep_embeddings = keep_embeddings
+
+    def check_files(self, dim: Optional[int] = None) -> None:
+        """Before the run does any work: every head file reads as a head (of `dim` inputs)."""
+        for head in self.settings.heads:
+            loaded = parse_head(head, read_head(head))
+            if dim is not None and loaded.dim != dim:
+                raise dim_error(loaded, f"clip_score's model gives {dim}-dim embeddings")
+
+    def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
+        schema = parts.read_schema(inputs[0])
+        digests = []
+        for head in self.settings.heads:
+            data = read_head(head)
+            check_fits(parse_head(head, data), schema)
+            digests.append(hashlib.sha256(data).hexdigest())
+        readers = part_readers(inputs)
+        op = ScoreHeads(self.settings, tuple(digests), self.keep_embeddings)
+        ctx.run_phase("map", readers, op, HeadsStage(self.settings).resources)
+        return ctx.data_parts("map", len(readers))
+
+
+def build_step(settings: HeadsSettings, run) -> HeadsStep:
+    """Local head paths made absolute (workers may start elsewhere), every file checked; the
+    embeddings go on when semantic_dedup reads them next or clip_score keeps them."""
+    heads = [dataclasses.replace(h, path=storage.absolute(h.path) if h.path else h.path) for h in settings.heads]
+    settings = dataclasses.replace(settings, heads=heads)
+    clip = run.section("clip_score") if run is not None else None
+    keep = run is not None and (run.section("semantic_dedup") is not None or bool(clip and clip.keep_embeddings))
+    step = HeadsStep(settings, keep_embeddings=keep)
+    step.check_files(clip_embed_dim(clip))   # a wrong file fails the run before download, not after
+    return step
+
+
+# --- converting heads released in other formats ----------------------------------------------
+
+def dense_layers_state_dict(dense: list, mean=None, variance=None, epsilon: float = 1e-7) -> dict:
+    """A head's state dict (`layers.<i>.weight`, `layers.<i>.bias`) from Keras Dense layers
+    (`[kernel [in, out], bias [out]]` each, in order). A Keras `Normalization` layer before
+    them (`(x - mean) / max(sqrt(variance), epsilon)`) is folded into the first layer, exactly:
+    W (x - m) / s + b = (W / s) x + (b - (W / s) m). See README, "Heads from other formats"."""
+    import torch
+
+    state = {}
+    for i, (kernel, bias) in enumerate(dense):
+        weight = np.asarray(kernel, dtype=np.float64).T
+        bias = np.asarray(bias, dtype=np.float64).reshape(-1)
+        if i == 0 and mean is not None:
+            scale = np.maximum(np.sqrt(np.asarray(variance, dtype=np.float64).reshape(-1)), epsilon)
+            weight = weight / scale
+            bias = bias - weight @ np.asarray(mean, dtype=np.float64).reshape(-1)
+        state[f"layers.{i}.weight"] = torch.tensor(weight, dtype=torch.float32)
+        state[f"layers.{i}.bias"] = torch.tensor(bias, dtype=torch.float32)
+    return state
