@@ -11,7 +11,7 @@ import pyarrow as pa
 from pipeline import blocklist
 from pipeline.core import images, parts, run_index, storage
 from pipeline.config import RunSettings
-from pipeline.stages import STAGES, dedup
+from pipeline.stages import STAGES, dedup, face_blur, shard
 from pipeline.stages.ingest import IngestStep
 from pipeline.core.steps import Step, execute_step
 from pipeline.core.tasks import LEDGER_SCHEMA, peak_rss_bytes
@@ -27,6 +27,9 @@ EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source", "st
 def build_steps(settings, crawled: list[str] = ()) -> list[Step]:
     """Ingest, then each registered stage whose section is present, in registry order.
     Excluded runs' uids are dropped by dedup when it joins on uid, else by ingest."""
+    if settings.section(face_blur.SECTION) is not None and settings.section(shard.SECTION) is None:
+        raise UserError("face_blur: faces are blurred as the shard step writes the tars; "
+                        "add a shard section (or remove face_blur)")
     deduplicating = settings.section("dedup")
     uids_at_dedup = deduplicating is not None and dedup.joins_uids(deduplicating)
     steps: list[Step] = [IngestStep(settings.input, crawled, [] if uids_at_dedup else settings.exclude,

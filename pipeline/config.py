@@ -1,5 +1,6 @@
 """The run configuration: core's general settings plus a section for the crawl source, each
-registered stage (`pipeline.stages.STAGES`) and the trainer."""
+registered stage (`pipeline.stages.STAGES`), face_blur (settings the shard step applies: it
+has no step of its own) and the trainer."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +8,12 @@ from typing import Any
 
 from pipeline.core import config as core_config
 from pipeline.stages import STAGES
-from pipeline.stages import crawl_step
+from pipeline.stages import crawl_step, face_blur
 from pipeline.train.settings import TrainSettings
 
 SECTIONS = ([(crawl_step.SECTION, crawl_step.SETTINGS)]
             + [(stage.SECTION, stage.SETTINGS) for stage in STAGES]
+            + [(face_blur.SECTION, face_blur.SETTINGS)]
             + [("train", TrainSettings)])
 RunSettings = core_config.settings_class(SECTIONS, __name__)
 

@@ -22,6 +22,7 @@ STAGE_COLUMNS_V1 = {
                            ("sha256", pa.string())]),
     "clip_score": pa.schema([("clip_score", pa.float32())]),
     "shard": pa.schema([("shard", pa.string()), ("key", pa.string())]),
+    "face_blur": pa.schema([("faces", pa.int32())]),   # added by shard when face_blur is on
     "crawl": pa.schema([("title", pa.string()), ("figcaption", pa.string()),
                         ("page_url", pa.string())]),
 }
