@@ -152,3 +152,12 @@ def test_face_blur_needs_a_shard_section_and_valid_settings(tmp_path):
         build_steps(settings_from_dict({**base, "shard": {}, "face_blur": {"quality": 0}}, "c.yaml"))
     with pytest.raises(UserError, match=r"^c\.yaml: unknown key 'face_blur\.sigma'"):
         settings_from_dict({**base, "shard": {}, "face_blur": {"sigma": 3}}, "c.yaml")
+
+
+@pytest.mark.parametrize("engine", ["ray", "spark"])
+def test_ray_and_spark_write_the_same_blurred_tars(runs, pairs, tmp_path, engine):
+    path, _ = pairs
+    cfg = {**config(path, tmp_path / engine), "engine": engine, "ray": {"num_cpus": 2},
+           "spark": {"master": "local[2]"}}
+    run(cfg)
+    assert tar_digests(tmp_path / engine) == tar_digests(runs / "blurred")
