@@ -118,6 +118,23 @@ def embedding_array(embeddings: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1])
 
 
+def embedding_rows(column) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding column (`embedding_array`'s fixed-size lists) as float32 rows,
+    re-normalised (float16 rounding), and which rows have one (not null, not zero: an
+    undecodable image's rows are zeros)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    dim = column.type.list_size
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    x = np.zeros((len(column), dim), dtype=np.float32)
+    if valid.any():
+        present = column.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+        x[valid] = present.astype(np.float32).reshape(-1, dim)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return x, valid & (norms[:, 0] > 0)
+
+
 def score_reasons(scores: np.ndarray, threshold: float | None) -> pa.Array:
     """`undecodable_image` for NaN scores, `low_clip_score` below `threshold` (if given)."""
     scores = pa.array(scores, pa.float32())

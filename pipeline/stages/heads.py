@@ -41,6 +41,7 @@ from pipeline.core.stage import Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext, part_readers
 from pipeline.core.tasks import built_once
 from pipeline.errors import UserError
+from pipeline.stages.clip_score import IMAGE_EMBEDDING, TEXT_EMBEDDING, embedding_rows
 
 SECTION = "heads"
 
@@ -65,7 +66,6 @@ class HeadsSettings:
 
 SETTINGS = HeadsSettings
 
-IMAGE_EMBEDDING, TEXT_EMBEDDING = "image_embedding", "text_embedding"
 DEFAULT_REASONS = {"nsfw": "nsfw", "watermark": "watermark", "aesthetic": "low_aesthetic"}
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CHUNK = 16384   # rows through a head at once (bounds the hidden layers' memory)
@@ -217,22 +217,6 @@ def load_head(head: HeadSettings, digest: Optional[str] = None) -> Head:
 
 
 # --- scoring ------------------------------------------------------------------------------
-
-def embedding_rows(column) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed-size list column as float32 rows, re-normalised (float16 rounding), and which
-    rows have an embedding (not null, not zero: clip_score's undecodable rows are zeros)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    dim = column.type.list_size
-    valid = column.is_valid().to_numpy(zero_copy_only=False)
-    x = np.zeros((len(column), dim), dtype=np.float32)
-    if valid.any():
-        present = column.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
-        x[valid] = present.astype(np.float32).reshape(-1, dim)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-    return x, valid & (norms[:, 0] > 0)
-
 
 def input_column(head: HeadSettings) -> str:
     return IMAGE_EMBEDDING if head.input == "image" else TEXT_EMBEDDING

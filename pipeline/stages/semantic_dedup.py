@@ -46,6 +46,7 @@ from pipeline.core.stage import POS, REASON, Stage
 from pipeline.core.steps import Step, StepContext, bucket_refs, group_by_rows, rows_of
 from pipeline.core.tasks import ReadParts, built_once, load_extras
 from pipeline.errors import UserError
+from pipeline.stages.clip_score import IMAGE_EMBEDDING, TEXT_EMBEDDING, embedding_rows
 
 SECTION = "semantic_dedup"
 
@@ -63,7 +64,6 @@ class SemanticDedupSettings:
 SETTINGS = SemanticDedupSettings
 
 SEMANTIC_DUPLICATE = "semantic_duplicate"
-IMAGE_EMBEDDING, TEXT_EMBEDDING = "image_embedding", "text_embedding"
 CLUSTER, CENTROID_SIM = "_cluster", "_centroid_sim"
 IN_EARLIER = "_in_earlier"
 IN_EARLIER_RUN, INDEX_EMBEDDING = run_index.IN_EARLIER_RUN, run_index.INDEX_EMBEDDING
@@ -75,14 +75,8 @@ EXAMPLES = 12  # removed pairs (with what they duplicate) each reduce task keeps
 # --- pieces, usable without a run -----------------------------------------------------------
 
 def embeddings_of(column) -> np.ndarray:
-    """A fixed-size list column as float32 rows, re-normalised (float16 rounding)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    dim = column.type.list_size
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    x = values.reshape(-1, dim)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    """An embedding column as float32 unit rows (zeros where a row has none: never compared)."""
+    return embedding_rows(column)[0]
 
 
 def uid_order_keys(uids: list[str], seed: int) -> np.ndarray:
