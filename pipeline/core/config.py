@@ -11,11 +11,12 @@ import glob
 import os
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 import yaml
 
 from pipeline.core import storage
+from pipeline.core.constraints import AtLeast, Cidr, NonEmpty
 from pipeline.core.settings_loader import build, coerce
 from pipeline.errors import UserError
 
@@ -25,8 +26,8 @@ class InputSettings:
     path: list[str] = field(default_factory=list)   # files, folders or globs
     url_col: str = "url"
     text_col: str = "text"
-    format: Optional[str] = None                      # parquet|csv|tsv|jsonl|warc|wat; default by suffix
-    part_rows: int = 100_000                          # rows per part (the unit of work and resume)
+    format: Optional[Literal["parquet", "csv", "tsv", "jsonl", "warc", "wat"]] = None   # default by suffix
+    part_rows: Annotated[int, AtLeast(1)] = 100_000   # rows per part (the unit of work and resume)
     strict: bool = False                              # an input file that yields no rows is an error
 
 
@@ -46,8 +47,8 @@ class BlocklistSettings:
 @dataclass
 class RaySettings:
     address: Optional[str] = None        # default: RAY_ADDRESS, else start a local instance
-    num_cpus: Optional[int] = None
-    task_retries: int = 3
+    num_cpus: Optional[Annotated[int, AtLeast(1)]] = None
+    task_retries: Annotated[int, AtLeast(0)] = 3
 
 
 @dataclass
@@ -60,12 +61,12 @@ class SparkSettings:
 class GeneralSettings:
     """The settings every run has; `settings_class` adds one optional field per section."""
     input: InputSettings = field(default_factory=InputSettings)
-    output: str = "runs/run"
+    output: Annotated[str, NonEmpty()] = "runs/run"
     engine: Literal["local", "ray", "spark"] = "local"
-    seed: int = 0
-    processes: Optional[int] = None      # local engine worker processes; default: all cores
-    task_rows: int = 1_000_000           # rows one task of a global step holds at most (memory)
-    allow_networks: list[str] = field(default_factory=list)
+    seed: Annotated[int, AtLeast(0)] = 0
+    processes: Optional[Annotated[int, AtLeast(1)]] = None   # local engine worker processes; default: all cores
+    task_rows: Annotated[int, AtLeast(1)] = 1_000_000   # rows one task of a global step holds at most (memory)
+    allow_networks: list[Annotated[str, Cidr()]] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)   # earlier run folders: drop what they hold
     blocklist: BlocklistSettings = field(default_factory=BlocklistSettings)
     storage_options: dict[str, Any] = field(default_factory=dict)   # for fsspec (s3fs, gcsfs)
@@ -99,7 +100,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), *, settings_
     except OSError as exc:
         raise UserError(f"{source}: cannot read config ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise UserError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -107,6 +110,32 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), *, settings_
     base_dir = Path(source).parent if storage.is_local(source) else None
     return settings_from_dict(data, source, overrides, base_dir=base_dir,
                               settings_cls=settings_cls)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, but a key given twice in one mapping (at any level) is an error, not
+    silently the later value. Keys brought in by a merge (`<<: *base`) may be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first:
+                        raise DuplicateKeyError(f"duplicate key {key!r} at line {line} "
+                                                f"(first at line {first[key]})")
+                    first[key] = line
+                except TypeError:   # an unhashable key: the base class says so
+                    continue
+        return super().construct_mapping(node, deep=deep)
 
 
 def settings_from_dict(data: Any, source: str, overrides: list[str] = (),
@@ -131,7 +160,11 @@ def apply_override(data: dict, item: str, source: str) -> None:
     if "=" not in item:
         raise UserError(f"--set {item}: expected key.sub=value")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw else ""
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {item}: not a valid YAML value: "
+                        f"{getattr(exc, 'problem', None) or exc}") from None
     node = data
     parts = key.split(".")
     for part in parts[:-1]:

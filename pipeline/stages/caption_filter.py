@@ -7,10 +7,12 @@ name such as IMG_1234.jpg), `placeholder_text` (image, untitled, ...), `too_shor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.constraints import AtLeast, Invalid
 from pipeline.core.steps import Step
 from pipeline.core.stage import Stage, with_reason
 
@@ -28,11 +30,15 @@ SECTION = "caption_filter"
 
 @dataclass
 class CaptionFilterSettings:
-    min_chars: int = 5
-    max_chars: int = 1000
-    min_words: int = 2
+    min_chars: Annotated[int, AtLeast(0)] = 5
+    max_chars: Annotated[int, AtLeast(1)] = 1000
+    min_words: Annotated[int, AtLeast(0)] = 2
     drop_junk: bool = True
     enabled: bool = True
+
+    def validate(self) -> None:
+        if self.min_chars > self.max_chars:
+            raise Invalid("min_chars", f"must be at most max_chars ({self.max_chars})", self.min_chars)
 
 
 SETTINGS = CaptionFilterSettings

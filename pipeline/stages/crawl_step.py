@@ -7,11 +7,12 @@ finished crawl."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Annotated, Optional
 
 from pipeline import blocklist
 from pipeline.core import storage
 from pipeline.core.config import BlocklistSettings
+from pipeline.core.constraints import Above, AtLeast, NonEmpty
 from pipeline.crawl.crawler import normalize_http_url
 from pipeline.crawl.spread import CrawlOptions, crawl_on
 from pipeline.errors import UserError
@@ -22,16 +23,16 @@ SECTION = "crawl"
 
 @dataclass
 class CrawlSettings:
-    seeds: list[str] = field(default_factory=list)
-    max_pages: int = 100_000
-    max_depth: int = 3
+    seeds: Annotated[list[str], NonEmpty()] = field(default_factory=list)
+    max_pages: Annotated[int, AtLeast(0)] = 100_000
+    max_depth: Annotated[int, AtLeast(0)] = 3
     same_domain: bool = True
     respect_robots: bool = True
     user_agent: str = "curate-bot/0.1 (+https://github.com/curate)"
-    timeout: float = 10.0
-    concurrency: int = 16
-    per_host_limit: int = 2
-    tasks: int = 16            # host buckets: at most this many crawl tasks per level
+    timeout: Annotated[float, Above(0)] = 10.0
+    concurrency: Annotated[int, AtLeast(1)] = 16
+    per_host_limit: Annotated[int, AtLeast(1)] = 2
+    tasks: Annotated[int, AtLeast(1)] = 16   # host buckets: at most this many crawl tasks per level
     enabled: bool = True
 
 

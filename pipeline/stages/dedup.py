@@ -16,11 +16,13 @@ share). Every copy of an earlier uid goes as `in_earlier_run`, before `duplicate
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import parts
+from pipeline.core.constraints import NonEmpty
 from pipeline.core.hashing import bucket_of, hash_strings
 from pipeline.core.parts import PartRef, read_schema
 from pipeline.core.run_index import IN_EARLIER_RUN, earlier_files
@@ -34,7 +36,7 @@ SECTION = "dedup"
 
 @dataclass
 class DedupSettings:
-    keys: list[str] = field(default_factory=lambda: ["url", "text"])
+    keys: Annotated[list[str], NonEmpty()] = field(default_factory=lambda: ["url", "text"])
     enabled: bool = True
 
 

@@ -36,12 +36,13 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.pool import ThreadPool
 from threading import Semaphore
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import pyarrow as pa
 
 from pipeline import blocklist
 
+from pipeline.core.constraints import Above, AtLeast, Between
 from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
 from pipeline.core.stage import DEFERRED, REASON, Resources, Stage, set_column, with_reason
 from pipeline.core.steps import Step
@@ -62,26 +63,26 @@ SECTION = "download"
 @dataclass
 class DownloadSettings:
     """The download stage's settings and the one place of their defaults."""
-    image_size: int = 256
-    processes: int = 2                   # kept for the contract; workers come from the engine
-    threads: int = 64
-    timeout: float = 10.0
-    retries: int = 1
-    max_bytes: int = 20_000_000
-    max_redirects: int = 5
-    max_pixels: int = 89_478_485         # PIL's Image.MAX_IMAGE_PIXELS
-    resize_mode: str = "center_crop"
+    image_size: Annotated[int, AtLeast(1)] = 256
+    processes: Annotated[int, AtLeast(1)] = 2    # kept for the contract; workers come from the engine
+    threads: Annotated[int, AtLeast(1)] = 64
+    timeout: Annotated[float, Above(0)] = 10.0
+    retries: Annotated[int, AtLeast(0)] = 1
+    max_bytes: Annotated[int, AtLeast(1)] = 20_000_000
+    max_redirects: Annotated[int, AtLeast(0)] = 5
+    max_pixels: Annotated[int, AtLeast(1)] = 89_478_485   # PIL's Image.MAX_IMAGE_PIXELS
+    resize_mode: Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"] = "center_crop"
     resize_only_if_bigger: bool = False
-    encode_quality: int = 95
-    deadline: Optional[float] = None     # seconds per image, all hops and bytes; default `timeout`
-    retry_backoff: float = 1.0
+    encode_quality: Annotated[int, Between(1, 100)] = 95
+    deadline: Optional[Annotated[float, Above(0)]] = None   # seconds per image, all hops and bytes; default `timeout`
+    retry_backoff: Annotated[float, AtLeast(0)] = 1.0
     user_agent_token: Optional[str] = None
     disallowed_header_directives: list[str] = field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
-    part_rows: int = 10_000              # rows per download task (and per image part)
-    task_deadline: Optional[float] = 600.0   # seconds; then the task's unstarted rows go on
+    part_rows: Annotated[int, AtLeast(1)] = 10_000   # rows per download task (and per image part)
+    task_deadline: Optional[Annotated[float, Above(0)]] = 600.0   # seconds; then the task's unstarted rows go on
                                          # as smaller tasks (null: no fixed deadline)
-    straggler_factor: Optional[float] = 1.5  # x the worker's median time for this many rows
+    straggler_factor: Optional[Annotated[float, Above(0)]] = 1.5  # x the worker's median time for this many rows
                                          # (null: no adaptive deadline)
     enabled: bool = True
 

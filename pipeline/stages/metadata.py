@@ -14,13 +14,14 @@ from __future__ import annotations
 import io
 from itertools import chain
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Annotated, Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import parts, storage
+from pipeline.core.constraints import AtLeast, NonEmpty
 from pipeline.core.hashing import uid_to_u64, uniform
 from pipeline.core.stage import Stage, with_reason
 from pipeline.core.parts import PartRef
@@ -33,10 +34,10 @@ SECTION = "metadata"
 
 @dataclass
 class MetadataSettings:
-    entries: list[str] = field(default_factory=lambda: ["wordnet", "wordfreq"])
-    t: int = 20_000
+    entries: Annotated[list[str], NonEmpty()] = field(default_factory=lambda: ["wordnet", "wordfreq"])
+    t: Annotated[int, AtLeast(1)] = 20_000
     case_sensitive: bool = True
-    wordfreq_top: int = 1_000_000     # how many frequent words `wordfreq` contributes
+    wordfreq_top: Annotated[int, AtLeast(1)] = 1_000_000   # how many frequent words `wordfreq` contributes
     wordfreq_lang: str = "en"
     enabled: bool = True
 

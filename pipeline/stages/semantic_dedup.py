@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import parts, run_index
+from pipeline.core.constraints import AtLeast, Between
 from pipeline.core.hashing import splitmix64, uid_to_u64
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import POS, REASON, Stage
@@ -53,11 +54,11 @@ SECTION = "semantic_dedup"
 
 @dataclass
 class SemanticDedupSettings:
-    eps: float = 0.05                  # drop at cosine similarity >= 1 - eps to a kept row
-    clusters: int = 0                  # k-means k; 0: ceil(sqrt(rows / 10)), <= sample / 39
-    sample_rows: int = 100_000         # rows the k-means trains on (hash of seed, uid)
+    eps: Annotated[float, Between(0, 1, high_open=True)] = 0.05   # drop at cosine similarity >= 1 - eps to a kept row
+    clusters: Annotated[int, AtLeast(0)] = 0           # k-means k; 0: ceil(sqrt(rows / 10)), <= sample / 39
+    sample_rows: Annotated[int, AtLeast(1)] = 100_000  # rows the k-means trains on (hash of seed, uid)
     keep: Literal["hard", "easy", "random"] = "hard"
-    niter: int = 20                    # k-means iterations
+    niter: Annotated[int, AtLeast(1)] = 20             # k-means iterations
     enabled: bool = True
 
 

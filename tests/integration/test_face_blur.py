@@ -148,7 +148,7 @@ def test_face_blur_needs_a_shard_section_and_valid_settings(tmp_path):
                                         r"add a shard section \(or remove face_blur\)$"):
         build_steps(settings_from_dict(base, "c.yaml"))
     assert build_steps(settings_from_dict({**base, "face_blur": {"enabled": False}}, "c.yaml"))
-    with pytest.raises(UserError, match=r"^face_blur\.quality: must be between 1 and 100, got 0$"):
+    with pytest.raises(UserError, match=r"^c\.yaml: face_blur\.quality: must be between 1 and 100, got 0$"):
         build_steps(settings_from_dict({**base, "shard": {}, "face_blur": {"quality": 0}}, "c.yaml"))
     with pytest.raises(UserError, match=r"^c\.yaml: unknown key 'face_blur\.sigma'"):
         settings_from_dict({**base, "shard": {}, "face_blur": {"sigma": 3}}, "c.yaml")
