@@ -10,14 +10,14 @@ timing. Fetches run on a thread pool under a per-host politeness limit (at most
 Network access goes through one seam: `fetch(url) -> (status, headers, body)`, one request,
 no redirect following. The default (`guarded_fetch`) refuses loopback, private, link-local,
 multicast and reserved addresses unless they are in `allow_networks`; it connects to the
-address it checked (no DNS-rebinding window), caps the body and the total time per request.
+address it checked (no DNS-rebinding window), caps the body, and ends each request (page or
+robots.txt) by its `timeout`, however slowly the server sends (the download stage's sockets,
+`pipeline.download.safe_fetch.open_deadline_socket`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import socket
-import ssl
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -32,6 +32,8 @@ from pipeline.crawl.html_extract import (extract_page, normalize_http_url, resol
 from pipeline.crawl.politeness import PoliteRunner, host_of
 from pipeline.crawl.robots import Fetch, RobotsCache
 from pipeline.download import addresses
+from pipeline.download.reasons import FetchTimeout
+from pipeline.download.safe_fetch import deadline_tls_context, open_deadline_socket
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,31 +61,11 @@ def parse_networks(allow_networks: Iterable[str]) -> tuple:
         raise UserError(f"allow_networks: {error}") from None
 
 
-def connect_checked(host: str, port: int, networks: tuple, timeout: float) -> socket.socket:
-    """Connect to the first reachable resolved address that the shared fetch guard allows
-    (the same policy as downloads: `pipeline.download.addresses`)."""
-    last_error: OSError = OSError(f"cannot connect to {host}")
-    for family, addr in addresses.resolve_allowed(host, port, networks):
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(addr)
-            addresses.check_peer(sock, addr[0], networks)
-            return sock
-        except OSError as error:
-            sock.close()
-            last_error = error
-    raise last_error
-
-
-def read_capped(response, sock: socket.socket, max_bytes: int, deadline: float) -> bytes:
-    """Read at most max_bytes of the body, giving up at the deadline (endless bodies end)."""
+def read_capped(response, max_bytes: int) -> bytes:
+    """At most max_bytes of the body (then gunzipped/inflated, to at most max_bytes); the
+    response's deadline socket ends the read when the request's time is up."""
     chunks, size = [], 0
     while size < max_bytes:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("body not read within the time limit")
-        sock.settimeout(remaining)
         chunk = response.read1(min(65536, max_bytes - size))
         if not chunk:
             break
@@ -97,31 +79,34 @@ def read_capped(response, sock: socket.socket, max_bytes: int, deadline: float) 
 
 def guarded_fetch(allow_networks: Iterable[str] = (), timeout: float = 10.0,
                   max_bytes: int = 5_000_000, user_agent: str = DEFAULT_USER_AGENT) -> Fetch:
-    """One GET per call; `timeout` bounds the whole request, not each socket read."""
+    """One GET per call, redirects not followed. `timeout` bounds the whole request (connect,
+    TLS handshake, status line, headers and body), not each socket read: past it the call
+    raises FetchTimeout (reason `timeout`), even while the server still sends bytes."""
     networks = parse_networks(allow_networks)
-    tls = ssl.create_default_context()
+    tls = deadline_tls_context()
     headers = {"User-Agent": user_agent, "Accept-Encoding": "gzip", "Connection": "close",
                "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"}
 
-    def fetch(url: str):
+    def get(url: str, deadline: float):
         parts = urlsplit(url)
-        deadline = time.monotonic() + timeout
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        sock = connect_checked(parts.hostname, port, networks, timeout)
-        connection = HTTPConnection(parts.hostname, port, timeout=timeout)
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        connection = HTTPConnection(parts.hostname, port)
+        connection.sock = open_deadline_socket(parts.hostname, port, networks, deadline,
+                                               tls if https else None)
         try:
-            if parts.scheme == "https":
-                sock = tls.wrap_socket(sock, server_hostname=parts.hostname)
-            connection.sock = sock
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             connection.request("GET", target, headers=headers)
             response = connection.getresponse()
-            return response.status, response.headers, read_capped(response, sock, max_bytes,
-                                                                  deadline)
+            return response.status, response.headers, read_capped(response, max_bytes)
         finally:
             connection.close()
-            sock.close()
+
+    def fetch(url: str):
+        try:
+            return get(url, time.monotonic() + timeout)
+        except TimeoutError as error:  # the deadline is the only socket timeout
+            raise FetchTimeout(f"{url} not fetched within {timeout} s") from error
 
     return fetch
 

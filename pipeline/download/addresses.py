@@ -14,13 +14,50 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
+# Refused unless `allow_networks` covers them, whatever this Python's ipaddress lists say.
+ALWAYS_REFUSED = parse_networks((
+    "192.0.0.0/24",   # IETF protocol assignments
+    "::/96",          # IPv4-compatible (deprecated, RFC 4291): never a real destination
+    "fec0::/10",      # site-local (deprecated, RFC 3879): private by intent
+    "2001::/32",      # Teredo: the client's IPv4 address is obfuscated, so it cannot be judged
+))
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix (RFC 6052)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a packet to `ip` reaches: IPv4-mapped (::ffff:0:0/96), 6to4
+    (2002::/16) or NAT64 (64:ff9b::/96); None for any other IPv6 address."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
 def address_allowed(address: str, networks: tuple[IPNetwork, ...] = ()) -> bool:
-    """Public unicast addresses are allowed; anything else only inside `networks`."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Whether a fetch may connect to `address`: always inside `networks` (allow_networks),
+    otherwise only if it is public unicast.
+
+    An IPv6 address that carries an IPv4 address (IPv4-mapped, 6to4, NAT64) is judged as that
+    IPv4 address, so `2002:7f00:1::1` is 127.0.0.1. Refused outside `networks` besides
+    loopback, private, link-local, multicast, reserved and unspecified: ALWAYS_REFUSED
+    (192.0.0.0/24, IPv4-compatible ::/96, site-local fec0::/10, and Teredo 2001::/32, whose
+    embedded client address is obfuscated and never trusted).
+    """
+    return ip_allowed(ipaddress.ip_address(address.split("%", 1)[0]), networks)
+
+
+def ip_allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[IPNetwork, ...]) -> bool:
+    """`address_allowed` for a parsed address."""
     if any(ip in net for net in networks):
         return True
+    embedded = embedded_ipv4(ip) if ip.version == 6 else None
+    if embedded is not None:
+        return ip_allowed(embedded, networks)
+    if any(ip in net for net in ALWAYS_REFUSED):
+        return False
     special = (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast
                or ip.is_reserved or ip.is_unspecified)
     return ip.is_global and not special

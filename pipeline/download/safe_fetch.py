@@ -5,14 +5,17 @@ so `install_guarded_opener(policy)` in each worker puts every fetch behind these
 
 - schemes: only http and https (urllib would also open file:, data:, ftp:);
 - addresses: the host is resolved once, loopback/private/link-local/multicast/reserved/
-  unspecified addresses are refused unless inside `allow_networks`, and the socket connects to
+  unspecified addresses (an IPv6 one that embeds IPv4 judged by that IPv4 address; see
+  `addresses.address_allowed`) are refused unless inside `allow_networks`, and the socket connects to
   the vetted IP itself (no second lookup, so no DNS-rebinding window); the connected peer is
   checked again; every redirect hop goes through the same connection class;
 - redirects: at most `max_redirects` hops, never to another scheme;
 - size: a declared Content-Length above `max_bytes` is refused before the body, and the body
   read stops at `max_bytes`;
-- time: one wall-clock deadline per image covers connect, headers, redirects and body; every
-  socket read waits at most until it, so an endless or dripping body cannot hang.
+- time: one wall-clock deadline per image covers connect, TLS handshake, request, status line,
+  headers, redirects and body; every socket receive (and send) recomputes the time left and
+  waits at most until the deadline, so a server dripping its headers or body cannot hang a
+  fetch. The crawler's fetch uses the same sockets (`open_deadline_socket`).
 
 No proxy handler is installed: an environment proxy would bypass the address checks.
 Limitation: the DNS lookup itself (getaddrinfo) is not bounded by the deadline.
@@ -75,7 +78,9 @@ def _remaining(deadline: float, op_timeout: float | None) -> float:
 
 
 class _DeadlineMixin:
-    """Every receive waits at most until the fetch's deadline (and `op_timeout`)."""
+    """Every receive and send waits at most until the fetch's deadline (and `op_timeout`):
+    a wait cut short raises TimeoutError, a call after the deadline FetchTimeout. The time
+    left is recomputed per call, so a peer sending one byte at a time cannot extend it."""
 
     deadline: float = math.inf
     op_timeout: float | None = None
@@ -91,6 +96,10 @@ class _DeadlineMixin:
         self._arm()
         return super().recv(*args, **kwargs)
 
+    def sendall(self, *args, **kwargs):
+        self._arm()
+        return super().sendall(*args, **kwargs)
+
 
 class DeadlineSocket(_DeadlineMixin, socket.socket):
     pass
@@ -100,16 +109,19 @@ class DeadlineSSLSocket(_DeadlineMixin, ssl.SSLSocket):
     pass
 
 
-def open_vetted_socket(host: str, port: int, guard: _Guard, op_timeout: float | None) -> DeadlineSocket:
-    """Connect to an allowed address of `host`, and check the peer actually connected."""
+def open_vetted_socket(host: str, port: int, networks: tuple[IPNetwork, ...], deadline: float,
+                       op_timeout: float | None = None) -> DeadlineSocket:
+    """Connect to an allowed address of `host` before `deadline` (time.monotonic), check the
+    peer actually connected, and return the socket armed for the time left."""
     last_error: OSError | None = None
-    for family, sockaddr in resolve_allowed(host, port, guard.networks):
+    for family, sockaddr in resolve_allowed(host, port, networks):
         sock = DeadlineSocket(family, socket.SOCK_STREAM)
-        sock.deadline, sock.op_timeout = guard.deadline, op_timeout
+        sock.deadline, sock.op_timeout = deadline, op_timeout
         try:
-            sock.settimeout(_remaining(guard.deadline, op_timeout))
+            sock.settimeout(_remaining(deadline, op_timeout))
             sock.connect(sockaddr)
-            check_peer(sock, sockaddr[0], guard.networks)
+            check_peer(sock, sockaddr[0], networks)
+            sock.settimeout(_remaining(deadline, op_timeout))  # a TLS handshake goes by this
             return sock
         except OSError as err:
             sock.close()
@@ -117,9 +129,34 @@ def open_vetted_socket(host: str, port: int, guard: _Guard, op_timeout: float | 
         except BaseException:
             sock.close()
             raise
-    if isinstance(last_error, TimeoutError) and time.monotonic() >= guard.deadline:
+    if isinstance(last_error, TimeoutError) and time.monotonic() >= deadline:
         raise FetchTimeout(f"connecting to {host}:{port}") from last_error
     raise last_error
+
+
+def deadline_tls_context(cafile: str | None = None) -> ssl.SSLContext:
+    """A verifying client TLS context (HTTP/1.1) whose sockets are DeadlineSSLSockets."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["http/1.1"])
+    context.sslsocket_class = DeadlineSSLSocket
+    return context
+
+
+def open_deadline_socket(host: str, port: int, networks: tuple[IPNetwork, ...], deadline: float,
+                         tls: ssl.SSLContext | None = None) -> socket.socket:
+    """A socket to an allowed address of `host` on which connect, TLS handshake (when `tls`,
+    a `deadline_tls_context()`, is given) and every receive and send end by `deadline`
+    (time.monotonic): FetchTimeout or TimeoutError once it has passed."""
+    sock = open_vetted_socket(host, port, networks, deadline)
+    if tls is None:
+        return sock
+    try:
+        secure = tls.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+    secure.deadline = deadline
+    return secure
 
 
 def _op_timeout(timeout) -> float | None:
@@ -184,7 +221,8 @@ class GuardedHTTPConnection(http.client.HTTPConnection):
         self.response_class = functools.partial(GuardedResponse, guard=guard)
 
     def _connect_vetted(self, address, timeout=None, source_address=None):
-        return open_vetted_socket(address[0], address[1], self._guard, _op_timeout(timeout))
+        return open_vetted_socket(address[0], address[1], self._guard.networks, self._guard.deadline,
+                                  _op_timeout(timeout))
 
 
 class GuardedHTTPSConnection(http.client.HTTPSConnection):
@@ -220,10 +258,7 @@ class GuardedHTTPHandler(urllib.request.HTTPHandler):
 
 class GuardedHTTPSHandler(urllib.request.HTTPSHandler):
     def __init__(self, policy: FetchPolicy):
-        context = ssl.create_default_context(cafile=policy.cafile)
-        context.set_alpn_protocols(["http/1.1"])
-        context.sslsocket_class = DeadlineSSLSocket
-        super().__init__(context=context)
+        super().__init__(context=deadline_tls_context(policy.cafile))
         self._policy = policy
 
     def https_open(self, req):

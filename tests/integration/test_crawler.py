@@ -1,15 +1,20 @@
 """The crawler against a generated site on a real loopback HTTP server (see pipeline/testing/testsite.py)."""
+import itertools
 import json
-import socket
+import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from pipeline.crawl import crawler
 from pipeline.crawl.crawler import (CRAWL_SCHEMA, STATS_METADATA_KEY, crawl, guarded_fetch,
                                     parse_networks)
+from pipeline.download import safe_fetch
 from pipeline.download.addresses import address_allowed
+from pipeline.download.reasons import FetchTimeout, classify_error
+from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.testsite import Response, serve_generated_site
 from pipeline.errors import UserError
 
@@ -176,7 +181,7 @@ def test_endless_body_is_cut_by_total_timeout_and_byte_cap():
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
         start = time.monotonic()
-        with pytest.raises((TimeoutError, socket.timeout)):
+        with pytest.raises(FetchTimeout):
             guarded_fetch(LOOPBACK, timeout=0.5)(url)
         assert time.monotonic() - start < 2
         status, _, body = guarded_fetch(LOOPBACK, timeout=5, max_bytes=5000)(url)
@@ -184,6 +189,104 @@ def test_endless_body_is_cut_by_total_timeout_and_byte_cap():
     finally:
         server.shutdown()
         server.server_close()
+
+
+class DripServer(socketserver.ThreadingTCPServer):
+    """A raw HTTP server on 127.0.0.1: to every request it sends `head` at once, then `drip`
+    one byte per `interval` seconds, then drip's last byte again and again, until the client
+    hangs up, the server stops, or `give_up_s` passes (so a regression fails, not hangs)."""
+
+    daemon_threads = True
+
+    def __init__(self, head: bytes, drip: bytes, interval: float = 0.2, give_up_s: float = 30.0):
+        super().__init__(("127.0.0.1", 0), _DripHandler)  # listening now: connects queue
+        self.head, self.drip, self.interval, self.give_up_s = head, drip, interval, give_up_s
+        self.paths: list[str] = []
+        self.dripped = 0
+        self.stopping = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.shutdown()
+        self.server_close()
+
+
+class _DripHandler(socketserver.BaseRequestHandler):
+    def handle(self):
+        server, sock = self.server, self.request
+        sock.settimeout(10)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            data = sock.recv(4096)
+            if not data:
+                return
+            request += data
+        server.paths.append(request.split(b" ")[1].decode())
+        give_up = time.monotonic() + server.give_up_s
+        try:
+            sock.sendall(server.head)
+            for byte in itertools.chain(server.drip, itertools.repeat(server.drip[-1])):
+                if server.stopping.wait(server.interval) or time.monotonic() > give_up:
+                    return
+                sock.sendall(bytes([byte]))
+                server.dripped += 1
+        except OSError:
+            pass  # the client hung up
+
+
+HEADER_DRIP = (b"", b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nX-Drip: a")
+BODY_DRIP = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n", b"<p>x")
+
+
+@pytest.mark.parametrize("head, drip", [HEADER_DRIP, BODY_DRIP], ids=["headers", "body"])
+def test_timeout_bounds_a_response_dripped_byte_by_byte(head, drip):
+    with DripServer(head, drip) as server:
+        start = time.monotonic()
+        with pytest.raises(FetchTimeout) as info:
+            guarded_fetch(LOOPBACK, timeout=1)(server.url)
+        seconds = time.monotonic() - start
+    assert classify_error(info.value) == "timeout"
+    assert 0.9 <= seconds < 1 + 5
+    assert server.dripped >= 2  # each byte came well within a socket read's timeout
+
+
+def test_crawl_ends_dripping_pages_and_robots_txt_by_the_timeout():
+    with DripServer(*HEADER_DRIP) as server:
+        start = time.monotonic()
+        table = crawl([server.url], allow_networks=LOOPBACK, timeout=1, respect_robots=False)
+        page_seconds = time.monotonic() - start
+        assert server.paths == ["/"]
+        start = time.monotonic()
+        robots_table = crawl([server.url], allow_networks=LOOPBACK, timeout=1)
+        robots_seconds = time.monotonic() - start
+        assert server.paths == ["/", "/robots.txt"]
+    assert table.num_rows == 0 and stats(table)["pages_failed"] == 1
+    assert robots_table.num_rows == 0 and stats(robots_table)["robots_disallowed"] == 1
+    assert stats(robots_table)["pages_fetched"] == 0
+    assert page_seconds < 1 + 10 and robots_seconds < 1 + 10  # a first crawl also imports
+
+
+def test_https_fetch_ends_by_the_timeout(tmp_path, monkeypatch):
+    pytest.importorskip("cryptography")
+    from pipeline.testing.content import make_self_signed_cert
+
+    cert, key = make_self_signed_cert(str(tmp_path))
+    monkeypatch.setattr(crawler, "deadline_tls_context", lambda: safe_fetch.deadline_tls_context(cert))
+    with FakeWeb(tls=(cert, key)) as web:
+        status, _, body = guarded_fetch(LOOPBACK, timeout=5)(web.url("/fault/html/page.html"))
+        assert status == 200 and b"no image" in body
+        start = time.monotonic()
+        with pytest.raises(FetchTimeout):  # the status line and headers, one byte per 0.2 s
+            guarded_fetch(LOOPBACK, timeout=1)(web.url("/fault/drip-headers/200/slow.jpg"))
+        assert 0.9 <= time.monotonic() - start < 1 + 5
 
 
 def test_throughput_on_loopback():

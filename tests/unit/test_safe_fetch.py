@@ -46,6 +46,27 @@ def reason_of(url: str, fetch_policy: FetchPolicy) -> str:
     ("127.0.0.1", LOCAL, True),
     ("127.0.0.2", LOCAL, False),
     ("::ffff:127.0.0.1", LOCAL, True),
+    ("::ffff:8.8.8.8", (), True),
+    ("::ffff:192.0.0.9", (), False),
+    ("::127.0.0.1", (), False),         # IPv4-compatible (deprecated): refused whatever it embeds
+    ("::8.8.8.8", (), False),
+    ("2002:7f00:1::1", (), False),      # 6to4 of 127.0.0.1
+    ("2002:a9fe:a9fe::1", (), False),   # 6to4 of 169.254.169.254
+    ("2002:0a00:0001::1", (), False),   # 6to4 of 10.0.0.1
+    ("2002:0808:0808::1", (), True),    # 6to4 of 8.8.8.8
+    ("2002:7f00:1::1", LOCAL, True),    # judged as its IPv4 address, allow_networks included
+    ("64:ff9b::7f00:1", (), False),     # NAT64 of 127.0.0.1
+    ("64:ff9b::a9fe:a9fe", (), False),  # NAT64 of 169.254.169.254
+    ("64:ff9b::808:808", (), True),     # NAT64 of 8.8.8.8
+    ("64:ff9b::7f00:1", LOCAL, True),
+    ("fec0::1", (), False),             # site-local (deprecated)
+    ("fec0::1", ("fec0::/10",), True),
+    ("192.0.0.1", (), False),           # IETF protocol assignments
+    ("192.0.0.9", (), False),
+    ("192.0.0.9", ("192.0.0.0/24",), True),
+    ("2001::1", (), False),             # Teredo: refused outright
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", (), False),
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", ("2001::/32",), True),
 ])
 def test_address_allowed(address, networks, allowed):
     nets = FetchPolicy(allow_networks=networks).networks
