@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 
 from pipeline import blocklist
-from pipeline.core import images, parts, run_index, storage
+from pipeline.core import fingerprint, images, lease, parts, run_index, storage
 from pipeline.config import RunSettings
 from pipeline.stages import STAGES, dedup, face_blur, shard
 from pipeline.stages.ingest import IngestStep
+from pipeline.stages.ingest import plan_input
+from pipeline.core.stage import declared_outputs
 from pipeline.core.steps import Step, execute_step
 from pipeline.core.tasks import LEDGER_SCHEMA, peak_rss_bytes
 from pipeline.engines import make_engine
@@ -24,7 +30,7 @@ TIMING_FILE = "timing.json"   # the run's wall time, finalize time, slots, drive
 EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source", "storage_options")
 
 
-def build_steps(settings, crawled: list[str] = ()) -> list[Step]:
+def build_steps(settings, crawled: list[str] = (), planned=None) -> list[Step]:
     """Ingest, then each registered stage whose section is present, in registry order.
     Excluded runs' uids are dropped by dedup when it joins on uid, else by ingest."""
     if settings.section(face_blur.SECTION) is not None and settings.section(shard.SECTION) is None:
@@ -32,8 +38,9 @@ def build_steps(settings, crawled: list[str] = ()) -> list[Step]:
                         "add a shard section (or remove face_blur)")
     deduplicating = settings.section("dedup")
     uids_at_dedup = deduplicating is not None and dedup.joins_uids(deduplicating)
+    reserved = declared_outputs({stage.SECTION: settings.section(stage.SECTION) for stage in STAGES})
     steps: list[Step] = [IngestStep(settings.input, crawled, [] if uids_at_dedup else settings.exclude,
-                                    settings.blocklist)]
+                                    settings.blocklist, reserved, planned)]
     for stage in STAGES:
         section = settings.section(stage.SECTION)
         if section is not None:
@@ -41,15 +48,61 @@ def build_steps(settings, crawled: list[str] = ()) -> list[Step]:
     return steps
 
 
-def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
-    started = time.perf_counter()
+def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print,
+                 allow_changed_input: bool = False) -> dict:
+    """Run the pipeline into `run_dir` (resuming what an earlier attempt did there)."""
+    with claimed(settings, run_dir, allow_changed_input, log) as claim:
+        return execute(claim, log)
+
+
+@dataclass
+class Claim:
+    """A run that holds its folder: checked settings, the absolute folder, the planned input."""
+    settings: RunSettings
+    run_dir: str
+    planned: list   # the input's slices (sources.SourceSlice), every file checked
+
+
+@contextmanager
+def claimed(settings: RunSettings, run_dir: str | Path,
+            allow_changed_input: bool = False, log=print) -> Iterator[Claim]:
+    """The run, with its folder leased to this process for the block. Everything that can
+    refuse the run (settings, input files, earlier runs, blocklists, another run in the
+    folder, another config, a changed input) refuses before the folder changes."""
     storage.configure(settings.storage_options)
     run_dir = storage.absolute(run_dir)
     settings = in_one_process_for_memory(settings, run_dir)
-    storage.makedirs(run_dir)
+    planned = plan_input(settings.input, optional=settings.section("crawl") is not None)
     settings = with_earlier_runs(settings, run_dir)
     settings = with_blocklists(settings)
-    check_same_config(settings, run_dir)
+    make_run_folder(run_dir)
+    with lease.held(run_dir):
+        check_same_config(settings, run_dir)
+        files = list(dict.fromkeys(piece.path for piece in planned))
+        for change in fingerprint.check_inputs(run_dir, files, allow_changed_input):
+            log(f"warning: {change} (going on: --allow-changed-input)")
+        yield Claim(settings, run_dir, planned)
+
+
+def make_run_folder(run_dir: str) -> None:
+    """The run folder exists and takes files (one line when it cannot)."""
+    if not storage.is_local(run_dir):
+        return
+    path = storage.normalize(run_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{run_dir}: exists and is not a folder; choose another --output")
+    try:
+        storage.makedirs(run_dir)
+    except OSError as exc:
+        raise UserError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{run_dir}: the run folder is not writable")
+
+
+def execute(claim: Claim, log=print) -> dict:
+    """Every step of a claimed run (`claimed`), then the summary, training and the report."""
+    settings, run_dir = claim.settings, claim.run_dir
+    started = time.perf_counter()
     with make_engine(settings) as engine:
         crawled = []
         if settings.section("crawl"):
@@ -57,7 +110,7 @@ def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print) -> dict:
 
             crawled = run_crawl(settings.crawl, settings.allow_networks, run_dir, engine, log,
                                 settings.blocklist)
-        steps = build_steps(settings, crawled)
+        steps = build_steps(settings, crawled, claim.planned)
         inputs: list = []
         records = []
         for index, step in enumerate(steps):

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core import storage
 
-INTERNAL_PREFIX = "_"
+INTERNAL_PREFIX = "_"   # the framework's own columns; an input column never starts with it
 
 
 @dataclass(frozen=True)

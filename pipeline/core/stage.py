@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from pipeline.core.images import IMAGE, IMAGE_FILE
+from pipeline.core.parts import INTERNAL_PREFIX
 from pipeline.errors import UserError
 
 REASON = "_reason"
@@ -31,13 +32,21 @@ class Resources:
     stateful: bool = False   # setup() loads a model: engines keep long-lived workers for it
 
 
+PUBLIC_COLUMNS = ("uid", "url", "text")   # every row's identity and pair, set by ingest
+
+
 class Stage:
     name: ClassVar[str] = ""
     inputs: ClassVar[tuple] = ()           # the columns process() reads
-    outputs: ClassVar[tuple] = ()          # the columns it adds
+    outputs: ClassVar[tuple] = ()          # every public column it may add (ingest keeps input apart)
     inputs_from: ClassVar[str] = ""        # the stage that makes its inputs (for messages)
     resources: ClassVar[Resources] = Resources()
     reads_images: ClassVar[bool] = False   # process() needs the image bytes (`jpg`)
+
+    @classmethod
+    def output_columns(cls, settings: Any) -> tuple:
+        """The columns it adds with `settings` (beyond `outputs` where names come from settings)."""
+        return cls.outputs
 
     @classmethod
     def check_columns(cls, names) -> None:
@@ -58,6 +67,19 @@ class Stage:
 
     def process(self, table: pa.Table) -> pa.Table:
         raise NotImplementedError
+
+
+def declared_outputs(sections: dict) -> frozenset:
+    """Every public column the run's stages may add: `uid`, `url`, `text`, and the
+    `output_columns` of each Stage subclass that `sections` (stage name -> its settings, for
+    the stages that run) names."""
+    names, pending = set(PUBLIC_COLUMNS), list(Stage.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if sections.get(cls.name) is not None:
+            names.update(cls.output_columns(sections[cls.name]))
+    return frozenset(names)
 
 
 def check_columns(stage: str, needed, names, inputs_from: str = "") -> None:

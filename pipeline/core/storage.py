@@ -40,6 +40,7 @@ ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS
             "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
 RETRIES = 10            # attempts for a transient object-store error (botocore "standard" backoff)
 SUCCESS = "_SUCCESS"    # a folder's (or step's) marker
+CLIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "google")   # their errors name the URL
 
 _options: dict = {}     # the config's storage_options, for every filesystem this process opens
 _sizes: dict = {}       # sizes of objects this process wrote or opened (no request to learn them)
@@ -140,6 +141,8 @@ def _filesystem(protocol: str, options_json: str):
     except (ImportError, ValueError) as exc:
         raise StorageError(f"{protocol}://: no filesystem for this protocol ({_first_line(exc)}); "
                            f"install s3fs for s3://, gcsfs for gs://") from None
+    except TypeError as exc:   # an option the filesystem does not take
+        raise StorageError(f"storage_options: {protocol}://: {_first_line(exc)}") from None
 
 
 @contextmanager
@@ -153,6 +156,10 @@ def _errors_named(path: str) -> Iterator[None]:
         raise
     except OSError as exc:
         if is_local(path):
+            raise
+        raise StorageError(f"{path}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - a client's own error, after its retries
+        if type(exc).__module__.split(".")[0] not in CLIENT_MODULES:
             raise
         raise StorageError(f"{path}: {_first_line(exc)}") from None
 
@@ -485,6 +492,76 @@ def remove(path: str | Path) -> None:
             fs.rm_file(inner)
         except FileNotFoundError:
             pass
+
+
+def create_exclusive(path: str | Path, data: bytes) -> bool:
+    """Write `path` only if nothing is there (O_EXCL; a conditional put, `If-None-Match: *`
+    on S3, `ifGenerationMatch=0` on GCS): True when this call created it. Of many callers at
+    once, exactly one gets True."""
+    path = normalize(path)
+    if is_local(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        return True
+    fs, inner = filesystem(path)
+    with _errors_named(path), _missing_is_permanent(path):
+        try:
+            fs.pipe_file(inner, data, mode="create")
+        except FileExistsError:
+            return False
+    return True
+
+
+def list_names(folder: str | Path) -> list[str]:
+    """The names directly in a folder (fresh: no listing cache), [] when there is none."""
+    folder = normalize(folder)
+    if is_local(folder):
+        try:
+            return sorted(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    fs, inner = filesystem(folder)
+    with _errors_named(folder):
+        try:
+            found = fs.ls(inner, detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in found)
+
+
+def stat(path: str | Path) -> dict:
+    """`size` and what changes when the content is rewritten: `mtime` (ns) on a file
+    system, the object's `etag` (or generation, or modified time) on a store."""
+    path = normalize(path)
+    if is_local(path):
+        info = os.stat(path)
+        return {"size": info.st_size, "mtime": info.st_mtime_ns}
+    fs, inner = filesystem(path)
+    with _errors_named(path):
+        fs.invalidate_cache(inner)
+        info = fs.info(inner)
+    tag = info.get("ETag") or info.get("etag") or info.get("generation") or info.get("LastModified") \
+        or info.get("mtime") or info.get("updated") or info.get("created")
+    return {"size": int(info.get("size") or 0), "etag": str(tag).strip('"') if tag is not None else None}
+
+
+def read_range(path: str | Path, start: int, stop: int) -> bytes:
+    """Bytes [start, stop) of a file (one ranged request on an object store)."""
+    path = normalize(path)
+    if is_local(path):
+        with open(path, "rb") as stream:
+            stream.seek(start)
+            return stream.read(max(0, stop - start))
+    fs, inner = filesystem(path)
+    with _errors_named(path):
+        return fs.cat_file(inner, start=start, end=stop)
 
 
 def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from pipeline.clip.threshold import ScoreHistogram
 from pipeline.core import storage
+from pipeline.core.constraints import AtLeast, Between, Matches
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Resources, Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext, part_readers
@@ -34,14 +35,14 @@ SECTION = "clip_score"
 class ClipScoreSettings:
     model: str = "ViT-B-32"
     pretrained: Optional[str] = "openai"
-    threshold: float = 0.28
+    threshold: Annotated[float, Between(-1, 1)] = 0.28   # cosine similarity
     filter: Literal["threshold", "top_fraction", "none"] = "threshold"
-    top_fraction: float = 0.3
-    batch_size: int = 256
-    device: str = "auto"
+    top_fraction: Annotated[float, Between(0, 1, low_open=True)] = 0.3
+    batch_size: Annotated[int, AtLeast(1)] = 256
+    device: Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     keep_embeddings: bool = False
-    decode_workers: Optional[int] = None   # threads decoding images; default from the device
+    decode_workers: Optional[Annotated[int, AtLeast(1)]] = None   # threads decoding images; default from the device
     enabled: bool = True
 
 
@@ -59,7 +60,7 @@ UNDECODABLE = "undecodable_image"
 class ClipScoreStage(Stage):
     name = "clip_score"
     inputs = ("jpg", "text")
-    outputs = (SCORE,)
+    outputs = (SCORE, IMAGE_EMBEDDING, TEXT_EMBEDDING)   # embeddings when a later stage or output asks
     inputs_from = "download"
     reads_images = True
 

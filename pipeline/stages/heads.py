@@ -30,12 +30,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.core import parts, storage
+from pipeline.core.constraints import Finite, Invalid, NonEmpty
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext, part_readers
@@ -50,17 +51,21 @@ SECTION = "heads"
 class HeadSettings:
     name: str = ""                                   # the score column is `<name>_score`
     path: str = ""                                   # a state dict of Linear layers (local or URL)
-    drop_above: Optional[float] = None               # drop rows scoring above (at most one of
-    drop_below: Optional[float] = None               # the two; neither: score only)
+    drop_above: Optional[Annotated[float, Finite()]] = None   # drop rows scoring above (at most one of
+    drop_below: Optional[Annotated[float, Finite()]] = None   # the two; neither: score only)
     activation: Literal["none", "sigmoid"] = "none"  # after the last layer
     hidden_activation: Literal["none", "relu"] = "none"   # between layers
     input: Literal["image", "text"] = "image"        # which clip_score embedding it reads
     reason: Optional[str] = None                     # default: nsfw, watermark, low_aesthetic, name
 
+    def validate(self) -> None:
+        if self.drop_above is not None and self.drop_below is not None:
+            raise Invalid("drop_below", "must not be set with drop_above (set one of the two)", self.drop_below)
+
 
 @dataclass
 class HeadsSettings:
-    heads: list[HeadSettings] = field(default_factory=list)
+    heads: Annotated[list[HeadSettings], NonEmpty()] = field(default_factory=list)
     enabled: bool = True
 
 
@@ -305,8 +310,12 @@ def _layers(head: HeadSettings, digest: str) -> list:
 class HeadsStage(Stage):
     name = "heads"
     inputs = (IMAGE_EMBEDDING, TEXT_EMBEDDING)
-    outputs = ()   # `<name>_score` per head
     inputs_from = "clip_score"
+
+    @classmethod
+    def output_columns(cls, settings) -> tuple:
+        """`<name>_score` per head."""
+        return tuple(score_column(head) for head in settings.heads) if settings is not None else ()
 
 
 class HeadsStep(Step):

@@ -20,14 +20,16 @@ from pipeline import blocklist
 from pipeline.core.config import BlocklistSettings
 from pipeline.core.hashing import uids_of
 from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
-from pipeline.core.stage import POS, Stage, with_reason
+from pipeline.core.parts import INTERNAL_PREFIX
+from pipeline.core.stage import POS, PUBLIC_COLUMNS, Stage, with_reason
 from pipeline.core.steps import Step, StepContext
 from pipeline.core.tasks import SOURCE_STATS, StageOp
 from pipeline.errors import UserError
 from pipeline.stages.sources import (MALFORMED, SourceSlice, detect_format, find_files,
                                      merge_counts, plan_slices, read_slice)
 
-RESERVED = ("uid", "url", "text")
+INPUT_PREFIX = "input_"   # an input column named as one the pipeline uses gets it (see input_names)
+MAX_FIELD_CHARS = 1 << 20   # a url or caption longer than this goes as oversized_field
 
 # scheme http(s), optional user info, a host (name or [v6]), optional port, then path/query.
 URL_SHAPE = (r"^[hH][tT][tT][pP][sS]?://([^/?#@\s]*@)?(\[[0-9A-Fa-f:.]+\]|[^/?#:@\s\[\]]+)"
@@ -42,35 +44,56 @@ class ReadSource:
     url_col: str
     text_col: str
     part: int
+    reserved: frozenset = frozenset()   # the columns the pipeline adds (`declared_outputs`)
 
     def __call__(self) -> pa.Table:
-        raw, counts = read_slice(self.piece)
-        table = normalize(raw, self.url_col, self.text_col, self.part, self.piece.path)
+        raw, malformed, counts = read_slice(self.piece)
+        table = normalize(raw, self.url_col, self.text_col, self.part, self.piece.path, self.reserved)
+        if malformed is not None:
+            table = table.append_column(MALFORMED, malformed)
         source = {"path": self.piece.path, "format": self.piece.format, **counts}
         return table.replace_schema_metadata({SOURCE_STATS: json.dumps(source)})
 
 
-def normalize(raw: pa.Table, url_col: str, text_col: str, part: int, path: str) -> pa.Table:
+def normalize(raw: pa.Table, url_col: str, text_col: str, part: int, path: str,
+              reserved: frozenset = frozenset()) -> pa.Table:
+    """`url`, `text`, the input's other columns (renamed by `input_names`) and `_pos`."""
     rows = raw.num_rows
-    columns = {
-        "url": _as_text(raw, url_col, rows, path),
-        "text": _as_text(raw, text_col, rows, path),
-    }
-    for name in raw.column_names:
-        if name in (url_col, text_col):
-            continue
-        target = f"input_{name}" if name in RESERVED else name
-        columns[target] = raw[name]
-    columns[POS] = pa.array((np.int64(part) << 32) + np.arange(rows, dtype=np.int64))
-    return pa.table(columns)
+    names = [n for n in raw.column_names if n not in (url_col, text_col)]
+    arrays = [_as_text(raw, url_col, rows, path), _as_text(raw, text_col, rows, path)]
+    arrays += [raw[n] for n in names]
+    arrays.append(pa.array((np.int64(part) << 32) + np.arange(rows, dtype=np.int64)))
+    renamed = input_names(names, reserved | set(PUBLIC_COLUMNS))
+    return pa.Table.from_arrays(arrays, ["url", "text", *[renamed[n] for n in names], POS])
+
+
+def input_names(names: list[str], reserved) -> dict[str, str]:
+    """The name each input column goes by. A name the pipeline uses, internal (starting
+    with `_`) or one a stage adds (`reserved`: `uid`, `jpg`, `key`, `clip_score`, ...),
+    gets `input_` in front, again until it is free; every other name stays."""
+    def clashes(name: str) -> bool:
+        return name.startswith(INTERNAL_PREFIX) or name in reserved
+
+    taken = {n for n in names if not clashes(n)} | set(reserved)
+    renamed = {}
+    for name in names:
+        target = name
+        while clashes(target) or (target != name and target in taken):
+            target = INPUT_PREFIX + target
+        taken.add(target)
+        renamed[name] = target
+    return renamed
 
 
 def _as_text(raw: pa.Table, name: str, rows: int, path: str) -> pa.ChunkedArray | pa.Array:
+    """The column as text (numbers as their digits, bytes decoded as UTF-8 with U+FFFD for
+    invalid sequences); a missing column is nulls."""
     if name not in raw.column_names:
         return pa.nulls(rows, pa.string())
     column = raw[name]
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return column.cast(pa.string())
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        return pa.array([None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()],
+                        pa.string())
     try:
         return column.cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -110,6 +133,7 @@ class IngestStage(Stage):
         uid = pa.array(uids_of(urls, texts), pa.string())
         table = table.add_column(0, "uid", uid)
         reasons = pc.if_else(valid_url(url), pa.scalar(None, pa.string()), pa.scalar("invalid_url"))
+        reasons = pc.if_else(oversized(url, table["text"]), pa.scalar("oversized_field"), reasons)
         if malformed is not None:
             reasons = pc.if_else(pc.is_valid(malformed), pa.scalar("malformed_row"), reasons)
             table = table.drop_columns([MALFORMED])
@@ -120,6 +144,12 @@ class IngestStage(Stage):
         if self.earlier is not None:
             table = with_reason(table, matched_reasons(self.earlier.contains(uid)))
         return table
+
+
+def oversized(url, text) -> pa.ChunkedArray:
+    """True where the url or the caption is longer than MAX_FIELD_CHARS."""
+    return pc.fill_null(pc.or_(pc.greater(pc.utf8_length(url), MAX_FIELD_CHARS),
+                               pc.greater(pc.utf8_length(text), MAX_FIELD_CHARS)), False)
 
 
 def valid_url(url: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -135,19 +165,23 @@ class IngestStep(Step):
     `exclude`: earlier run folders whose uids to drop here."""
 
     def __init__(self, settings, crawled: list[str] = (), exclude: list[str] = (),
-                 blocked: Optional[BlocklistSettings] = None):
+                 blocked: Optional[BlocklistSettings] = None, reserved: frozenset = frozenset(),
+                 planned: Optional[list[SourceSlice]] = None):
         super().__init__(IngestStage, None)
         self.input = settings
+        self.planned = planned   # the input's slices, when the driver planned them already
+        self.reserved = frozenset(reserved)
         self.crawled = list(crawled)
         self.exclude = list(exclude)
         self.blocked = blocked if blocked is not None and blocked.any("urls", "domains") else None
 
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
         mapping = (self.input.url_col, self.input.text_col)
-        sources = [(piece, mapping) for piece in plan_input(self.input, bool(self.crawled))]
+        planned = self.planned if self.planned is not None else plan_input(self.input, bool(self.crawled))
+        sources = [(piece, mapping) for piece in planned]
         sources += [(piece, ("url", "text")) for path in self.crawled
                     for piece in plan_slices(path, "parquet", ["url", "text"], self.input.part_rows)]
-        readers = [ReadSource(piece, url_col, text_col, i)
+        readers = [ReadSource(piece, url_col, text_col, i, self.reserved)
                    for i, (piece, (url_col, text_col)) in enumerate(sources)]
         earlier = tuple(earlier_files(self.exclude)) if self.exclude else ()
         stats = ctx.run_phase("map", readers, StageOp(IngestStage, IngestOptions(earlier, self.blocked), ctx.seed))

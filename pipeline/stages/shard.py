@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.core import images, parts, storage
+from pipeline.core.constraints import AtLeast
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage, set_column
 from pipeline.core.steps import Step, StepContext, rows_of
@@ -35,8 +36,8 @@ SECTION = "shard"
 
 @dataclass
 class ShardSettings:
-    samples_per_shard: int = 10_000
-    start_index: Union[int, Literal["auto"]] = 0   # auto: after the excluded runs' last tar
+    samples_per_shard: Annotated[int, AtLeast(1)] = 10_000
+    start_index: Union[Annotated[int, AtLeast(0)], Literal["auto"]] = 0   # auto: after the excluded runs' last tar
     enabled: bool = True
 
 
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 class ShardStage(Stage):
     name = "shard"
     inputs = ("uid", "text", "jpg")
-    outputs = ("shard", "key")   # and `faces` with a face_blur section
+    outputs = ("shard", "key", face_blur.FACES)   # `faces` with a face_blur section
     inputs_from = "download"
 
 

@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import json
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,6 +23,8 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"
            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
            ".warc": "warc", ".wat": "wat"}
 MALFORMED = "_malformed"   # internal column: the raw text of a row that could not be parsed
+csv.field_size_limit(2**31 - 1)   # a long field is a long value (ingest drops it as oversized_field)
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ def _plan_parquet(path: str, columns: list[str], part_rows: int) -> list[SourceS
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise UserError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
     _check_columns(path, names, columns)
+    for column in columns:
+        _check_text_type(path, column, file.schema_arrow.field(column).type)
     slices, group, rows = [], [], 0
     for index in range(meta.num_row_groups):
         group.append(index)
@@ -108,10 +113,21 @@ def _plan_parquet(path: str, columns: list[str], part_rows: int) -> list[SourceS
 
 
 def _check_columns(path: str, names: list[str], needed: list[str]) -> None:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(f"{path}: column name{'s' if len(repeated) > 1 else ''} "
+                        f"{', '.join(repr(n) for n in repeated)} appear{'' if len(repeated) > 1 else 's'} "
+                        f"more than once (rename them)")
     for column in needed:
         if column not in names:
             shown = ", ".join(names[:20]) or "none"
             raise UserError(f"{path}: missing column '{column}' (columns: {shown})")
+
+
+def _check_text_type(path: str, column: str, type_: pa.DataType) -> None:
+    """The url and caption columns hold text, or scalars that read as text (numbers)."""
+    if pa.types.is_nested(type_) or pa.types.is_dictionary(type_) and pa.types.is_nested(type_.value_type):
+        raise UserError(f"{path}: column '{column}' has type {type_}, expected text")
 
 
 def _open_text(path: str):
@@ -156,19 +172,21 @@ def _first_line(exc: Exception) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def read_slice(piece: SourceSlice) -> tuple[pa.Table, dict]:
-    """Read one slice as a table with the file's own columns (+ `_malformed` for bad rows),
-    and what was read: `rows`, and for archives the reader's counts (records, pages, ...)."""
+def read_slice(piece: SourceSlice) -> tuple[pa.Table, Optional[pa.Array], dict]:
+    """Read one slice: a table with the file's own columns; the raw text of each row that
+    could not be parsed (null for the others; None when every row parsed); and what was
+    read: `rows`, and for archives the reader's counts (records, pages, ...)."""
     counts: dict = {}
+    malformed = None
     if piece.format == "parquet":
         table = parts.read_ref(parts.PartRef(piece.path, tuple(piece.row_groups or ())))
     elif piece.format in ("csv", "tsv"):
-        table = _read_csv(piece.path, "\t" if piece.format == "tsv" else ",")
+        table, malformed = _read_csv(piece.path, "\t" if piece.format == "tsv" else ",")
     elif piece.format == "jsonl":
-        table = _read_jsonl(piece.path)
+        table, malformed = _read_jsonl(piece.path)
     else:
         table = _read_archive(piece, counts)
-    return table, {"rows": table.num_rows, **counts}
+    return table, malformed, {"rows": table.num_rows, **counts}
 
 
 def _read_archive(piece: SourceSlice, counts: dict) -> pa.Table:
@@ -190,7 +208,7 @@ def merge_counts(sources: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
-def _read_csv(path: str, delimiter: str) -> pa.Table:
+def _read_csv(path: str, delimiter: str) -> tuple[pa.Table, Optional[pa.Array]]:
     with _open_text(path) as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         header = next(reader, [])
@@ -205,7 +223,7 @@ def _read_csv(path: str, delimiter: str) -> pa.Table:
     return _rows_to_table(header, rows, malformed)
 
 
-def _read_jsonl(path: str) -> pa.Table:
+def _read_jsonl(path: str) -> tuple[pa.Table, Optional[pa.Array]]:
     records, malformed = [], []
     with _open_text(path) as fh:
         for line in fh:
@@ -215,7 +233,7 @@ def _read_jsonl(path: str) -> pa.Table:
                 record = json.loads(line)
                 if not isinstance(record, dict):
                     raise ValueError
-                records.append({k: _scalar(v) for k, v in record.items()})
+                records.append({encodable(k): _scalar(v) for k, v in record.items()})
                 malformed.append(None)
             except ValueError:
                 records.append({})
@@ -226,13 +244,27 @@ def _read_jsonl(path: str) -> pa.Table:
 
 
 def _scalar(value):
-    if value is None or isinstance(value, str):
+    """A JSON value as text: strings as they are, objects and lists as JSON, others by str."""
+    if value is None:
         return value
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    if not isinstance(value, str):
+        value = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return encodable(value)
 
 
-def _rows_to_table(names: list[str], rows: list[list], malformed: list) -> pa.Table:
-    columns = {name: pa.array([r[i] for r in rows], pa.string()) for i, name in enumerate(names)}
-    if any(m is not None for m in malformed):
-        columns[MALFORMED] = pa.array(malformed, pa.string())
-    return pa.table(columns) if columns else pa.table({MALFORMED: pa.array([], pa.string())})
+def encodable(text: str) -> str:
+    """`text` with each lone surrogate (from a JSON `\\ud800` escape; not valid UTF-8)
+    replaced by U+FFFD, as a decoder replaces invalid bytes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _rows_to_table(names: list[str], rows: list[list], malformed: list) -> tuple[pa.Table, Optional[pa.Array]]:
+    arrays = [pa.array([r[i] for r in rows], pa.string()) for i in range(len(names))]
+    table = pa.Table.from_arrays(arrays, names) if names else pa.table({}).append_column(
+        "_empty", pa.nulls(len(malformed), pa.null())).drop_columns(["_empty"])
+    raw = pa.array(malformed, pa.string()) if any(m is not None for m in malformed) else None
+    return table, raw
