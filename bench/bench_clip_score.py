@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
 from pipeline.stages.clip_score import ClipScoreStage  # noqa: E402
-from pipeline.world import make_world  # noqa: E402
+from pipeline.testing.world import make_world  # noqa: E402
 
 
 def raw_open_clip_scores(clip, jpgs: list[bytes], texts: list[str], batch_size: int) -> np.ndarray:

@@ -174,7 +174,7 @@ def tar_jpeg_bytes(shards: Path) -> int:
 def reference_model() -> Path:
     """curate-tiny, trained once and cached in bench/results/ (as the demo does)."""
     from common import RESULTS
-    from pipeline.models.tiny_train import TinyTrainConfig, ensure_tiny_checkpoint
+    from pipeline.testing.tiny_clip import TinyTrainConfig, ensure_tiny_checkpoint
 
     return ensure_tiny_checkpoint(RESULTS / "curate-tiny", TinyTrainConfig(threads=1))
 

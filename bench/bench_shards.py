@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
 from pipeline.shards import write_shards  # noqa: E402
-from pipeline.world import world_rows  # noqa: E402
+from pipeline.testing.world import world_rows  # noqa: E402
 
 
 def sample_table(n: int, image_size: int) -> pa.Table:

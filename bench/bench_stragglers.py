@@ -28,7 +28,7 @@ PARTS, ROWS, SLOW_PART = 6, 96, 3
 
 
 def world_input(folder: Path, fast, slow) -> str:
-    from pipeline.world import make_world
+    from pipeline.testing.world import make_world
 
     world = make_world(PARTS * ROWS, seed=3, image_size=64)
     urls = []

@@ -36,7 +36,7 @@ _BATCH_TIME = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/.*?Batch \(t\): ([0-9.]+)
 
 def write_world_shards(folder: Path, samples: int, image_size: int, shards: int = 8) -> str:
     from pipeline.shards import write_shards
-    from pipeline.world import world_rows
+    from pipeline.testing.world import world_rows
 
     write_shards(world_rows(samples, seed=0, image_size=image_size), folder, samples_per_shard=-(-samples // shards))
     return str(folder / f"{{00000..{shards - 1:05d}}}.tar")

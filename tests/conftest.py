@@ -51,14 +51,14 @@ def object_store():
         yield store
 
 
-# --- CLIP fixtures (pipeline.models.tiny_train): a curate-tiny trained on world pairs --------
+# --- CLIP fixtures (pipeline.testing.tiny_clip): a curate-tiny trained on world pairs --------
 @pytest.fixture(scope="session")
 def tiny_clip_checkpoint(request, tmp_path_factory):
     """Path of a curate-tiny checkpoint (`epoch_latest.pt`, `model_config.json` beside it),
-    trained briefly on `pipeline.world` pairs. Cached across sessions, keyed by the training
+    trained briefly on `pipeline.testing.world` pairs. Cached across sessions, keyed by the training
     config and sources: in pytest's cache (`--cache-clear` retrains) or, with
     `-p no:cacheprovider`, beside pytest's temporary folders."""
-    from pipeline.models.tiny_train import TinyTrainConfig, ensure_tiny_checkpoint
+    from pipeline.testing.tiny_clip import TinyTrainConfig, ensure_tiny_checkpoint
 
     cache = getattr(request.config, "cache", None)
     if cache is not None:

@@ -37,7 +37,7 @@ def text_config(input_path: Path, output: Path, **extra) -> dict:
 def serve_world(web, rows: int, delay_ms: int = 0) -> tuple[list[str], list[str]]:
     """`rows` world images served by `web` (after `delay_ms` each), and their captions, a
     third of them (every third row) someone else's; returns (urls, texts)."""
-    from pipeline.world import make_world, shuffled_captions
+    from pipeline.testing.world import make_world, shuffled_captions
 
     world = make_world(rows, seed=5, image_size=64)
     captions = [s.caption for s in world]

@@ -8,22 +8,24 @@ uncurated downloaded pool (mini-DataComp), zero-shot evaluation of both, and the
 from __future__ import annotations
 
 import json
-
 import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.core import storage
-from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
+from pipeline.config import settings_from_dict
+from pipeline.core import storage
 from pipeline.run_log import run_log
-from pipeline.testing.world_web import build_demo_web
 from pipeline.testing.fakeweb import FakeWeb
+from pipeline.testing.world import write_eval_folder
+from pipeline.testing.world_web import build_demo_web
 
 WORLD_SEED = 7          # the web's pool (the trusted bootstrap set uses world seed 0)
 TRAIN_STEPS = 150
+IMAGE_SIZE = 64         # curate-tiny's input size: downloads and the evaluation set
+EVAL_FOLDER = "eval_set"   # in the output folder: held-out world samples every model is scored on
 # the filters `--ablate` removes one at a time (those the config has), and what to call them
 ABLATED = {"clip_score": "CLIP score", "metadata": "balancing (metadata)", "image_dedup": "image dedup",
            "language": "language", "caption_filter": "caption filter", "heads": "heads",
@@ -31,7 +33,8 @@ ABLATED = {"clip_score": "CLIP score", "metadata": "balancing (metadata)", "imag
 ABLATION_FILE = "ablation.json"
 
 
-def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path, steps: int) -> dict:
+def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path, steps: int,
+                eval_data: Path) -> dict:
     return {
         "input": {"path": [str(pairs)], "url_col": "URL", "text_col": "TEXT", "part_rows": 2000},
         "output": str(output), "engine": "local", "seed": 0,
@@ -41,31 +44,31 @@ def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path, s
         "caption_filter": {"min_chars": 5, "max_chars": 1000, "min_words": 2},
         "language": {"keep": ["en"], "min_score": 0.3},
         "metadata": {"entries": ["wordnet", "wordfreq:50000"], "t": 400},
-        "download": {"image_size": 64, "threads": 16, "timeout": 5, "retries": 1, "part_rows": 1000},
+        "download": {"image_size": IMAGE_SIZE, "threads": 16, "timeout": 5, "retries": 1, "part_rows": 1000},
         "image_dedup": {"phash_distance": 0},   # drawn shapes: distance > 0 merges distinct scenes
         "clip_score": {"model": "curate-tiny", "pretrained": str(checkpoint), "threshold": 0.8,
                        "device": "cpu", "precision": "fp32", "batch_size": 128},
         "shard": {"samples_per_shard": 150},
-        "train": train_section(steps),
+        "train": train_section(steps, eval_data),
     }
 
 
-def train_section(steps: int) -> dict:
+def train_section(steps: int, eval_data: Path) -> dict:
     """The same training for the curated and the uncurated shards (mini-DataComp)."""
     return {"model": "curate-tiny", "steps": steps, "batch_size": 64, "launcher": "inline",
-            "lr": 2e-3, "warmup": 10, "checkpoint_every": steps, "eval_data": "world",
+            "lr": 2e-3, "warmup": 10, "checkpoint_every": steps, "eval_data": str(eval_data),
             "precision": "fp32", "workers": 1}
 
 
-def uncurated_config(pools: list[Path], output: Path, steps: int) -> dict:
+def uncurated_config(pools: list[Path], output: Path, steps: int, eval_data: Path) -> dict:
     """The same pool (files with `url`, `text`), downloaded and sharded with no curation."""
     return {
         "input": {"path": [str(p) for p in pools], "part_rows": 2000}, "output": str(output),
         "engine": "local",
         "seed": 0, "allow_networks": ["127.0.0.1/32"],
-        "download": {"image_size": 64, "threads": 16, "timeout": 5, "retries": 1, "part_rows": 1000},
+        "download": {"image_size": IMAGE_SIZE, "threads": 16, "timeout": 5, "retries": 1, "part_rows": 1000},
         "shard": {"samples_per_shard": 150},
-        "train": train_section(steps),
+        "train": train_section(steps, eval_data),
     }
 
 
@@ -80,7 +83,7 @@ def clear_previous_demo(output: Path) -> None:
 
 def bootstrap_model(output: Path, log) -> Path:
     """The reference CLIP: curate-tiny trained briefly on a small trusted set (world seed 0)."""
-    from pipeline.models.tiny_train import TinyTrainConfig, ensure_tiny_checkpoint
+    from pipeline.testing.tiny_clip import TinyTrainConfig, ensure_tiny_checkpoint
 
     log("demo: bootstrapping the curate-tiny reference model on 2,048 trusted pairs")
     return ensure_tiny_checkpoint(output / "bootstrap", TinyTrainConfig(threads=1))
@@ -95,6 +98,7 @@ def run_demo(output: Path, rows: int = 3000, steps: int = TRAIN_STEPS, log=print
 
 def demo_run(output: Path, rows: int, steps: int, log, ablate: bool = False) -> dict:
     checkpoint = bootstrap_model(output, log)
+    eval_data = write_eval_folder(output / EVAL_FOLDER, image_size=IMAGE_SIZE)
     with FakeWeb() as web:
         world = build_demo_web(web, rows, seed=WORLD_SEED)
         pairs = output / "input" / "pairs.parquet"
@@ -102,13 +106,13 @@ def demo_run(output: Path, rows: int, steps: int, log, ablate: bool = False) -> 
         pq.write_table(world.pairs, pairs)
         log(f"demo: a fake web of {rows:,} images on {web.url('/')}: {world.pairs.num_rows:,} listed "
             f"pairs, the rest on a site to crawl")
-        config = demo_config(pairs, world.seeds, output, checkpoint, steps)
+        config = demo_config(pairs, world.seeds, output, checkpoint, steps, eval_data)
         (output / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         summary = run_pipeline(settings_from_dict(config, str(output / "demo.yaml")), output, log=log)
         listed = pairs.with_name("pairs_url_text.parquet")
         pq.write_table(world.pairs.rename_columns(["url", "text"]), listed)
         crawled = json.loads((output / "steps" / "crawl" / "stats.json").read_text())["files"]
-        pool = uncurated_config([listed, *crawled], output / "uncurated", steps)
+        pool = uncurated_config([listed, *crawled], output / "uncurated", steps, eval_data)
         log("demo: the uncurated pool (download + shard only), for comparison")
         run_pipeline(settings_from_dict(pool, "uncurated"), output / "uncurated", log=log)
         if ablate:

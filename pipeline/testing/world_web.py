@@ -16,7 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from pipeline.testing.fakeweb import FakeWeb
-from pipeline.world import describe, make_sample
+from pipeline.testing.world import describe, make_sample
 
 TRANSLATIONS = {
     "fr": ("un {shape} {colour} sur un fond {background}",

@@ -26,9 +26,9 @@ import tempfile
 from pathlib import Path
 
 from pipeline.core import storage
-from pipeline.train.settings import TrainSettings
 from pipeline.errors import UserError
 from pipeline.train.data import find_shards
+from pipeline.train.settings import TrainSettings
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
@@ -50,9 +50,9 @@ def train(settings: TrainSettings, run_dir: str | Path) -> dict:
          f"launcher {settings.launcher}, {settings.processes} process(es) -> {train_dir}")
     result = launchers[settings.launcher](settings, data, train_dir)
     if settings.eval_data and result.get("checkpoint"):
-        from pipeline.train.zero_shot import evaluate_zero_shot
+        from pipeline.train.zero_shot import evaluate_zero_shot, load_eval_folder
 
-        result["eval"] = evaluate_zero_shot(result["checkpoint"], settings.model, settings.eval_data,
+        result["eval"] = evaluate_zero_shot(result["checkpoint"], settings.model, load_eval_folder(settings.eval_data),
                                             storage.join(train_dir, "eval.json"), steps=result["steps"])
         _log(f"train: zero-shot top-1 {result['eval']['top1']:.3f} on {settings.eval_data}")
     return result

@@ -22,9 +22,9 @@ import torch
 import torch.distributed as dist
 
 from pipeline.core import storage
-from pipeline.train.settings import TrainSettings
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.data import StreamConfig, batch_stream, epoch_of, find_shards
+from pipeline.train.settings import TrainSettings
 from pipeline.train.steplog import StepLog, log_every
 
 WEIGHT_DECAY = 0.2  # open_clip_train's default
@@ -75,11 +75,16 @@ def build_model(name: str, pretrained: Optional[str], device: torch.device):
     return model, preprocess_train, open_clip.get_tokenizer(name)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """AdamW with open_clip's grouping (no decay on gains, biases, embeddings, logit scale)."""
-    from pipeline.models.tiny_train import clip_optimizer
-
-    return clip_optimizer(model, lr, WEIGHT_DECAY)
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = WEIGHT_DECAY) -> torch.optim.Optimizer:
+    """AdamW with open_clip's grouping: no weight decay on gains, biases, embeddings, logit scale."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        exclude = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name \
+            or "logit_scale" in name or "embedding" in name
+        (no_decay if exclude else decay).append(param)
+    groups = [{"params": no_decay, "weight_decay": 0.0},
+              {"params": decay, "weight_decay": weight_decay}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -1,19 +1,17 @@
-"""Zero-shot top-1 of a checkpoint: on a labelled image folder or on the generated world.
+"""Zero-shot top-1 of a checkpoint on an evaluation set: labelled images and, per class,
+its prompts; a class scores its best-matching prompt.
 
-`eval_data` is either a folder of `class_name/*.jpg` (prompt "a photo of a {class name}.",
-underscores read as spaces) or `world` / `world:N` (N generated `pipeline.world` samples of a
-held-out seed, labels the world's (colour, shape) classes, one prompt per possible background:
-"a red circle on a blue background", ...). A class scores its best-matching prompt: the
-average of a world class's prompts blurs shape and background colour (an image of a red shape
-on blue then matches "blue ... on a red background" about as well), the best one does not.
-The result is written to `eval.json`: `{"top1": ..., "steps": ..., "n": ..., "classes": ...}`.
+The caller builds the `EvalSet`; `load_eval_folder` reads one from a folder of
+`class_name/*.jpg` (underscores read as spaces), prompt "a photo of a {class name}." unless the
+folder's `prompts.json` (`{"class_name": ["prompt", ...], ...}`) gives a class its own prompts.
+This is what `train.eval_data` names. The result is written to `eval.json`:
+`{"top1": ..., "steps": ..., "n": ..., "classes": ...}`.
 
-    python -m pipeline.train.zero_shot CHECKPOINT MODEL EVAL_DATA OUT.json
+    python -m pipeline.train.zero_shot CHECKPOINT MODEL EVAL_FOLDER OUT.json
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +23,9 @@ from PIL import Image
 from pipeline.core import storage
 from pipeline.errors import UserError
 
-WORLD_EVAL_SEED = 7_777_777  # not a seed the tests or the demo train on
-WORLD_EVAL_SIZE = 480
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 FOLDER_TEMPLATE = "a photo of a {}."
+PROMPTS_FILE = "prompts.json"
 
 
 @dataclass
@@ -37,20 +34,14 @@ class EvalSet:
     labels: list[int]
     classnames: list[str]
     prompts: list[list[str]]  # per class
+    name: str = ""            # what eval.json names as its data
 
 
-def world_eval_set(n: int, image_size: int) -> EvalSet:
-    from pipeline import world
-
-    samples = world.make_world(n, seed=WORLD_EVAL_SEED, image_size=image_size)
-    images = [lambda jpg=s.jpg: Image.open(io.BytesIO(jpg)) for s in samples]
-    prompts = [[world.CAPTION_TEMPLATE.format(colour=colour, shape=shape, background=background)
-                for background in world.COLOURS if background != colour]
-               for colour in world.COLOURS for shape in world.SHAPES]  # in label order
-    return EvalSet(images, [s.label for s in samples], world.class_names(), prompts)
-
-
-def folder_eval_set(folder: Path) -> EvalSet:
+def load_eval_folder(folder: str | Path) -> EvalSet:
+    """The evaluation set of a folder of `class_name/*.jpg` (and an optional `prompts.json`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"train.eval_data: {folder}: not a folder of class_name/*.jpg images")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     images, labels = [], []
     for label, name in enumerate(classes):
@@ -60,19 +51,23 @@ def folder_eval_set(folder: Path) -> EvalSet:
                 labels.append(label)
     if not images:
         raise UserError(f"train.eval_data: {folder}: no class_name/*.jpg images found")
+    own = _read_prompts(folder / PROMPTS_FILE)
     names = [c.replace("_", " ") for c in classes]
-    return EvalSet(images, labels, names, [[FOLDER_TEMPLATE.format(n)] for n in names])
+    prompts = [list(own.get(c) or [FOLDER_TEMPLATE.format(n)]) for c, n in zip(classes, names)]
+    return EvalSet(images, labels, names, prompts, str(folder))
 
 
-def load_eval_set(eval_data: str, image_size: int) -> EvalSet:
-    """`world`, `world:N` or a labelled folder."""
-    if eval_data == "world" or eval_data.startswith("world:"):
-        n = int(eval_data.split(":", 1)[1]) if ":" in eval_data else WORLD_EVAL_SIZE
-        return world_eval_set(n, image_size)
-    folder = Path(eval_data)
-    if not folder.is_dir():
-        raise UserError(f"train.eval_data: {eval_data}: not a folder (nor 'world' / 'world:N')")
-    return folder_eval_set(folder)
+def _read_prompts(path: Path) -> dict[str, list[str]]:
+    if not path.is_file():
+        return {}
+    try:
+        prompts = json.loads(path.read_text())
+    except ValueError as error:
+        raise UserError(f"train.eval_data: {path}: not valid JSON ({error})") from None
+    if not isinstance(prompts, dict) or not all(
+            isinstance(v, list) and all(isinstance(p, str) for p in v) for v in prompts.values()):
+        raise UserError(f"train.eval_data: {path}: expected {{class_name: [prompt, ...]}}")
+    return prompts
 
 
 @torch.no_grad()
@@ -104,18 +99,16 @@ def top1_accuracy(clip, eval_set: EvalSet, batch_size: int = 256) -> float:
     return correct / len(eval_set.images)
 
 
-def evaluate_zero_shot(checkpoint: str | Path, model_name: str, eval_data: str, out_path: str | Path,
+def evaluate_zero_shot(checkpoint: str | Path, model_name: str, eval_set: EvalSet, out_path: str | Path,
                        steps: Optional[int] = None, device: str = "auto", precision: str = "auto",
                        batch_size: int = 256) -> dict:
-    """Zero-shot top-1 of `checkpoint` on `eval_data`, written to `out_path` (eval.json)."""
+    """Zero-shot top-1 of `checkpoint` on `eval_set`, written to `out_path` (eval.json)."""
     from pipeline.clip.model import load_clip
 
     clip = load_clip(model_name, str(checkpoint), device=device, precision=precision)
-    size = clip.model.visual.image_size
-    eval_set = load_eval_set(eval_data, int(size[0] if isinstance(size, (tuple, list)) else size))
     top1 = top1_accuracy(clip, eval_set, batch_size)
     result = {"top1": top1, "steps": steps, "n": len(eval_set.labels), "classes": len(eval_set.classnames),
-              "chance": 1 / len(eval_set.classnames), "data": eval_data, "checkpoint": str(checkpoint)}
+              "chance": 1 / len(eval_set.classnames), "data": eval_set.name, "checkpoint": str(checkpoint)}
     storage.write_json(result, out_path)
     return result
 
@@ -124,10 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("model")
-    parser.add_argument("eval_data")
+    parser.add_argument("eval_folder")
     parser.add_argument("out")
     args = parser.parse_args(argv)
-    print(json.dumps(evaluate_zero_shot(args.checkpoint, args.model, args.eval_data, args.out)))
+    eval_set = load_eval_folder(args.eval_folder)
+    print(json.dumps(evaluate_zero_shot(args.checkpoint, args.model, eval_set, args.out)))
 
 
 if __name__ == "__main__":

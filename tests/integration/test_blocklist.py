@@ -12,7 +12,7 @@ from tests.support import assert_run_invariants, read_dataset, run
 
 from pipeline.errors import UserError
 from pipeline.testing.fakeweb import FakeWeb
-from pipeline.world import make_world
+from pipeline.testing.world import make_world
 
 ROWS = 40
 BY_URL, BY_DOMAIN, BY_MD5, BY_SHA256 = range(0, 4), range(4, 10), range(10, 13), range(13, 16)

@@ -10,7 +10,7 @@ import pytest
 from tests.support import read_summary, run, serve_world
 
 from pipeline.testing.fakeweb import FakeWeb
-from pipeline.world import COLOURS, describe
+from pipeline.testing.world import COLOURS, describe
 
 ROWS = 96
 WORLD_SEED = 5   # serve_world's

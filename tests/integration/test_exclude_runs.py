@@ -10,7 +10,7 @@ from tests.support import assert_run_invariants, read_dataset, run, serve_world
 
 from pipeline.core import storage
 from pipeline.testing.fakeweb import FakeWeb
-from pipeline.world import make_world
+from pipeline.testing.world import make_world
 from schemas import INDEX_V1
 
 A_ROWS = 24

@@ -16,7 +16,7 @@ from pipeline.config import settings_from_dict
 from pipeline.errors import UserError
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.faces import face_sample
-from pipeline.world import make_sample
+from pipeline.testing.world import make_sample
 
 cv2 = pytest.importorskip("cv2")
 FACE_IMAGES, WORLD_IMAGES = 8, 8

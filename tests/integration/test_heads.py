@@ -15,7 +15,7 @@ import torch
 from tests.support import assert_run_invariants, read_dataset, run
 
 from pipeline.testing.fakeweb import FakeWeb
-from pipeline.world import describe, make_sample
+from pipeline.testing.world import describe, make_sample
 
 WORLD_SEED = 5
 UNSAFE = "green"

@@ -16,7 +16,7 @@ from pipeline.errors import UserError
 from pipeline.report import write_report
 from pipeline.report import data as report_data
 from pipeline.testing.fakeweb import FakeWeb
-from pipeline.world import make_world, shuffled_captions
+from pipeline.testing.world import make_world, shuffled_captions
 
 ROWS = 60
 ALL_SECTIONS = ["funnel", "sources", "throughput", "download", "languages", "clip", "entries", "kept", "dropped"]

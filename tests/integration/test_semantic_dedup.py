@@ -19,7 +19,7 @@ from tests.support import assert_run_invariants, kept_uids, ledger_rows, read_da
 
 from pipeline.stages.phash_lsh import phash_of
 from pipeline.testing.fakeweb import FakeWeb
-from pipeline.world import describe, encode_jpeg, make_sample
+from pipeline.testing.world import describe, encode_jpeg, make_sample
 
 WORLD_SEED = 5
 PHASH_DISTANCE = 2

@@ -11,7 +11,7 @@ import pytest
 from tests.support import assert_same_result, read_dataset, run
 
 from pipeline.testing.fakeweb import FakeWeb
-from pipeline.world import make_world
+from pipeline.testing.world import make_world
 
 PARTS, ROWS = 8, 32     # download tasks of 32 rows, two fetch threads each
 SLOW_PART = 3           # every row of this part is on the slow host

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from pipeline.shards import write_shards
-from pipeline.world import world_rows
+from pipeline.testing.world import world_rows, write_eval_folder
 
 STEPS, CHECKPOINT_EVERY = 40, 8
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,16 +26,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A run folder with 4 shards of 96 world samples (`sizes.json` beside them)."""
+    """A run folder with 4 shards of 96 world samples (`sizes.json` beside them) and a
+    held-out evaluation folder of 480 world samples."""
     run = tmp_path_factory.mktemp("train_run")
     write_shards(world_rows(384, seed=0, image_size=64), run / "shards", samples_per_shard=96)
+    write_eval_folder(run / "eval_set", n=480, image_size=64)
     return run
 
 
-def _train_section(**extra) -> dict:
+def _train_section(run_dir: Path, **extra) -> dict:
     section = {"model": "curate-tiny", "steps": STEPS, "batch_size": 16, "processes": 2,
                "launcher": "torchrun", "lr": 3e-3, "warmup": 4, "checkpoint_every": CHECKPOINT_EVERY,
-               "workers": 1, "eval_data": "world:480"}
+               "workers": 1, "eval_data": str(run_dir / "eval_set")}
     section.update(extra)
     return section
 
@@ -78,7 +80,7 @@ def _kill_after_first_checkpoint(command: list[str], checkpoints: Path, env: dic
 def resumed(run_dir: Path) -> dict:
     """`curate train` under torchrun, SIGKILLed after its first checkpoint, then run again."""
     config = run_dir / "train.yaml"
-    config.write_text(yaml.safe_dump({"output": str(run_dir), "train": _train_section()}))
+    config.write_text(yaml.safe_dump({"output": str(run_dir), "train": _train_section(run_dir)}))
     train_dir = run_dir / "train"
     command = [sys.executable, "-m", "pipeline", "train", str(config)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -136,16 +138,18 @@ def test_zero_shot_eval_beats_chance(resumed):
 
 
 def test_zero_shot_on_a_labelled_folder(resumed, tmp_path):
-    from pipeline.train.zero_shot import evaluate_zero_shot
-    from pipeline.world import class_names, make_world
+    from pipeline.testing.world import class_names, make_world
+    from pipeline.train.zero_shot import evaluate_zero_shot, load_eval_folder
 
     for i, sample in enumerate(make_world(24, seed=5)):
         folder = tmp_path / "images" / class_names()[sample.label].replace(" ", "_")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{i}.jpg").write_bytes(sample.jpg)
     out = tmp_path / "eval.json"
+    eval_set = load_eval_folder(tmp_path / "images")   # no prompts.json: "a photo of a red circle."
+    assert all(prompts == [f"a photo of a {name}."] for name, prompts in zip(eval_set.classnames, eval_set.prompts))
     result = evaluate_zero_shot(resumed["train_dir"] / "checkpoints" / "epoch_latest.pt", "curate-tiny",
-                                str(tmp_path / "images"), out, steps=STEPS)
+                                eval_set, out, steps=STEPS)
     assert json.loads(out.read_text()) == result
     assert result["n"] == 24 and 0.0 <= result["top1"] <= 1.0 and result["steps"] == STEPS
 
@@ -154,12 +158,12 @@ def test_zero_shot_on_a_labelled_folder(resumed, tmp_path):
 def test_ray_train_on_a_local_ray(run_dir, tmp_path, monkeypatch):
     import ray
 
-    from pipeline.train.settings import TrainSettings
     from pipeline.train import train
+    from pipeline.train.settings import TrainSettings
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    settings = TrainSettings(**{**_train_section(), "launcher": "ray", "steps": 4, "checkpoint_every": 2,
+    settings = TrainSettings(**{**_train_section(run_dir), "launcher": "ray", "steps": 4, "checkpoint_every": 2,
                                 "eval_data": None, "output": str(tmp_path / "ray_train")})
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     try:
@@ -173,11 +177,11 @@ def test_ray_train_on_a_local_ray(run_dir, tmp_path, monkeypatch):
 
 
 def test_inline_finetune_from_a_checkpoint_path_then_nothing_left(resumed, run_dir, tmp_path):
-    from pipeline.train.settings import TrainSettings
     from pipeline.train import train
+    from pipeline.train.settings import TrainSettings
 
     pretrained = resumed["train_dir"] / "checkpoints" / "epoch_latest.pt"
-    settings = TrainSettings(**{**_train_section(), "launcher": "inline", "processes": 1, "steps": 2,
+    settings = TrainSettings(**{**_train_section(run_dir), "launcher": "inline", "processes": 1, "steps": 2,
                                 "checkpoint_every": 2, "eval_data": None, "pretrained": str(pretrained),
                                 "output": str(tmp_path / "finetune")})
     threads = torch.get_num_threads()

@@ -16,7 +16,7 @@ from pipeline.clip.score import ClipScorer, can_trim_text, encode_text_trimmed, 
 from pipeline.clip.threshold import ScoreHistogram, top_fraction_threshold
 from pipeline.errors import UserError
 from pipeline.stages.clip_score import ClipScoreStage, low_score_reasons, score_histogram
-from pipeline.world import make_world, shuffled_captions
+from pipeline.testing.world import make_world, shuffled_captions
 
 LONG_CAPTION = " ".join(["a very long caption about a red circle on a blue background"] * 6)
 

@@ -10,7 +10,7 @@ from pipeline.errors import UserError
 from pipeline.stages import face_blur
 from pipeline.stages.face_blur import FaceBlurSettings, blur_jpeg, blur_table, detect_faces
 from pipeline.testing.faces import face_sample
-from pipeline.world import make_sample
+from pipeline.testing.world import make_sample
 
 cv2 = pytest.importorskip("cv2")
 SETTINGS = FaceBlurSettings()

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.shards import sizes_of, write_shards, write_sizes_json
-from pipeline.world import world_rows
+from pipeline.testing.world import world_rows
 
 
 @pytest.fixture(scope="module")

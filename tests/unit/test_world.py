@@ -3,7 +3,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.world import (
+from pipeline.testing.world import (
     COLOURS, SHAPES, altered_captions, class_names, class_prompts, describe, make_world,
     shuffled_captions, world_rows,
 )

@@ -4,12 +4,15 @@ Every sample is a pure function of `(seed, index)`: a JPEG of one shape (`circle
 `triangle`, `cross`) in one colour on a plain background of another colour, with the caption
 that describes it, e.g. "a red circle on a blue background", and a class label for the
 (colour, shape) pair. Tests, the demo and the tiny trainer use it instead of real photos;
-`shuffled_captions` and `altered_captions` make mismatched captions for negatives.
+`shuffled_captions` and `altered_captions` make mismatched captions for negatives;
+`write_eval_folder` writes a held-out zero-shot evaluation set for `train.eval_data`.
 """
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -28,6 +31,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 CAPTION_TEMPLATE = "a {colour} {shape} on a {background} background"
 JPEG_QUALITY = 90
+EVAL_SEED = 7_777_777  # held out: not a seed the tests or the demo train on
+EVAL_SIZE = 480
 
 
 class WorldSample(NamedTuple):
@@ -128,6 +133,26 @@ def world_rows(n: int, seed: int = 0, image_size: int = 64) -> list[dict]:
         rows.append({"uid": uid_of(url, sample.caption), "url": url, "text": sample.caption,
                      "jpg": sample.jpg, "label": sample.label})
     return rows
+
+
+def write_eval_folder(folder: str | Path, n: int = EVAL_SIZE, image_size: int = 64,
+                      seed: int = EVAL_SEED) -> Path:
+    """`n` held-out samples as a zero-shot evaluation folder (`pipeline.train.zero_shot`):
+    `red_circle/00000.jpg`, ... and `prompts.json` with one prompt per possible background for
+    each class ("a red circle on a blue background", ...). A class scores its best prompt:
+    the average of its prompts would blur shape and background colour (an image of a red
+    shape on blue matches "a blue ... on a red background" about as well)."""
+    folder = Path(folder)
+    names = [name.replace(" ", "_") for name in class_names()]
+    for index, sample in enumerate(make_world(n, seed, image_size)):
+        path = folder / names[sample.label] / f"{index:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(sample.jpg)
+    prompts = {names[label_of(colour, shape)]: [CAPTION_TEMPLATE.format(colour=colour, shape=shape, background=b)
+                                                for b in COLOURS if b != colour]
+               for colour in COLOURS for shape in SHAPES}
+    (folder / "prompts.json").write_text(json.dumps(prompts, indent=1))
+    return folder
 
 
 def shuffled_captions(captions: Sequence[str], seed: int = 0) -> list[str]:

@@ -6,12 +6,13 @@ beside it twice: `model_config.json` (the project contract) and `<name>.json`, s
 `open_clip.add_model_config(folder)` registers the architecture under its own name and
 `open_clip.create_model_and_transforms(name, pretrained=checkpoint)` loads it anywhere.
 
-    python -m pipeline.models.tiny_train OUT_DIR [--steps 120] [--seed 0]
+    python -m pipeline.testing.tiny_clip OUT_DIR [--steps 120] [--seed 0]
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import io
 import math
 import os
@@ -24,7 +25,9 @@ from PIL import Image
 
 from pipeline.core import storage
 from pipeline.models import TINY_NAME, register_models
-from pipeline.world import make_world
+from pipeline.testing.world import make_world
+from pipeline.train.checkpoint import write_model_config
+from pipeline.train.loop import make_optimizer
 
 CHECKPOINT_NAME = "epoch_latest.pt"
 
@@ -79,7 +82,7 @@ def run_training(model, images: torch.Tensor, tokens: torch.Tensor, config: Tiny
     import open_clip
 
     loss_fn = open_clip.ClipLoss()
-    optimizer = clip_optimizer(model, config.lr, config.weight_decay)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
     loss_value = float("nan")
@@ -99,18 +102,6 @@ def run_training(model, images: torch.Tensor, tokens: torch.Tensor, config: Tiny
     return loss_value
 
 
-def clip_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with open_clip's grouping: no weight decay on gains, biases, embeddings, scale."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        exclude = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name \
-            or "logit_scale" in name or "embedding" in name
-        (no_decay if exclude else decay).append(param)
-    groups = [{"params": no_decay, "weight_decay": 0.0},
-              {"params": decay, "weight_decay": weight_decay}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
-
-
 def _learning_rate(step: int, config: TinyTrainConfig) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
@@ -121,8 +112,6 @@ def _learning_rate(step: int, config: TinyTrainConfig) -> float:
 def save_checkpoint(model: torch.nn.Module, out_dir: str | Path, model_name: str, epoch: int,
                     file_name: str = CHECKPOINT_NAME) -> Path:
     """Write an open_clip checkpoint plus the architecture JSON beside it (atomically)."""
-    from pipeline.train.checkpoint import write_model_config
-
     out = Path(out_dir)
     write_model_config(out, model_name)
     buffer = io.BytesIO()
@@ -137,7 +126,8 @@ def ensure_tiny_checkpoint(cache_dir: str | Path, config: TinyTrainConfig = Tiny
     """A checkpoint of `config` cached under `cache_dir`, trained only when missing.
 
     The cache key covers the config, the torch/open_clip versions and the sources of the
-    trainer, the world and the architecture, so changing any of them retrains.
+    trainer (its optimizer included), the world and the architecture, so changing any of
+    them retrains.
     """
     folder = Path(cache_dir) / f"{config.model}-{_cache_key(config)}"
     checkpoint = folder / CHECKPOINT_NAME
@@ -155,10 +145,11 @@ def ensure_tiny_checkpoint(cache_dir: str | Path, config: TinyTrainConfig = Tiny
 def _cache_key(config: TinyTrainConfig) -> str:
     import open_clip
 
-    from pipeline import world
     from pipeline.models import model_config_path
+    from pipeline.testing import world
 
     digest = hashlib.sha256(repr((config, torch.__version__, open_clip.__version__)).encode())
+    digest.update(inspect.getsource(make_optimizer).encode())
     for source in (Path(__file__), Path(world.__file__), model_config_path(config.model)):
         if source is not None:
             digest.update(source.read_bytes())
