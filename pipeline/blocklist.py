@@ -10,8 +10,9 @@ Each file is plain text (one entry a line; blank lines and `#` comments skipped)
 (the column named after the kind, `url`/`domain`/`md5`/`sha256`, or its only string column),
 local or on an object store. Rows go with reason `blocklisted` at the earliest step that can
 tell: URLs and domains at ingest, hashes in the download task right after the fetch, before
-the image is decoded or any byte stored. The ledger keeps such a row's uid and reason only
-(never its URL), and the report counts them, never shows them.
+the image is decoded or any byte stored. Those stages declare the reason among their
+`withheld_reasons`, so the ledger keeps such a row's uid and reason only (never its URL), and
+the report counts them, never shows them.
 
 Every list is checked on the driver before any work (a bad entry is one line naming the file
 and line) and loaded once per worker: URLs and hashes as sorted 16-byte keys
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Optional
 from urllib.parse import urlsplit
 
@@ -29,17 +30,29 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core import storage
-from pipeline.core.config import BlocklistSettings
 from pipeline.core.run_index import KeySet
-from pipeline.core import tasks
+from pipeline.core.tasks import built_once
 from pipeline.errors import UserError
 
-BLOCKLISTED = tasks.BLOCKLISTED   # the reason
+BLOCKLISTED = "blocklisted"   # the reason
 
 KINDS = ("urls", "domains", "md5", "sha256")
 HEX = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{64}$")}
 COLUMN_NAMES = {"urls": ("url", "urls"), "domains": ("domain", "domains", "host"),
                 "md5": ("md5",), "sha256": ("sha256",)}
+
+
+@dataclass
+class BlocklistSettings:
+    """The top-level `blocklist` key (`pipeline.config` adds it to every run's settings):
+    files, text or parquet, local or on an object store."""
+    urls: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
+    md5: list[str] = field(default_factory=list)       # of the original image bytes
+    sha256: list[str] = field(default_factory=list)    # of the original image bytes
+
+    def any(self, *kinds: str) -> bool:
+        return any(getattr(self, kind) for kind in (kinds or KINDS))
 
 
 def canonical_url(url: str) -> str:
@@ -190,4 +203,4 @@ def matcher(settings: Optional[BlocklistSettings]) -> Optional[Matcher]:
     if settings is None or not settings.any():
         return None
     key = ("blocklist",) + tuple(tuple(getattr(settings, kind)) for kind in KINDS)
-    return tasks.built_once(key, lambda: Matcher.load(settings))
+    return built_once(key, lambda: Matcher.load(settings))

@@ -3,7 +3,8 @@
 Core knows the general settings (input, output, engine, ...). The sections of sources,
 stages and the trainer are handed in by the layer above (`pipeline.config`) as
 `(name, settings class)` pairs: `settings_class` makes the run's settings class from them.
-A stage runs when its section is present and not `enabled: false`.
+A stage runs when its section is present and not `enabled: false`. Settings every run has
+but core does not use (such as `blocklist`) are handed in the same way, as `general`.
 """
 from __future__ import annotations
 
@@ -32,19 +33,6 @@ class InputSettings:
 
 
 @dataclass
-class BlocklistSettings:
-    """Lists of what a released dataset must not hold (`pipeline.blocklist`): files, text or
-    parquet, local or on an object store."""
-    urls: list[str] = field(default_factory=list)
-    domains: list[str] = field(default_factory=list)
-    md5: list[str] = field(default_factory=list)       # of the original image bytes
-    sha256: list[str] = field(default_factory=list)    # of the original image bytes
-
-    def any(self, *kinds: str) -> bool:
-        return any(getattr(self, kind) for kind in (kinds or ("urls", "domains", "md5", "sha256")))
-
-
-@dataclass
 class RaySettings:
     address: Optional[str] = None        # default: RAY_ADDRESS, else start a local instance
     num_cpus: Optional[Annotated[int, AtLeast(1)]] = None
@@ -68,7 +56,6 @@ class GeneralSettings:
     task_rows: Annotated[int, AtLeast(1)] = 1_000_000   # rows one task of a global step holds at most (memory)
     allow_networks: list[Annotated[str, Cidr()]] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)   # earlier run folders: drop what they hold
-    blocklist: BlocklistSettings = field(default_factory=BlocklistSettings)
     storage_options: dict[str, Any] = field(default_factory=dict)   # for fsspec (s3fs, gcsfs)
     ray: RaySettings = field(default_factory=RaySettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
@@ -82,9 +69,12 @@ class GeneralSettings:
         return settings
 
 
-def settings_class(sections: Sequence[tuple[str, type]], module: str) -> type:
-    """The run settings class: the general settings plus an optional field per section."""
+def settings_class(sections: Sequence[tuple[str, type]], module: str,
+                   general: Sequence[tuple[str, type]] = ()) -> type:
+    """The run settings class: the general settings, plus an optional field per section
+    (None: absent), plus a field per `general` pair that every run has (default: `cls()`)."""
     fields = [(name, Optional[cls], field(default=None)) for name, cls in sections]
+    fields += [(name, cls, field(default_factory=cls)) for name, cls in general]
     cls = make_dataclass("RunSettings", fields, bases=(GeneralSettings,))
     cls.__module__ = module
     return cls

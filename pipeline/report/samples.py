@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import storage
-from pipeline.core.tasks import BLOCKLISTED
 from pipeline.report.data import phase_files, read_columns, read_json, step_records
 
 THUMB = 160
@@ -92,8 +91,9 @@ def dropped_samples(run_dir: str, stages: list[str], limit: int = 24) -> list[Sa
     if "download" not in stages:
         return []
     later = stages[stages.index("download") + 1:]
-    ledger = read_columns(storage.join(run_dir, "ledger"), ["uid", "stage", "reason"],   # never a blocked one
-                          filter=pc.field("stage").isin(later or ["-"]) & (pc.field("reason") != BLOCKLISTED))
+    ledger = read_columns(storage.join(run_dir, "ledger"), ["uid", "url", "stage", "reason"],
+                          filter=pc.field("stage").isin(later or ["-"]) & pc.field("url").is_valid())
+    # a row the ledger withholds the URL of (blocklisted) is never shown
     if ledger is None or ledger.num_rows == 0:
         return []
     picked = pick_spread(ledger, limit)

@@ -5,8 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.blocklist import Matcher, canonical_url, read_entries, under_blocked_domain
-from pipeline.core.config import BlocklistSettings
+from pipeline.blocklist import BlocklistSettings, Matcher, canonical_url, read_entries, under_blocked_domain
 from pipeline.errors import UserError
 
 
@@ -54,3 +53,20 @@ def test_a_parquet_list_needs_a_named_or_single_text_column(tmp_path):
         read_entries(str(tmp_path / "d.parquet"), "domains")
     pq.write_table(pa.table({"n": [1, 2], "name": ["*.X.example.", "y.example"]}), tmp_path / "e.parquet")
     assert read_entries(str(tmp_path / "e.parquet"), "domains") == ["x.example", "y.example"]
+
+
+def test_the_stages_that_drop_blocklisted_rows_have_the_ledger_withhold_their_urls():
+    from pipeline.blocklist import BLOCKLISTED
+    from pipeline.core.tasks import split_by_reason
+    from pipeline.stages.download import DownloadStage
+    from pipeline.stages.ingest import IngestStage
+
+    assert BLOCKLISTED in IngestStage.withheld_reasons and BLOCKLISTED in DownloadStage.withheld_reasons
+    table = pa.table({"uid": ["a", "b", "c"], "url": ["http://x/1", "http://x/2", "http://x/3"],
+                      "_reason": [None, BLOCKLISTED, "not_found"]})
+    kept, ledger = split_by_reason(table, "download", DownloadStage.withheld_reasons)
+    assert kept.column_names == ["uid", "url"] and kept["uid"].to_pylist() == ["a"]
+    assert ledger.to_pylist() == [
+        {"uid": "b", "url": None, "stage": "download", "reason": BLOCKLISTED},
+        {"uid": "c", "url": "http://x/3", "stage": "download", "reason": "not_found"}]
+    assert split_by_reason(table, "t")[1]["url"].null_count == 0   # nothing withheld by default
