@@ -4,7 +4,7 @@ The site (`pipeline.testing.testsite.make_site`, a binary tree of pages with ima
 and special pages) is served from a separate process, so the server does not take the GIL
 from the crawler. Reported: pages/s with the crawler's default politeness (2 connections per
 host: the whole site is one host) and with 16 per host. Target: >= 200 pages/s. Beside it,
-the crawl step as a run does it (`pipeline.crawl.spread`: level by level on the local engine's
+the crawl step as a run does it (`pipeline.stages.crawl_spread`: level by level on the local engine's
 workers, frontier checkpointed in a run folder) on the same site: `spread_ratio` is its
 pages/s over the one-process crawler's.
 """
@@ -47,7 +47,7 @@ def crawl_rate(origin: str, pages: int, per_host_limit: int) -> dict:
 
 
 def spread_rate(origin: str, pages: int, folder: str) -> dict:
-    from pipeline.crawl.spread import CrawlOptions, crawl_on
+    from pipeline.stages.crawl_spread import CrawlOptions, crawl_on
     from pipeline.engines.local import LocalEngine
 
     options = CrawlOptions(seeds=(origin + "/",), buckets=16, allow_networks=tuple(LOOPBACK),

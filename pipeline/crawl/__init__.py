@@ -1,5 +1,8 @@
 """Sources of image-text pairs from the web: a polite BFS crawler and Common Crawl archives.
 
+A library: it knows nothing of parts, steps or engines (the crawl step that runs it on the
+engine's workers is `pipeline.stages.crawl_step`, with `pipeline.stages.crawl_spread`).
+
 - `crawl(seeds, ...)`: crawl live pages (robots.txt, meta robots, politeness) -> pyarrow.Table
 - `extract_page(body, page_url)`: pairs and links of one HTML page
 - `iter_warc_pairs(path)`, `iter_wat_pairs(path)`, `iter_archive_pairs(path)`: pairs from

@@ -18,7 +18,7 @@ from tests.support import run
 
 from pipeline.crawl import crawl
 from pipeline.crawl.politeness import host_of
-from pipeline.crawl.spread import bucket_of, share_budget
+from pipeline.stages.crawl_spread import bucket_of, share_budget
 from pipeline.testing.fakeweb import FakeWeb
 
 HOSTS = [f"127.0.0.{i}" for i in range(1, 6)]

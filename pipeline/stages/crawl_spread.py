@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import blocklist
+from pipeline.blocklist import BlocklistSettings
 from pipeline.core import parts, storage
-from pipeline.core.config import BlocklistSettings
 from pipeline.core.parts import PartRef
 from pipeline.crawl.crawler import CRAWL_SCHEMA, Crawler, guarded_fetch, site_key
 from pipeline.crawl.politeness import host_of
