@@ -6,12 +6,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from tests.support import assert_run_invariants, read_dataset, run, serve_world
 
 from pipeline.core import storage
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import make_world
 from schemas import INDEX_V1
+from tests.support import assert_run_invariants, read_dataset, run, serve_world
 
 A_ROWS = 24
 SAME_URL = range(0, 6)                 # A's rows again: same url and caption (uid)
@@ -116,3 +116,24 @@ def test_exclude_names_finished_runs_only(releases, tmp_path):
         run(config(folder / "b.parquet", tmp_path / "x", exclude=[str(tmp_path / "nothing")]))
     with pytest.raises(UserError, match="own folder"):
         run(config(folder / "b.parquet", folder / "a", exclude=[str(folder / "a")]))
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_a_rerun_excluding_itself_keeps_nothing_on_an_object_store(tmp_path, dedup):
+    """Through `memory://` (no listing: the index is found through its `_SUCCESS`), the same
+    input again, excluding the first run, drops every valid row: at dedup, or at ingest."""
+    from tests.support import write_sample
+
+    sample = write_sample(tmp_path / "s.parquet", rows=300)
+    base = f"memory://exclude-{dedup}"
+    config = {"input": {"path": [str(sample)], "part_rows": 100}, "processes": 1,
+              **({"dedup": {}} if dedup else {})}
+    first = run({**config, "output": f"{base}/a"})
+    assert storage.read_marker(f"{base}/a/index/_SUCCESS")["files"]
+    second = run({**config, "output": f"{base}/b", "exclude": [f"{base}/a"]})
+    assert second["kept_rows"] == 0 and first["kept_rows"] > 0
+    if dedup:   # every copy of a kept uid, before `duplicate`
+        assert second["stages"][1]["dropped"] == {"in_earlier_run": second["stages"][1]["rows_in"]}
+    else:
+        ingest = second["stages"][0]
+        assert ingest["rows_out"] == 0 and ingest["dropped"]["in_earlier_run"] == first["kept_rows"]

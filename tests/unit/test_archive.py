@@ -6,9 +6,15 @@ import zlib
 import pyarrow as pa
 import pytest
 
-from pipeline.crawl.archive import (ARCHIVE_SCHEMA, decoded_payload, dechunked,
-                                    iter_archive_pairs, iter_warc_pairs, iter_wat_pairs,
-                                    sniffs_as_html)
+from pipeline.crawl.archive import (
+    ARCHIVE_SCHEMA,
+    dechunked,
+    decoded_payload,
+    iter_archive_pairs,
+    iter_warc_pairs,
+    iter_wat_pairs,
+    sniffs_as_html,
+)
 from pipeline.errors import UserError
 
 
@@ -142,30 +148,6 @@ def test_archive_without_pairs_yields_no_batches(tmp_path):
     path = write_archive(tmp_path / "empty.warc.gz",
                          [warc_record("warcinfo", "", "application/warc-fields", b"a: b\r\n", 1)])
     assert list(iter_warc_pairs(path)) == []
-
-
-def test_archives_as_pipeline_input_one_task_each(tmp_path):
-    """A folder of .warc.gz files is an input like any other: one archive per task, and the
-    pairs go through the stages with their page_url/title/figcaption columns."""
-    import pyarrow.dataset as ds
-
-    from pipeline.config import settings_from_dict
-    from pipeline.app import run_pipeline
-    folder = tmp_path / "crawl"
-    folder.mkdir()
-    for i in range(3):
-        write_archive(folder / f"CC-{i}.warc.gz", warc_records())
-    config = {"input": {"path": [str(folder)]}, "output": str(tmp_path / "run"), "processes": 2,
-              "dedup": {}, "caption_filter": {"min_chars": 1, "min_words": 1}}
-    summary = run_pipeline(settings_from_dict(config, "t.yaml"), config["output"], log=lambda *_: None)
-    ingest = summary["stages"][0]
-    assert ingest["rows_in"] == 3 * len(EXPECTED_WARC)
-    assert len(list((tmp_path / "run" / "steps" / "00_ingest" / "map" / "done").glob("*.json"))) == 3
-    assert summary["stages"][1]["dropped"] == {"duplicate": 2 * len(EXPECTED_WARC)}
-    kept = ds.dataset(str(tmp_path / "run" / "kept")).to_table().sort_by("url")
-    assert kept["url"].to_pylist() == ["http://site.org/gz.jpg", "http://site.org/media/cat.jpg"]
-    assert kept["figcaption"].to_pylist() == [None, "My cat"]
-    assert summary["stages"][2]["dropped"] == {"empty_text": 1}   # the logo without alt text
 
 
 # --- real archives' quirks, and what each file held (counts) ---------------------------------

@@ -111,26 +111,3 @@ def test_start_index_in_config(tmp_path):
     assert settings_from_dict({"shard": {"start_index": 13}}, "c.yaml").shard.start_index == 13
     with pytest.raises(UserError, match="shard.start_index"):
         settings_from_dict({"shard": {"start_index": "next"}}, "c.yaml")
-
-
-@pytest.mark.parametrize("dedup", [True, False])
-def test_a_rerun_excluding_itself_keeps_nothing_on_an_object_store(tmp_path, dedup):
-    """Through `memory://` (no listing: the index is found through its `_SUCCESS`), the same
-    input again, excluding the first run, drops every valid row: at dedup, or at ingest."""
-    from tests.support import run, write_sample
-
-    from pipeline.core import storage
-
-    sample = write_sample(tmp_path / "s.parquet", rows=300)
-    base = f"memory://exclude-{dedup}"
-    config = {"input": {"path": [str(sample)], "part_rows": 100}, "processes": 1,
-              **({"dedup": {}} if dedup else {})}
-    first = run({**config, "output": f"{base}/a"})
-    assert storage.read_marker(f"{base}/a/index/_SUCCESS")["files"]
-    second = run({**config, "output": f"{base}/b", "exclude": [f"{base}/a"]})
-    assert second["kept_rows"] == 0 and first["kept_rows"] > 0
-    if dedup:   # every copy of a kept uid, before `duplicate`
-        assert second["stages"][1]["dropped"] == {"in_earlier_run": second["stages"][1]["rows_in"]}
-    else:
-        ingest = second["stages"][0]
-        assert ingest["rows_out"] == 0 and ingest["dropped"]["in_earlier_run"] == first["kept_rows"]

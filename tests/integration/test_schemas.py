@@ -1,9 +1,10 @@
+"""A text run's kept/ and ledger/ follow schemas/; `curate metadata build` writes the entry list."""
 import pyarrow.dataset as ds
-from tests.support import text_config, write_sample
 
-from pipeline.config import settings_from_dict
 from pipeline.app import run_pipeline
+from pipeline.config import settings_from_dict
 from schemas import LEDGER_V1, kept_schema, missing_or_mistyped
+from tests.support import text_config, write_sample
 
 
 def test_run_outputs_follow_the_schemas(tmp_path):
