@@ -69,7 +69,7 @@ def embedding_rows(rows: int, dim: int = 64, seed: int = 0) -> pa.Table:
     """Rows as clip_score leaves them for semantic_dedup: uid, url, text, `_pos` and a unit
     image embedding (float16); every 10th row a near copy of the row before it."""
     from pipeline.core.hashing import uids_of
-    from pipeline.stages.clip_score import embedding_array
+    from pipeline.clip.embeddings import embedding_array
 
     base = caption_table(rows, seed)
     base = base.add_column(0, "uid", pa.array(uids_of(base["url"].to_pylist(), base["text"].to_pylist())))

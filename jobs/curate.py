@@ -23,6 +23,8 @@ def main() -> int:
     parser.add_argument("--output")
     parser.add_argument("--engine", choices=["local", "ray", "spark"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--allow-changed-input", action="store_true",
+                        help="resume although an input file changed since the run began")
     args = parser.parse_args()
     argv = ["run", args.config]
     if args.output:
@@ -31,6 +33,8 @@ def main() -> int:
         argv += ["--engine", args.engine]
     for item in args.set:
         argv += ["--set", item]
+    if args.allow_changed_input:
+        argv.append("--allow-changed-input")
     return curate_main(argv)
 
 

@@ -15,10 +15,9 @@ import pyarrow as pa
 from pipeline import blocklist
 from pipeline.core import fingerprint, images, lease, parts, run_index, storage
 from pipeline.config import RunSettings
-from pipeline.stages import STAGES, dedup, face_blur, shard
-from pipeline.stages.ingest import IngestStep
-from pipeline.stages.ingest import plan_input
-from pipeline.core.stage import declared_outputs
+from pipeline import stages
+from pipeline.stages.ingest import IngestStep, plan_input
+from pipeline.core.columns import ColumnPlan, plan_columns
 from pipeline.core.steps import Step, execute_step
 from pipeline.core.tasks import LEDGER_SCHEMA, peak_rss_bytes
 from pipeline.engines import make_engine
@@ -30,22 +29,28 @@ TIMING_FILE = "timing.json"   # the run's wall time, finalize time, slots, drive
 EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source", "storage_options")
 
 
-def build_steps(settings, crawled: list[str] = (), planned=None) -> list[Step]:
-    """Ingest, then each registered stage whose section is present, in registry order.
-    Excluded runs' uids are dropped by dedup when it joins on uid, else by ingest."""
-    if settings.section(face_blur.SECTION) is not None and settings.section(shard.SECTION) is None:
-        raise UserError("face_blur: faces are blurred as the shard step writes the tars; "
-                        "add a shard section (or remove face_blur)")
-    deduplicating = settings.section("dedup")
-    uids_at_dedup = deduplicating is not None and dedup.joins_uids(deduplicating)
-    reserved = declared_outputs({stage.SECTION: settings.section(stage.SECTION) for stage in STAGES})
-    steps: list[Step] = [IngestStep(settings.input, crawled, [] if uids_at_dedup else settings.exclude,
-                                    settings.blocklist, reserved, planned)]
-    for stage in STAGES:
-        section = settings.section(stage.SECTION)
-        if section is not None:
-            steps.append(stage.build_step(section, settings))
-    return steps
+def build_steps(settings, crawled: list[str] = (), planned=None) -> tuple[list[Step], ColumnPlan]:
+    """Ingest, then each registered stage whose section is present, in registry order, and
+    the plan of their columns (`core.columns`). The run's image transforms go to the steps
+    that write images out; excluded runs' uids are dropped by ingest unless a step does."""
+    steps = [stage.build_step(section, settings) for stage in stages.registered_stages()
+             if (section := settings.section(stage.SECTION)) is not None]
+    transforms = tuple(module.image_transform(section) for module in stages.registered_transforms()
+                       if (section := settings.section(module.SECTION)) is not None)
+    writers = [step for step in steps if step.writes_images]
+    if transforms and not writers:
+        able = " or ".join(m.SECTION for m in stages.registered_stages() if m.STAGE.writes_images)
+        raise UserError(f"{transforms[0].name}: changes the images as a step writes them out; "
+                        f"add a {able} section, or remove {transforms[0].name}")
+    for step in writers:
+        step.image_transforms = transforms
+    ingest = IngestStep(settings.input, crawled,
+                        [] if any(step.drops_earlier_uids for step in steps) else settings.exclude,
+                        settings.blocklist, planned=planned)
+    steps.insert(0, ingest)
+    plan = plan_columns(steps, transforms)
+    ingest.reserved = plan.added
+    return steps, plan
 
 
 def run_pipeline(settings: RunSettings, run_dir: str | Path, log=print,
@@ -72,9 +77,11 @@ def claimed(settings: RunSettings, run_dir: str | Path,
     storage.configure(settings.storage_options)
     run_dir = storage.absolute(run_dir)
     settings = in_one_process_for_memory(settings, run_dir)
-    planned = plan_input(settings.input, optional=settings.section("crawl") is not None)
+    sourced = any(settings.section(module.SECTION) is not None for module in stages.registered_sources())
+    planned = plan_input(settings.input, optional=sourced)
     settings = with_earlier_runs(settings, run_dir)
     settings = with_blocklists(settings)
+    build_steps(settings, planned=planned)   # every step's own checks (head files, transforms), read-only
     make_run_folder(run_dir)
     with lease.held(run_dir):
         check_same_config(settings, run_dir)
@@ -104,19 +111,17 @@ def execute(claim: Claim, log=print) -> dict:
     settings, run_dir = claim.settings, claim.run_dir
     started = time.perf_counter()
     with make_engine(settings) as engine:
-        crawled = []
-        if settings.section("crawl"):
-            from pipeline.stages.crawl_step import run_crawl
-
-            crawled = run_crawl(settings.crawl, settings.allow_networks, run_dir, engine, log,
-                                settings.blocklist)
-        steps = build_steps(settings, crawled, claim.planned)
+        crawled = [path for module in stages.registered_sources()
+                   if (section := settings.section(module.SECTION)) is not None
+                   for path in module.run_source(section, settings, run_dir, engine, log)]
+        steps, plan = build_steps(settings, crawled, claim.planned)
         inputs: list = []
         records = []
         for index, step in enumerate(steps):
             record = execute_step(step, engine, run_dir, index, settings.seed, inputs,
                                   settings.task_rows)
-            inputs = record["parts"]
+            inputs = [dataclasses.replace(ref, hidden=plan.hidden[index])
+                      for ref in parts.as_refs(record["parts"])]
             records.append(record)
             log(funnel_line(record))
             if "sources" in record:
@@ -294,7 +299,7 @@ def write_kept_and_ledger(engine, kept: storage.Folder, ledger: storage.Folder, 
 
 
 def unified_schema(refs: list) -> pa.Schema:
-    """The kept rows' columns; `jpg` when their images are referenced (no shard step took them)."""
+    """The kept rows' columns; `jpg` when their images are referenced (no step wrote them out)."""
     schemas = [parts.read_schema(r) for r in refs]
     if any(images.IMAGE_FILE in s.names for s in schemas):
         schemas.append(pa.schema([(images.IMAGE, pa.binary())]))

@@ -1,31 +1,48 @@
-"""The run configuration: core's general settings plus a section for the crawl source, each
-registered stage (`pipeline.stages.STAGES`), face_blur (settings the shard step applies: it
-has no step of its own) and the trainer."""
+"""The run configuration: core's general settings (with the blocklist) plus one section per
+registered module (`pipeline.stages.REGISTRY`: sources, stages, image transforms) and the
+trainer. The settings class follows the registry as it is when a config is loaded."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from pipeline import stages
+from pipeline.blocklist import BlocklistSettings
 from pipeline.core import config as core_config
-from pipeline.stages import STAGES
-from pipeline.stages import crawl_step, face_blur
 from pipeline.train.settings import TrainSettings
 
-SECTIONS = ([(crawl_step.SECTION, crawl_step.SETTINGS)]
-            + [(stage.SECTION, stage.SETTINGS) for stage in STAGES]
-            + [(face_blur.SECTION, face_blur.SETTINGS)]
-            + [("train", TrainSettings)])
-RunSettings = core_config.settings_class(SECTIONS, __name__)
+_CLASSES: dict = {}
+
+
+def sections() -> list[tuple[str, type]]:
+    """(section, settings class) of every registered module, then the trainer's."""
+    return [(module.SECTION, module.SETTINGS) for module in stages.REGISTRY] + [("train", TrainSettings)]
+
+
+def run_settings_class() -> type:
+    """The run settings class of the current registry (made once per registry)."""
+    key = tuple(sections())
+    if key not in _CLASSES:
+        name = "RunSettings" if not _CLASSES else f"RunSettings{len(_CLASSES)}"
+        cls = core_config.settings_class(list(key), __name__, general=[("blocklist", BlocklistSettings)])
+        cls.__name__ = cls.__qualname__ = name
+        globals()[name] = cls   # pickled by reference: findable under its name
+        _CLASSES[key] = cls
+    return _CLASSES[key]
+
+
+RunSettings = run_settings_class()
+SECTIONS = sections()
 
 
 def load_config(path, overrides: list[str] = ()) -> Any:
     """Read a YAML config, apply `--set key.sub=value` overrides, validate."""
-    return core_config.load_config(path, overrides, settings_cls=RunSettings)
+    return core_config.load_config(path, overrides, settings_cls=run_settings_class())
 
 
 def settings_from_dict(data: Any, source: str, overrides: list[str] = (),
                        base_dir: Path | None = None) -> Any:
-    return core_config.settings_from_dict(data, source, overrides, base_dir, settings_cls=RunSettings)
+    return core_config.settings_from_dict(data, source, overrides, base_dir, settings_cls=run_settings_class())
 
 
 __all__ = ["RunSettings", "SECTIONS", "load_config", "settings_from_dict"]

@@ -23,11 +23,12 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 
+from pipeline.clip.embeddings import IMAGE_EMBEDDING, TEXT_EMBEDDING
 from pipeline.core import storage
 
 MTIME = 0
 IMAGE_COLUMN, TEXT_COLUMN, UID_COLUMN = "jpg", "text", "uid"
-EMBEDDING_COLUMNS = ("image_embedding", "text_embedding")
+EMBEDDING_COLUMNS = (IMAGE_EMBEDDING, TEXT_EMBEDDING)
 MIN_SHARDS = 8  # open_clip hangs when shards < dataloader workers x processes
 SIZES_FILE = "sizes.json"
 log = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.clip.embeddings import IMAGE_EMBEDDING, TEXT_EMBEDDING
 from pipeline.core import parts, storage
 from pipeline.core.tasks import part_path
 from pipeline.errors import UserError
@@ -39,7 +40,6 @@ INDEX_FOLDER = "index"
 INDEX_FILE = "knn.index"
 INDEX_METADATA = "metadata.parquet"
 INDEX_INFOS = "index_infos.json"
-IMAGE_EMBEDDING, TEXT_EMBEDDING = "image_embedding", "text_embedding"
 
 
 @dataclass

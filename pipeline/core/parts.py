@@ -29,15 +29,18 @@ class PartRef:
     path: str
     row_groups: Optional[tuple] = None   # None: the whole file
     joined: bool = False   # rows a task deferred: read with the part before (steps.logical_parts)
+    hidden: tuple = ()     # columns the file holds that no later reader gets (their last reader ran)
 
     def to_json(self) -> Union[str, dict]:
-        if self.row_groups is None and not self.joined:
+        if self.row_groups is None and not self.joined and not self.hidden:
             return self.path
         found: dict = {"path": self.path}
         if self.row_groups is not None:
             found["row_groups"] = list(self.row_groups)
         if self.joined:
             found["joined"] = True
+        if self.hidden:
+            found["hidden"] = list(self.hidden)
         return found
 
 
@@ -47,7 +50,8 @@ def as_ref(value: Union[str, Path, dict, PartRef]) -> PartRef:
         return value
     if isinstance(value, dict):
         groups = value.get("row_groups")
-        return PartRef(value["path"], None if groups is None else tuple(groups), bool(value.get("joined")))
+        return PartRef(value["path"], None if groups is None else tuple(groups), bool(value.get("joined")),
+                       tuple(value.get("hidden", ())))
     return PartRef(str(value))
 
 
@@ -95,7 +99,11 @@ def num_rows(ref: Union[str, PartRef]) -> int:
 
 
 def read_schema(ref: Union[str, PartRef]) -> pa.Schema:
-    return footer(as_ref(ref).path)[0].schema.to_arrow_schema()
+    ref = as_ref(ref)
+    schema = footer(ref.path)[0].schema.to_arrow_schema()
+    if ref.hidden:
+        schema = pa.schema([f for f in schema if f.name not in ref.hidden], metadata=schema.metadata)
+    return schema
 
 
 def file_rows_of(ref: PartRef) -> np.ndarray:
@@ -111,6 +119,9 @@ def read_ref(ref: Union[str, PartRef], columns: Optional[list[str]] = None) -> p
     ref = as_ref(ref)
     meta, _ = footer(ref.path)
     groups = range(meta.num_row_groups) if ref.row_groups is None else ref.row_groups
+    if ref.hidden:
+        names = read_schema(ref).names if columns is None else columns
+        columns = [c for c in names if c not in ref.hidden]
     with _parquet_source(ref.path) as source:
         return pq.ParquetFile(source, metadata=meta, pre_buffer=True).read_row_groups(
             list(groups), columns=columns)

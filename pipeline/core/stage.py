@@ -36,17 +36,45 @@ PUBLIC_COLUMNS = ("uid", "url", "text")   # every row's identity and pair, set b
 
 
 class Stage:
+    """A stage declares the columns it reads and adds; the run is planned from these
+    declarations (`pipeline.core.columns`): which columns each step carries, which names an
+    input file may not use, and what the part task checks that a stage added."""
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""              # what people call it (report, the demo's ablation)
+    filters: ClassVar[bool] = True         # it keeps rows by a criterion (an ablation removes it)
     inputs: ClassVar[tuple] = ()           # the columns process() reads
-    outputs: ClassVar[tuple] = ()          # every public column it may add (ingest keeps input apart)
+    outputs: ClassVar[tuple] = ()          # (name, Arrow type) of every public column it adds
+    optional: ClassVar[tuple] = ()         # names among `outputs` added only when wanted (`wants`)
     inputs_from: ClassVar[str] = ""        # the stage that makes its inputs (for messages)
     resources: ClassVar[Resources] = Resources()
     reads_images: ClassVar[bool] = False   # process() needs the image bytes (`jpg`)
+    writes_images: ClassVar[bool] = False  # its step writes the images out (applies ImageTransforms)
+    withheld_reasons: ClassVar[frozenset] = frozenset()   # drop reasons whose URL the ledger withholds
+
+    @classmethod
+    def input_columns(cls, settings: Any) -> tuple:
+        """The columns it reads with `settings`."""
+        return cls.inputs
+
+    @classmethod
+    def output_fields(cls, settings: Any) -> tuple:
+        """(name, Arrow type) of the columns it adds with `settings` (an optional one only
+        when `settings` asks for it)."""
+        return cls.outputs
 
     @classmethod
     def output_columns(cls, settings: Any) -> tuple:
-        """The columns it adds with `settings` (beyond `outputs` where names come from settings)."""
-        return cls.outputs
+        return tuple(name for name, _ in cls.output_fields(settings))
+
+    @classmethod
+    def kept_columns(cls, settings: Any) -> tuple:
+        """Optional outputs its settings ask to keep in the run's result (`kept/`, tars)."""
+        return ()
+
+    @classmethod
+    def wants(cls, settings: Any, columns: frozenset) -> Any:
+        """Its settings, made to add the optional `columns` (a later stage reads them)."""
+        return settings
 
     @classmethod
     def check_columns(cls, names) -> None:
@@ -69,17 +97,20 @@ class Stage:
         raise NotImplementedError
 
 
-def declared_outputs(sections: dict) -> frozenset:
-    """Every public column the run's stages may add: `uid`, `url`, `text`, and the
-    `output_columns` of each Stage subclass that `sections` (stage name -> its settings, for
-    the stages that run) names."""
-    names, pending = set(PUBLIC_COLUMNS), list(Stage.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if sections.get(cls.name) is not None:
-            names.update(cls.output_columns(sections[cls.name]))
-    return frozenset(names)
+class ImageTransform:
+    """Changes the images a step writes out (`Step.writes_images`: the shard step, as it
+    writes the tars), e.g. blurring faces; declares the columns it adds to those rows. A
+    section of its own, with no step: its module exposes `image_transform(settings)`."""
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    outputs: ClassVar[tuple] = ()   # (name, Arrow type) of the columns `apply` adds
+
+    def __init__(self, settings: Any):
+        self.settings = settings
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        """`table` (with the image bytes, `jpg`) with its images changed and `outputs` added."""
+        raise NotImplementedError
 
 
 def check_columns(stage: str, needed, names, inputs_from: str = "") -> None:

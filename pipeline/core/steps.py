@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from pipeline.core import parts, storage
 from pipeline.core.parts import PartRef
-from pipeline.core.stage import Resources
+from pipeline.core.stage import Resources, check_columns
 from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, StageOp, load_extras, part_path, peak_rss_bytes, run_part_task
 from pipeline.core.engine import Engine
 
@@ -47,6 +47,7 @@ class StepContext:
     results: dict = field(default_factory=dict)        # phase name -> its tasks' stats
     timings: dict = field(default_factory=dict)        # phase name -> (seconds, gpus, continues)
     record: dict = field(default_factory=dict)         # what a step adds to its stats record
+    withheld: frozenset = frozenset()                  # drop reasons whose URL the ledger withholds
 
     @property
     def run_dir(self) -> str:
@@ -68,8 +69,9 @@ class StepContext:
         `images=True` hands the op the image bytes of its rows."""
         started = time.perf_counter()
         phase_dir = self.phase_dir(name)
-        tasks = [PartTask(str(phase_dir), i, self.stage, reader, op, row_group_key, resources, images)
-                 for i, reader in enumerate(readers)]
+        declared = op.declared_columns() if hasattr(op, "declared_columns") else None
+        tasks = [PartTask(str(phase_dir), i, self.stage, reader, op, row_group_key, resources, images,
+                          self.withheld, declared) for i, reader in enumerate(readers)]
         stats = [storage.read_marker(t.path("done", ".json")) for t in tasks]
         pending = [i for i, s in enumerate(stats) if s is None]
         if pending:
@@ -167,6 +169,13 @@ def bucket_refs(files: list[PartRef], stats: list[dict], keys: range) -> list[Pa
     return refs or [PartRef(files[0].path, ())]
 
 
+def bucket_ranges(buckets: int, tasks: int) -> list[range]:
+    """`buckets` cut into `tasks` (at most `buckets`) consecutive ranges of about equal size."""
+    tasks = max(1, min(tasks, buckets))
+    bounds = [buckets * i // tasks for i in range(tasks + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 def rest_of(reader: Callable, reached: int, deferred: int) -> list[ReadSlice]:
     """The `deferred` rows after the first `reached` of a reader, in SPREAD pieces."""
     if isinstance(reader, ReadSlice):
@@ -228,14 +237,40 @@ def group_by_rows(refs: list[PartRef], task_rows: int, counts: Optional[list[int
 class Step:
     """Base: a plain stage applied part by part (override `run` for global steps).
     With `rows_per_task`, input parts are cut into tasks of at most that many rows (for
-    stages whose rows are heavy, such as downloaded images)."""
+    stages whose rows are heavy, such as downloaded images).
+
+    What a step needs from the rest of the run comes through these hooks, which the app
+    calls from the declarations, never naming a stage:
+    - `want(columns)`: optional outputs a later stage reads (the stage's `wants`);
+    - `writes_images` (its stage's) / `image_transforms`: a step that writes the images out
+      applies the run's image transforms (`ImageTransform`, e.g. blurring faces) as it does;
+    - `drops_earlier_uids`: it drops the uids of excluded runs itself (else ingest does);
+    - `check_inputs(fields)`: checks what earlier steps declare, before any work."""
     name = ""
+    drops_earlier_uids = False
 
     def __init__(self, stage_cls: type, settings: Any, rows_per_task: Optional[int] = None):
         self.stage_cls = stage_cls
         self.settings = settings
         self.name = stage_cls.name
         self.rows_per_task = rows_per_task
+        self.image_transforms: tuple = ()
+
+    @property
+    def writes_images(self) -> bool:
+        return self.stage_cls.writes_images
+
+    def want(self, columns: frozenset) -> None:
+        """Add the optional outputs `columns` (a later stage reads them)."""
+        self.settings = self.stage_cls.wants(self.settings, columns)
+
+    def reads(self) -> tuple:
+        """The columns its stage reads."""
+        return self.stage_cls.input_columns(self.settings)
+
+    def check_inputs(self, fields: dict) -> None:
+        """Before any work: check what the steps before it declare they add (`fields`:
+        column -> (Arrow type, step name)); raise `UserError` for what cannot work."""
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         op = StageOp(self.stage_cls, self.settings, ctx.seed)
@@ -271,10 +306,10 @@ def execute_step(step: Step, engine: Engine, run_dir: str, index: int, seed: int
     if storage.marker_exists(success):
         return storage.read_json(storage.join(step_dir, "stats.json"))
     started = time.perf_counter()
-    ctx = StepContext(engine, step_dir, step.name, seed, task_rows)
+    ctx = StepContext(engine, step_dir, step.name, seed, task_rows, withheld=step.stage_cls.withheld_reasons)
     inputs = parts.as_refs(inputs)
     if inputs:
-        step.stage_cls.check_columns(parts.read_schema(inputs[0]).names)
+        check_columns(step.name, step.reads(), parts.read_schema(inputs[0]).names, step.stage_cls.inputs_from)
     outputs = step.run(ctx, inputs)
     record = summarize(step.name, ctx.phase_stats)
     record["seconds"] = round(time.perf_counter() - started, 3)

@@ -5,7 +5,8 @@ that returns the table with a `_reason` column and optional numpy extras), and a
 Outputs, each renamed into place when complete:
 
     <phase>/data/part-00007.parquet      rows that go on
-    <phase>/dropped/part-00007.parquet   uid, url, stage, reason of the rows dropped here (if any)
+    <phase>/dropped/part-00007.parquet   uid, url, stage, reason of the rows dropped here (if any;
+                                         url null for a reason in the task's `withheld`)
     <phase>/done/part-00007.json         stats, written last: the part is done when it exists
     <phase>/done/part-00007.npz          numpy extras (e.g. per-entry counts), if any
 
@@ -27,7 +28,6 @@ from pipeline.core import images, parts, storage
 from pipeline.core.stage import DEFERRED, REASON, Resources, set_column
 
 SOURCE_STATS = b"curate.source"   # table metadata a reader may set: what it read (JSON)
-BLOCKLISTED = "blocklisted"   # pipeline.blocklist's reason
 LEDGER_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()),
                            ("stage", pa.string()), ("reason", pa.string())])
 
@@ -42,6 +42,8 @@ class PartTask:
     row_group_key: Optional[str] = None
     resources: Resources = field(default_factory=Resources)
     images: bool = False            # the op reads image bytes (`jpg`)
+    withheld: frozenset = frozenset()   # drop reasons whose URL the ledger must not hold
+    declared: Optional[tuple] = None    # the public columns the op adds (checked), if it says
 
     def path(self, kind: str, suffix: str = ".parquet") -> str:
         return part_path(self.phase_dir, kind, self.part, suffix)
@@ -68,10 +70,13 @@ def run_part_task(task: PartTask) -> dict:
     if task.images:
         table = images.attach_images(table)
     table_bytes = table.nbytes
+    columns_in = set(table.column_names)
     result = task.op(table)
     table, extras = result if isinstance(result, tuple) else (result, {})
+    if task.declared is not None:
+        check_declared(task, columns_in, table)
     table, deferred = without_deferred(table, task)
-    kept, dropped = split_by_reason(table, task.stage)
+    kept, dropped = split_by_reason(table, task.stage, task.withheld)
     kept = images.without_stored_images(kept)
     groups = parts.write_parquet(kept, task.path("data"), task.row_group_key,
                                  images.image_row_groups(kept))
@@ -107,6 +112,17 @@ def run_part_task(task: PartTask) -> dict:
     return stats
 
 
+def check_declared(task: PartTask, columns_in: set, table: pa.Table) -> None:
+    """A stage adds exactly the public columns it declared (an empty table: no more than
+    those): a column it did not declare would reach the result unplanned."""
+    added = {c for c in table.column_names if c not in columns_in and not c.startswith(parts.INTERNAL_PREFIX)}
+    declared = set(task.declared)
+    missing = declared - set(table.column_names) if table.num_rows else set()
+    if added - declared or missing:
+        raise RuntimeError(f"{task.stage}: part {task.part}: added columns {sorted(added - declared)} it did "
+                           f"not declare, and lacks declared {sorted(missing)}")
+
+
 def without_deferred(table: pa.Table, task: PartTask) -> tuple[pa.Table, int]:
     """The rows the op reached, and how many it deferred (the last ones, so that the rest
     of the task is a slice of its input; at least one row must be reached)."""
@@ -130,18 +146,19 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def split_by_reason(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
-    """Kept rows (without `_reason`) and ledger rows for the dropped ones."""
+def split_by_reason(table: pa.Table, stage: str, withheld: frozenset = frozenset()) -> tuple[pa.Table, pa.Table]:
+    """Kept rows (without `_reason`) and ledger rows for the dropped ones; a row dropped for a
+    reason in `withheld` keeps its uid and reason in the ledger, its url is null."""
     if REASON not in table.column_names:
         return table, LEDGER_SCHEMA.empty_table()
     reasons = table[REASON]
     is_dropped = pc.is_valid(reasons)
     kept = table.filter(pc.invert(is_dropped)).drop_columns([REASON])
     dropped = table.filter(is_dropped)
-    blocked = pc.equal(dropped[REASON], BLOCKLISTED)   # the ledger never names a blocked URL
+    hidden = pc.is_in(dropped[REASON].cast(pa.string()), pa.array(sorted(withheld), pa.string()))
     ledger = pa.table({
         "uid": dropped["uid"].cast(pa.string()),
-        "url": pc.if_else(blocked, pa.scalar(None, pa.string()), dropped["url"].cast(pa.string())),
+        "url": pc.if_else(hidden, pa.scalar(None, pa.string()), dropped["url"].cast(pa.string())),
         "stage": pa.array([stage] * dropped.num_rows, pa.string()),
         "reason": dropped[REASON].cast(pa.string()),
     }, schema=LEDGER_SCHEMA)
@@ -225,6 +242,9 @@ class StageOp:
     def __call__(self, table: pa.Table) -> pa.Table:
         key = (self.stage_cls.__module__, self.stage_cls.__qualname__, repr(self.settings), self.seed)
         return built_once(key, self._build).process(table)
+
+    def declared_columns(self) -> tuple:
+        return self.stage_cls.output_columns(self.settings)
 
     def _build(self):
         stage = self.stage_cls(self.settings, seed=self.seed)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
+from pipeline import stages
 from pipeline.app import run_pipeline
 from pipeline.config import settings_from_dict
 from pipeline.core import storage
@@ -26,10 +27,6 @@ WORLD_SEED = 7          # the web's pool (the trusted bootstrap set uses world s
 TRAIN_STEPS = 150
 IMAGE_SIZE = 64         # curate-tiny's input size: downloads and the evaluation set
 EVAL_FOLDER = "eval_set"   # in the output folder: held-out world samples every model is scored on
-# the filters `--ablate` removes one at a time (those the config has), and what to call them
-ABLATED = {"clip_score": "CLIP score", "metadata": "balancing (metadata)", "image_dedup": "image dedup",
-           "language": "language", "caption_filter": "caption filter", "heads": "heads",
-           "semantic_dedup": "semantic dedup"}
 ABLATION_FILE = "ablation.json"
 
 
@@ -132,9 +129,7 @@ def run_ablation(config: dict, output: Path, log) -> dict:
     from pipeline.report.page import write_report
 
     rows = [ablation_row("full pipeline", None, output)]
-    for name, label in ABLATED.items():
-        if name not in config:
-            continue
+    for name, label in ablated(config):
         variant = output / "ablate" / f"without_{name}"
         log(f"demo: ablation: the pipeline without {label}")
         without = {k: v for k, v in config.items() if k != name}
@@ -145,6 +140,13 @@ def run_ablation(config: dict, output: Path, log) -> dict:
     storage.write_json(ablation, output / ABLATION_FILE)
     write_report(output)
     return ablation
+
+
+def ablated(config: dict) -> list[tuple[str, str]]:
+    """The filters `--ablate` removes one at a time: (section, label) of each registered
+    stage that keeps rows by a criterion (`Stage.filters`) and that the config has."""
+    return [(module.SECTION, module.STAGE.label) for module in stages.registered_stages()
+            if module.STAGE.filters and module.SECTION in config]
 
 
 def ablation_row(variant: str, removed, run_dir: Path) -> dict:

@@ -46,6 +46,7 @@ SETTINGS = CaptionFilterSettings
 
 class CaptionFilterStage(Stage):
     name = "caption_filter"
+    label = "caption filter"
     inputs = ("text",)
     outputs = ()
 
@@ -83,3 +84,6 @@ def first_reason(checks: list, rows: int) -> pa.Array:
 
 def build_step(settings: CaptionFilterSettings, run) -> Step:
     return Step(CaptionFilterStage, settings)
+
+
+STAGE = CaptionFilterStage

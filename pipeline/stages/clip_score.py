@@ -1,9 +1,9 @@
 """clip_score: LAION's filter, the cosine similarity of a reference CLIP's embeddings.
 
 Reads `jpg` (encoded image bytes) and `text`; adds `clip_score` (float32, NaN where the
-image cannot be decoded) and, with `keep_embeddings` or for the steps that read them (heads,
-semantic_dedup), `image_embedding` / `text_embedding` (fixed-size lists of float16, zeros
-where undecodable); with `keep_embeddings` the step also writes them, for the rows it keeps, in
+image cannot be decoded) and, with `keep_embeddings` or when a later stage declares that it
+reads them, `image_embedding` / `text_embedding` (fixed-size lists of float16, zeros
+where undecodable; `pipeline.clip.embeddings`); with `keep_embeddings` the step also writes them, for the rows it keeps, in
 clip-retrieval's layout under `<run>/embeddings/` (`pipeline.clip.index`). Reasons:
 `undecodable_image`, and with `filter: threshold`, `low_clip_score` for scores below
 `threshold`. `filter: top_fraction` is a global two-phase step: this stage only scores; the
@@ -20,11 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.clip.embeddings import EMBEDDING_TYPE, IMAGE_EMBEDDING, TEXT_EMBEDDING, embedding_array
 from pipeline.clip.threshold import ScoreHistogram
 from pipeline.core import storage
 from pipeline.core.constraints import AtLeast, Between, Matches
 from pipeline.core.parts import PartRef
-from pipeline.core.stage import Resources, Stage, set_column, with_reason
+from pipeline.core.stage import REASON, Resources, Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext, part_readers
 from pipeline.core.tasks import StageOp
 
@@ -50,19 +51,36 @@ SETTINGS = ClipScoreSettings
 
 
 SCORE = "clip_score"
-EMBEDDING_READERS = ("heads", "semantic_dedup")   # later steps that read the embedding columns
-IMAGE_EMBEDDING = "image_embedding"
-TEXT_EMBEDDING = "text_embedding"
 LOW_SCORE = "low_clip_score"
 UNDECODABLE = "undecodable_image"
 
 
 class ClipScoreStage(Stage):
     name = "clip_score"
+    label = "CLIP score"
     inputs = ("jpg", "text")
-    outputs = (SCORE, IMAGE_EMBEDDING, TEXT_EMBEDDING)   # embeddings when a later stage or output asks
+    outputs = ((SCORE, pa.float32()), (IMAGE_EMBEDDING, EMBEDDING_TYPE), (TEXT_EMBEDDING, EMBEDDING_TYPE))
+    optional = (IMAGE_EMBEDDING, TEXT_EMBEDDING)
     inputs_from = "download"
     reads_images = True
+
+    @classmethod
+    def output_fields(cls, settings) -> tuple:
+        """The score, and with `keep_embeddings` the embeddings: fixed-size lists of the
+        model's width where its config tells it without loading the model."""
+        if not settings.keep_embeddings:
+            return cls.outputs[:1]
+        dim = model_embed_dim(settings.model)
+        type_ = pa.list_(pa.float16(), dim) if dim else EMBEDDING_TYPE
+        return (cls.outputs[0], (IMAGE_EMBEDDING, type_), (TEXT_EMBEDDING, type_))
+
+    @classmethod
+    def kept_columns(cls, settings) -> tuple:
+        return cls.optional if settings.keep_embeddings else ()
+
+    @classmethod
+    def wants(cls, settings, columns: frozenset):
+        return dataclasses.replace(settings, keep_embeddings=True) if columns & set(cls.optional) else settings
 
     def __init__(self, settings, seed: int = 0):
         super().__init__(settings, seed)
@@ -104,6 +122,21 @@ def _wants_gpu(device: str) -> bool:
     return False
 
 
+def model_embed_dim(model: str) -> Optional[int]:
+    """The embedding width of an open_clip model from its config, where that is known
+    without loading the model (None otherwise)."""
+    try:
+        import open_clip
+
+        from pipeline.models import register_models
+
+        register_models()
+        config = open_clip.get_model_config(model)
+        return int(config["embed_dim"]) if config else None
+    except Exception:   # a best-effort early check, never a reason to fail
+        return None
+
+
 def add_score_columns(table: pa.Table, result) -> pa.Table:
     """`clip_score` and, when present, the float16 embedding columns (replacing old ones)."""
     table = set_column(table, SCORE, pa.array(result.scores, pa.float32()))
@@ -112,28 +145,6 @@ def add_score_columns(table: pa.Table, result) -> pa.Table:
     if result.text_embeddings is not None:
         table = set_column(table, TEXT_EMBEDDING, embedding_array(result.text_embeddings))
     return table
-
-
-def embedding_array(embeddings: np.ndarray) -> pa.FixedSizeListArray:
-    values = np.ascontiguousarray(embeddings, dtype=np.float16)
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1])
-
-
-def embedding_rows(column) -> tuple[np.ndarray, np.ndarray]:
-    """An embedding column (`embedding_array`'s fixed-size lists) as float32 rows,
-    re-normalised (float16 rounding), and which rows have one (not null, not zero: an
-    undecodable image's rows are zeros)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    dim = column.type.list_size
-    valid = column.is_valid().to_numpy(zero_copy_only=False)
-    x = np.zeros((len(column), dim), dtype=np.float32)
-    if valid.any():
-        present = column.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
-        x[valid] = present.astype(np.float32).reshape(-1, dim)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-    return x, valid & (norms[:, 0] > 0)
 
 
 def score_reasons(scores: np.ndarray, threshold: float | None) -> pa.Array:
@@ -165,6 +176,9 @@ class ScoreAndHistogram:
         scored = self.stage(table)
         return scored, {"histogram": score_histogram(scored).counts}
 
+    def declared_columns(self) -> tuple:
+        return self.stage.declared_columns()
+
 
 @dataclass
 class ScoreKeepingDroppedScores:
@@ -174,8 +188,11 @@ class ScoreKeepingDroppedScores:
 
     def __call__(self, table: pa.Table):
         scored = self.stage(table)
-        dropped = scored.filter(pc.is_valid(scored["_reason"]))[SCORE].to_numpy(zero_copy_only=False)
+        dropped = scored.filter(pc.is_valid(scored[REASON]))[SCORE].to_numpy(zero_copy_only=False)
         return scored, {"dropped_scores": dropped.astype(np.float32)}
+
+    def declared_columns(self) -> tuple:
+        return self.stage.declared_columns()
 
 
 @dataclass
@@ -191,13 +208,10 @@ class ClipScoreStep(Step):
     """`threshold` and `none` filter part by part; `top_fraction` is two-phase: per-part
     score histograms are merged on the driver into one global threshold, then applied."""
 
-    def __init__(self, settings, embed: bool = False):
-        """`embed`: add the embedding columns even without `keep_embeddings` (later steps,
-        heads and semantic_dedup, read them; the last of them drops them unless
-        `keep_embeddings`)."""
+    def __init__(self, settings):
+        """With `keep_embeddings` it also writes the embeddings layout (`want` may turn
+        the embedding columns on later, for a stage that reads them: that writes nothing)."""
         self.writes_layout = settings.keep_embeddings
-        if embed:
-            settings = dataclasses.replace(settings, keep_embeddings=True)
         super().__init__(ClipScoreStage, settings)
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
@@ -233,5 +247,7 @@ class ClipScoreStep(Step):
 
 
 def build_step(settings: ClipScoreSettings, run) -> ClipScoreStep:
-    embed = run is not None and any(run.section(name) is not None for name in EMBEDDING_READERS)
-    return ClipScoreStep(settings, embed=embed)
+    return ClipScoreStep(settings)
+
+
+STAGE = ClipScoreStage

@@ -2,19 +2,21 @@
 the input at ingest and then go through every stage like ingested rows.
 
 The crawl runs on the engine's workers, level by level, hosts spread over `tasks` buckets
-(see `pipeline.crawl.spread`); a rerun resumes at the first unfinished task and reuses a
-finished crawl."""
+(see `pipeline.stages.crawl_spread`, on the `pipeline.crawl` library); a rerun resumes at the
+first unfinished task and reuses a finished crawl."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Annotated, Optional
 
+import pyarrow as pa
+
 from pipeline import blocklist
+from pipeline.blocklist import BlocklistSettings
 from pipeline.core import storage
-from pipeline.core.config import BlocklistSettings
 from pipeline.core.constraints import Above, AtLeast, NonEmpty
 from pipeline.crawl.crawler import normalize_http_url
-from pipeline.crawl.spread import CrawlOptions, crawl_on
+from pipeline.stages.crawl_spread import CrawlOptions, crawl_on
 from pipeline.errors import UserError
 
 
@@ -70,3 +72,11 @@ def run_crawl(settings, allow_networks: list[str], run_dir: str, engine, log=pri
     storage.write_text(storage.join(step_dir, storage.SUCCESS), "")
     log(f"{'crawl':>15}: {stats['pairs']:,} pairs from {stats['pages_fetched']:,} pages")
     return files
+
+
+def run_source(settings, run, run_dir: str, engine, log=print) -> list[str]:
+    """The source hook: the crawl, with the run's `allow_networks` and blocklist."""
+    return run_crawl(settings, run.allow_networks, run_dir, engine, log, run.blocklist)
+
+
+OUTPUTS = (("title", pa.string()), ("figcaption", pa.string()), ("page_url", pa.string()))   # beside url, text

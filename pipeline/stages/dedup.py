@@ -27,7 +27,7 @@ from pipeline.core.hashing import bucket_of, hash_strings
 from pipeline.core.parts import PartRef, read_schema
 from pipeline.core.run_index import IN_EARLIER_RUN, earlier_files
 from pipeline.core.stage import POS, REASON, Stage, check_columns
-from pipeline.core.steps import Step, StepContext, bucket_refs, group_by_rows, rows_of
+from pipeline.core.steps import Step, StepContext, bucket_ranges, bucket_refs, group_by_rows, rows_of
 from pipeline.core.tasks import ReadParts
 
 KEY, BUCKET, EARLIER = "_key", "_bucket", "_earlier"
@@ -45,6 +45,7 @@ SETTINGS = DedupSettings
 
 class DedupStage(Stage):
     name = "dedup"
+    label = "dedup"
     inputs = ("uid", POS)
     outputs = ()
     inputs_from = "ingest"
@@ -115,7 +116,8 @@ class DedupStep(Step):
     def __init__(self, settings, part_rows: int, exclude: list[str] = ()):
         super().__init__(DedupStage, settings)
         self.part_rows = part_rows
-        self.exclude = list(exclude) if joins_uids(settings) else []
+        self.drops_earlier_uids = joins_uids(settings)
+        self.exclude = list(exclude) if self.drops_earlier_uids else []
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         check_columns(self.name, self.settings.keys, read_schema(inputs[0]).names)
@@ -149,13 +151,6 @@ class DedupStep(Step):
         return (lambda keys: bucket_refs(scattered, stats, keys)), sum(counts)
 
 
-def bucket_ranges(buckets: int, tasks: int) -> list[range]:
-    """`buckets` cut into `tasks` (at most `buckets`) consecutive ranges of about equal size."""
-    tasks = max(1, min(tasks, buckets))
-    bounds = [buckets * i // tasks for i in range(tasks + 1)]
-    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
 def joins_uids(settings: DedupSettings) -> bool:
     """Whether this dedup drops the uids of excluded runs (its key hash is the uid)."""
     return list(settings.keys) == ["url", "text"]
@@ -163,3 +158,6 @@ def joins_uids(settings: DedupSettings) -> bool:
 
 def build_step(settings: DedupSettings, run) -> DedupStep:
     return DedupStep(settings, run.input.part_rows, run.exclude)
+
+
+STAGE = DedupStage

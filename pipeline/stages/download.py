@@ -151,8 +151,11 @@ def header_check(stream: io.BytesIO, max_pixels: int) -> str | None:
 
 class DownloadStage(Stage):
     name = "download"
+    withheld_reasons = frozenset({blocklist.BLOCKLISTED})
+    label = "download"
+    filters = False
     inputs = ("url",)
-    outputs = tuple(OUTPUT_SCHEMA.names)
+    outputs = tuple((f.name, f.type) for f in OUTPUT_SCHEMA)
     resources = Resources(cpus=1.0)
 
     def __init__(self, settings: Any = None, seed: int = 0, allow_networks=None):
@@ -313,3 +316,6 @@ def build_step(settings: DownloadSettings, run) -> Step:
     return Step(DownloadStage, {**options, "allow_networks": list(run.allow_networks),
                                 "exclude": list(run.exclude), "blocklist": lists},
                 rows_per_task=settings.part_rows)
+
+
+STAGE = DownloadStage

@@ -1,9 +1,9 @@
 """face_blur: blur the faces in the kept images, as the shard step writes them into the tars.
 
-A settings section without a step of its own (like `crawl` and `train`, it is registered in
-`pipeline.config`, not in the stage registry): the shard step already reads every kept
-image's bytes from where download stored them, so it passes each one through the blurrer
-on its way into the tar. No copy of any image is stored, and only kept images are touched.
+A section without a step of its own: an image transform (`ImageTransform`) that the step
+writing the images out (shard) applies. That step already reads every kept image's bytes
+from where download stored them, so it passes each one through the blurrer on its way into
+the tar. No copy of any image is stored, and only kept images are touched.
 
 The detector is OpenCV's Haar cascade (`haarcascade_frontalface_default.xml`, shipped inside
 the opencv wheel: nothing is downloaded), loaded once per worker process. Each detected box,
@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.constraints import Above, AtLeast, Between
-from pipeline.core.stage import set_column
+from pipeline.core.stage import ImageTransform, set_column
 from pipeline.core.tasks import built_once
 from pipeline.errors import UserError
 
@@ -51,6 +51,24 @@ class FaceBlurSettings:
 
 
 SETTINGS = FaceBlurSettings
+
+
+class FaceBlur(ImageTransform):
+    name = "face_blur"
+    label = "face blur"
+    outputs = ((FACES, pa.int32()),)
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        return blur_table(table, self.settings)
+
+
+TRANSFORM = FaceBlur
+
+
+def image_transform(settings: FaceBlurSettings) -> FaceBlur:
+    """The transform of this section (its settings checked here, on the driver)."""
+    check(settings)
+    return FaceBlur(settings)
 
 
 def check(settings: FaceBlurSettings) -> None:

@@ -8,8 +8,7 @@ a single `torch.nn.Linear` (keys `weight` [1, dim], `bias` [1]; LAION's aestheti
 (numbers compared as numbers). `hidden_activation: relu` puts a ReLU between the layers (LAION's
 NSFW detector; the aesthetic MLP has none: only dropout, inactive at inference), `activation:
 sigmoid` after the last one. Each head reads the L2-normalised `image_embedding` (or, with
-`input: text`, `text_embedding`) that clip_score computes once for this step and
-semantic_dedup, adds `<name>_score` (float32) and, with `drop_above` / `drop_below`, drops
+`input: text`, `text_embedding`; declared, so clip_score adds them for it), adds `<name>_score` (float32) and, with `drop_above` / `drop_below`, drops
 rows past it as `reason` (default: nsfw -> `nsfw`, watermark -> `watermark`, aesthetic ->
 `low_aesthetic`, else the name); a row past several heads goes with the first one's reason.
 A row without an embedding (null or zero) gets a null score and is never dropped here.
@@ -18,8 +17,7 @@ The driver reads every head when the run starts, before download, and again befo
 step's tasks (a missing or corrupt file, a bad setting or an input size that does not match
 the embeddings is one `UserError` line: `heads: <name>: <file>: <problem>`); the tasks get
 each file's sha256 and load it once per worker process (`built_once`), checking that it is
-the same file. The embedding columns go on only when
-semantic_dedup runs after this step or with `clip_score.keep_embeddings`.
+the same file.
 """
 from __future__ import annotations
 
@@ -42,7 +40,7 @@ from pipeline.core.stage import Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext, part_readers
 from pipeline.core.tasks import built_once
 from pipeline.errors import UserError
-from pipeline.stages.clip_score import IMAGE_EMBEDDING, TEXT_EMBEDDING, embedding_rows
+from pipeline.clip.embeddings import IMAGE_EMBEDDING, TEXT_EMBEDDING, embedding_rows
 
 SECTION = "heads"
 
@@ -245,23 +243,6 @@ def dim_error(head: Head, theirs: str) -> UserError:
                                      f"for another CLIP model?)")
 
 
-def clip_embed_dim(clip) -> Optional[int]:
-    """The embedding size of clip_score's model from its open_clip config, where that is known
-    without loading the model (None otherwise: the step checks the embeddings themselves)."""
-    if clip is None:
-        return None
-    try:
-        import open_clip
-
-        from pipeline.models import register_models
-
-        register_models()
-        config = open_clip.get_model_config(clip.model)
-        return int(config["embed_dim"]) if config else None
-    except Exception:   # a best-effort early check, never a reason to fail
-        return None
-
-
 def apply_heads(table: pa.Table, heads: list[Head]) -> pa.Table:
     """`<name>_score` per head (null where a row has no embedding) and the first head's
     reason for rows past a threshold."""
@@ -286,19 +267,17 @@ def apply_heads(table: pa.Table, heads: list[Head]) -> pa.Table:
 
 @dataclass
 class ScoreHeads:
-    """Op: every head (loaded once per worker process, the file the driver read), then the
-    embedding columns dropped unless a later step or the user keeps them."""
+    """Op: every head (loaded once per worker process, the file the driver read)."""
     settings: HeadsSettings
     digests: tuple
-    keep_embeddings: bool
 
     def __call__(self, table: pa.Table) -> pa.Table:
         heads = [Head(s, built_once(("heads.layers", s.path, d), partial(_layers, s, d)))
                  for s, d in zip(self.settings.heads, self.digests)]
-        table = apply_heads(table, heads)
-        if not self.keep_embeddings:
-            table = table.drop_columns([c for c in (IMAGE_EMBEDDING, TEXT_EMBEDDING) if c in table.column_names])
-        return table
+        return apply_heads(table, heads)
+
+    def declared_columns(self) -> tuple:
+        return HeadsStage.output_columns(self.settings)
 
 
 def _layers(head: HeadSettings, digest: str) -> list:
@@ -309,30 +288,41 @@ def _layers(head: HeadSettings, digest: str) -> list:
 
 class HeadsStage(Stage):
     name = "heads"
+    label = "heads (NSFW, watermark, aesthetic)"
     inputs = (IMAGE_EMBEDDING, TEXT_EMBEDDING)
     inputs_from = "clip_score"
 
     @classmethod
-    def output_columns(cls, settings) -> tuple:
+    def input_columns(cls, settings) -> tuple:
+        return tuple(dict.fromkeys(input_column(head) for head in settings.heads))
+
+    @classmethod
+    def output_fields(cls, settings) -> tuple:
         """`<name>_score` per head."""
-        return tuple(score_column(head) for head in settings.heads) if settings is not None else ()
+        return tuple((score_column(head), pa.float32()) for head in settings.heads)
 
 
 class HeadsStep(Step):
     """Per part: one task per logical part, like a plain stage, after the driver has read
     and checked every head."""
 
-    def __init__(self, settings: HeadsSettings, keep_embeddings: bool = True):
+    def __init__(self, settings: HeadsSettings):
         check_settings(settings)
         super().__init__(HeadsStage, settings)
-        self.keep_embeddings = keep_embeddings
 
-    def check_files(self, dim: Optional[int] = None) -> None:
-        """Before the run does any work: every head file reads as a head (of `dim` inputs)."""
+    def check_files(self, fields: Optional[dict] = None) -> None:
+        """Before the run does any work: every head file reads as a head, of as many inputs
+        as its embedding column has where the run's plan knows that (`fields`: column ->
+        (Arrow type, the step that adds it))."""
         for head in self.settings.heads:
             loaded = parse_head(head, read_head(head))
+            type_, step = (fields or {}).get(input_column(head), (None, ""))
+            dim = type_.list_size if type_ is not None and pa.types.is_fixed_size_list(type_) else None
             if dim is not None and loaded.dim != dim:
-                raise dim_error(loaded, f"clip_score's model gives {dim}-dim embeddings")
+                raise dim_error(loaded, f"{step}'s model gives {dim}-dim embeddings")
+
+    def check_inputs(self, fields: dict) -> None:
+        self.check_files(fields)
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         schema = parts.read_schema(inputs[0])
@@ -342,21 +332,16 @@ class HeadsStep(Step):
             check_fits(parse_head(head, data), schema)
             digests.append(hashlib.sha256(data).hexdigest())
         readers = part_readers(inputs)
-        op = ScoreHeads(self.settings, tuple(digests), self.keep_embeddings)
+        op = ScoreHeads(self.settings, tuple(digests))
         ctx.run_phase("map", readers, op, HeadsStage(self.settings).resources)
         return ctx.data_parts("map", len(readers))
 
 
 def build_step(settings: HeadsSettings, run) -> HeadsStep:
-    """Local head paths made absolute (workers may start elsewhere), every file checked; the
-    embeddings go on when semantic_dedup reads them next or clip_score keeps them."""
+    """Local head paths made absolute (workers may start elsewhere); every file is checked
+    when the run is planned (`check_inputs`), before download."""
     heads = [dataclasses.replace(h, path=storage.absolute(h.path) if h.path else h.path) for h in settings.heads]
-    settings = dataclasses.replace(settings, heads=heads)
-    clip = run.section("clip_score") if run is not None else None
-    keep = run is not None and (run.section("semantic_dedup") is not None or bool(clip and clip.keep_embeddings))
-    step = HeadsStep(settings, keep_embeddings=keep)
-    step.check_files(clip_embed_dim(clip))   # a wrong file fails the run before download, not after
-    return step
+    return HeadsStep(dataclasses.replace(settings, heads=heads))
 
 
 # --- converting heads released in other formats ----------------------------------------------
@@ -379,3 +364,6 @@ def dense_layers_state_dict(dense: list, mean=None, variance=None, epsilon: floa
         state[f"layers.{i}.weight"] = torch.tensor(weight, dtype=torch.float32)
         state[f"layers.{i}.bias"] = torch.tensor(bias, dtype=torch.float32)
     return state
+
+
+STAGE = HeadsStage

@@ -235,8 +235,9 @@ def flat_int64(columns: list) -> pa.Array:
 class ImageDedupStage(Stage):
     """`process` dedups one table (with `_pos`) in memory; the step does it globally."""
     name = "image_dedup"
+    label = "image dedup"
     inputs = ("jpg", POS)
-    outputs = ("phash",)
+    outputs = (("phash", pa.string()),)
     inputs_from = "download"
 
     def process(self, table: pa.Table) -> pa.Table:
@@ -298,3 +299,6 @@ class ImageDedupStep(Step):
 
 def build_step(settings: ImageDedupSettings, run) -> ImageDedupStep:
     return ImageDedupStep(settings, exclude=run.exclude)
+
+
+STAGE = ImageDedupStage

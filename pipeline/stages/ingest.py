@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import blocklist
-from pipeline.core.config import BlocklistSettings
+from pipeline.blocklist import BlocklistSettings
 from pipeline.core.hashing import uids_of
 from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
 from pipeline.core.parts import INTERNAL_PREFIX
@@ -28,6 +28,7 @@ from pipeline.errors import UserError
 from pipeline.stages.sources import (MALFORMED, SourceSlice, detect_format, find_files,
                                      merge_counts, plan_slices, read_slice)
 
+ARCHIVES = ("warc", "wat")   # their pairs come as `url` and `text`, whatever input.url_col says
 INPUT_PREFIX = "input_"   # an input column named as one the pipeline uses gets it (see input_names)
 MAX_FIELD_CHARS = 1 << 20   # a url or caption longer than this goes as oversized_field
 
@@ -109,8 +110,11 @@ class IngestOptions:
 class IngestStage(Stage):
     """Settings: `IngestOptions` (or None)."""
     name = "ingest"
+    label = "ingest"
+    filters = False
     inputs = ()
-    outputs = ("uid", "url", "text")
+    outputs = (("uid", pa.string()), ("url", pa.string()), ("text", pa.string()))
+    withheld_reasons = frozenset({blocklist.BLOCKLISTED})
 
     def __init__(self, settings=None, seed: int = 0):
         super().__init__(settings, seed)
@@ -178,7 +182,7 @@ class IngestStep(Step):
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
         mapping = (self.input.url_col, self.input.text_col)
         planned = self.planned if self.planned is not None else plan_input(self.input, bool(self.crawled))
-        sources = [(piece, mapping) for piece in planned]
+        sources = [(piece, ("url", "text") if piece.format in ARCHIVES else mapping) for piece in planned]
         sources += [(piece, ("url", "text")) for path in self.crawled
                     for piece in plan_slices(path, "parquet", ["url", "text"], self.input.part_rows)]
         readers = [ReadSource(piece, url_col, text_col, i, self.reserved)

@@ -53,8 +53,9 @@ SETTINGS = LanguageSettings
 
 class LanguageStage(Stage):
     name = "language"
+    label = "language"
     inputs = ("text",)
-    outputs = ("language", "language_score")
+    outputs = (("language", pa.string()), ("language_score", pa.float32()))
 
     def setup(self) -> None:
         self.model = load_fasttext(self.settings.model)
@@ -99,3 +100,6 @@ def identify(model, texts: list) -> tuple[list, list]:
 
 def build_step(settings: LanguageSettings, run) -> Step:
     return Step(LanguageStage, settings)
+
+
+STAGE = LanguageStage

@@ -136,8 +136,9 @@ def spaced_column(texts, case_sensitive: bool) -> tuple[list[str], np.ndarray]:
 
 class MetadataStage(Stage):
     name = "metadata"
+    label = "balancing (metadata)"
     inputs = ("uid", "text")
-    outputs = ("entry_ids",)
+    outputs = (("entry_ids", pa.list_(pa.int32())),)
 
 
 @dataclass
@@ -243,3 +244,6 @@ def write_entry_counts(path: str, entries: list[str], before: np.ndarray, after:
 
 def build_step(settings: MetadataSettings, run) -> MetadataStep:
     return MetadataStep(settings)
+
+
+STAGE = MetadataStage

@@ -26,8 +26,9 @@ Every choice depends only on row contents, uid, `_pos` order and the seed: the s
 on every engine and for any part count (faiss runs on one thread for reproducible centroids;
 assignment is in float64).
 
-The embedding columns are kept only with `clip_score.keep_embeddings` (clip_score computes
-them for this step either way).
+It reads `image_embedding` (declared, so clip_score adds the embeddings for it); the run
+keeps the embedding columns in its result only where an output asks for them
+(`clip_score.keep_embeddings`).
 """
 from __future__ import annotations
 
@@ -44,10 +45,10 @@ from pipeline.core.constraints import AtLeast, Between
 from pipeline.core.hashing import splitmix64, uid_to_u64
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import POS, REASON, Stage
-from pipeline.core.steps import Step, StepContext, bucket_refs, group_by_rows, rows_of
+from pipeline.core.steps import Step, StepContext, bucket_ranges, bucket_refs, group_by_rows, rows_of
 from pipeline.core.tasks import ReadParts, built_once, load_extras
 from pipeline.errors import UserError
-from pipeline.stages.clip_score import IMAGE_EMBEDDING, TEXT_EMBEDDING, embedding_rows
+from pipeline.clip.embeddings import IMAGE_EMBEDDING, embedding_rows
 
 SECTION = "semantic_dedup"
 
@@ -329,10 +330,11 @@ class ReadEarlierEmbeddings:
 
 @dataclass
 class DropSemanticDuplicates:
-    """Op of `reduce`: `semantic_duplicate` per cluster; embeddings dropped unless kept."""
+    """Op of `reduce`: `semantic_duplicate` per cluster; the image embedding is copied to
+    `_index_embedding`, for the run's index (the run hides the public embedding columns
+    after their last reader unless an output keeps them)."""
     settings: SemanticDedupSettings
     seed: int
-    keep_embeddings: bool
 
     def __call__(self, table: pa.Table):
         uids = table["uid"].to_pylist()
@@ -344,9 +346,7 @@ class DropSemanticDuplicates:
                                      table[POS].to_numpy(), self.settings, self.seed)
         reasons = np.where(earlier, IN_EARLIER_RUN, np.where(of >= 0, SEMANTIC_DUPLICATE, None))
         table = table.drop_columns([c for c in (CENTROID_SIM, IN_EARLIER) if c in table.column_names])
-        if not self.keep_embeddings:   # the image embedding goes on to the run's index only
-            table = table.drop_columns([c for c in (TEXT_EMBEDDING,) if c in table.column_names])
-            table = table.rename_columns([INDEX_EMBEDDING if c == IMAGE_EMBEDDING else c for c in table.column_names])
+        table = table.append_column(INDEX_EMBEDDING, table[IMAGE_EMBEDDING])
         examples = example_pairs(uids, of, sim, EXAMPLES)
         return (table.append_column(REASON, pa.array(reasons.tolist(), pa.string())),
                 examples if len(examples["removed"]) else {})
@@ -356,14 +356,14 @@ class DropSemanticDuplicates:
 
 class SemanticDedupStage(Stage):
     name = "semantic_dedup"
+    label = "semantic dedup"
     inputs = ("uid", POS, IMAGE_EMBEDDING)
     outputs = ()
     inputs_from = "clip_score"
 
 
 class SemanticDedupStep(Step):
-    def __init__(self, settings: SemanticDedupSettings, keep_embeddings: bool = True,
-                 exclude: list[str] = ()):
+    def __init__(self, settings: SemanticDedupSettings, exclude: list[str] = ()):
         super().__init__(SemanticDedupStage, settings)
         self.exclude = list(exclude)
         if not 0 <= float(settings.eps) < 1:
@@ -372,7 +372,6 @@ class SemanticDedupStep(Step):
             raise UserError(f"semantic_dedup.keep must be hard, easy or random, got {settings.keep!r}")
         if settings.clusters < 0 or settings.sample_rows < 1:
             raise UserError("semantic_dedup.clusters must be >= 0 and sample_rows >= 1")
-        self.keep_embeddings = keep_embeddings
 
     def clusters_for(self, rows: int) -> int:
         sample = min(rows, self.settings.sample_rows)
@@ -395,10 +394,8 @@ class SemanticDedupStep(Step):
         stats = ctx.run_phase("scatter", [ReadParts(g) for g in groups],
                               AssignClusters(ctx.phase_dir("sample")), row_group_key=CLUSTER)
         scattered = ctx.data_parts("scatter", len(groups))
-        from pipeline.stages.dedup import bucket_ranges
-
         ranges = bucket_ranges(k, -(-rows // ctx.task_rows))
-        op = DropSemanticDuplicates(self.settings, ctx.seed, self.keep_embeddings)
+        op = DropSemanticDuplicates(self.settings, ctx.seed)
         earlier = self.scatter_earlier(ctx)
         threshold = 1.0 - float(self.settings.eps)
         reduced = ctx.run_phase("reduce", [ReadClusters(bucket_refs(scattered, stats, r), earlier(r), threshold)
@@ -426,6 +423,7 @@ def examples(extras, count: int) -> list[dict]:
 
 
 def build_step(settings: SemanticDedupSettings, run) -> SemanticDedupStep:
-    clip = run.section("clip_score") if run is not None else None
-    return SemanticDedupStep(settings, keep_embeddings=bool(clip and clip.keep_embeddings),
-                             exclude=run.exclude if run is not None else [])
+    return SemanticDedupStep(settings, exclude=run.exclude if run is not None else [])
+
+
+STAGE = SemanticDedupStage

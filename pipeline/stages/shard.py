@@ -4,8 +4,8 @@ Global and engine-agnostic, and linear in the number of parts: the kept rows, in
 are cut into shards of `samples_per_shard` rows (shard s holds rows [s*n, (s+1)*n), all shards
 full but the last); each task writes a run of consecutive shards (up to `task_rows` rows),
 reading only the parts that hold them, and the image bytes of each shard from where download
-stored them (with a `face_blur` section, each through the face blurrer, which adds `faces`;
-see `face_blur`). Within a shard, samples are in the order of a hash of (uid, seed), with fixed
+stored them (each through the run's image transforms, `ImageTransform`, such as the face
+blurrer, which add their columns). Within a shard, samples are in the order of a hash of (uid, seed), with fixed
 mtimes (byte-identical on every engine and rerun). The rows go on without their image bytes,
 with the `shard` and `key` where each one landed; `sizes.json` gives each tar's sample count.
 Tars are numbered from `start_index`; `auto` continues after the last tar of the runs in
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal, Union
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +27,6 @@ from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage, set_column
 from pipeline.core.steps import Step, StepContext, rows_of
 from pipeline.errors import UserError
-from pipeline.stages import face_blur
 from pipeline.shards import (MIN_SHARDS, SIZES_FILE, as_table, shard_keys, shard_name, shuffled_order,
                              write_sizes_json, write_tar)
 
@@ -51,7 +50,10 @@ log = logging.getLogger(__name__)
 class ShardStage(Stage):
     name = "shard"
     inputs = ("uid", "text", "jpg")
-    outputs = ("shard", "key", face_blur.FACES)   # `faces` with a face_blur section
+    label = "shard"
+    filters = False
+    writes_images = True
+    outputs = (("shard", pa.string()), ("key", pa.string()))   # and the image transforms' outputs
     inputs_from = "download"
 
 
@@ -85,7 +87,7 @@ class WriteShards:
     seed: int
     samples_per_shard: int
     start_index: int = 0
-    blur: Optional[face_blur.FaceBlurSettings] = None   # face_blur: faces blurred on the way into the tars
+    transforms: tuple = ()   # ImageTransforms applied to the images on their way into the tars
 
     def __call__(self, table: pa.Table) -> pa.Table:
         shards = table[SHARD].to_numpy()
@@ -94,8 +96,9 @@ class WriteShards:
                    for a, b in zip([0, *bounds], [*bounds, len(shards)]) if b > a]
         if not written:
             empty = images.without_references(table)
-            if self.blur is not None:
-                empty = set_column(empty, face_blur.FACES, pa.array([], pa.int32()))
+            for transform in self.transforms:
+                for name, type_ in transform.outputs:
+                    empty = set_column(empty, name, pa.array([], type_))
             return empty.append_column("shard", pa.array([], pa.string())) \
                         .append_column("key", pa.array([], pa.string()))
         return pa.concat_tables(written)
@@ -105,9 +108,10 @@ class WriteShards:
         index = self.start_index + shard
         keys = shard_keys(index, ordered.num_rows, self.samples_per_shard)
         samples = images.attach_images(ordered)
-        if self.blur is not None:
-            samples = face_blur.blur_table(samples, self.blur)
-            ordered = set_column(ordered, face_blur.FACES, samples[face_blur.FACES])
+        for transform in self.transforms:
+            samples = transform.apply(samples)
+            for name, _ in transform.outputs:
+                ordered = set_column(ordered, name, samples[name])
         write_tar(storage.join(self.out_dir, shard_name(index)), samples, keys)
         placed = images.without_references(ordered)
         return placed.append_column("shard", pa.array([shard_name(index)] * len(keys), pa.string())) \
@@ -115,10 +119,9 @@ class WriteShards:
 
 
 class ShardStep(Step):
-    def __init__(self, settings, start_index: int = 0, blur: Optional[face_blur.FaceBlurSettings] = None):
+    def __init__(self, settings, start_index: int = 0):
         super().__init__(ShardStage, settings)
         self.start_index = start_index
-        self.blur = blur
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         counts = rows_of(inputs)
@@ -129,7 +132,7 @@ class ShardStep(Step):
         out_dir = storage.join(ctx.run_dir, "shards")
         readers = [ReadShardRows(inputs, counts, r.start * per, min(rows, r.stop * per), per)
                    for r in ranges]
-        write = WriteShards(out_dir, ctx.seed, per, self.start_index, self.blur)
+        write = WriteShards(out_dir, ctx.seed, per, self.start_index, tuple(self.image_transforms))
         written = ctx.run_phase("write", readers, write, row_group_key=SHARD)
         finish_shard_folder(out_dir, [min(per, rows - s * per) for s in range(shards)], self.start_index)
         return ctx.keyed_parts("write", written, [list(r) for r in ranges])
@@ -161,9 +164,7 @@ def first_index(settings: ShardSettings, exclude: list[str]) -> int:
 
 
 def build_step(settings: ShardSettings, run) -> ShardStep:
-    """The shard step; with a `face_blur` section (checked here, on the driver) it blurs
-    the faces of the images it writes."""
-    blur = run.section(face_blur.SECTION)
-    if blur is not None:
-        face_blur.check(blur)
-    return ShardStep(settings, first_index(settings, [storage.absolute(r) for r in run.exclude]), blur)
+    return ShardStep(settings, first_index(settings, [storage.absolute(r) for r in run.exclude]))
+
+
+STAGE = ShardStage

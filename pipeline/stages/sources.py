@@ -137,6 +137,8 @@ def _open_text(path: str):
         raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if path.endswith(".gz"):
         stream = gzip.GzipFile(fileobj=stream, mode="rb")
+    elif path.endswith((".bz2", ".zst")):
+        stream = pa.CompressedInputStream(pa.PythonFile(stream, mode="r"), "bz2" if path.endswith(".bz2") else "zstd")
     return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
 
 
@@ -264,7 +266,9 @@ def encodable(text: str) -> str:
 
 def _rows_to_table(names: list[str], rows: list[list], malformed: list) -> tuple[pa.Table, Optional[pa.Array]]:
     arrays = [pa.array([r[i] for r in rows], pa.string()) for i in range(len(names))]
-    table = pa.Table.from_arrays(arrays, names) if names else pa.table({}).append_column(
-        "_empty", pa.nulls(len(malformed), pa.null())).drop_columns(["_empty"])
+    if names:
+        table = pa.Table.from_arrays(arrays, names)
+    else:   # no columns, but one row per line read
+        table = pa.table({"rows": pa.nulls(len(malformed))}).drop_columns(["rows"])
     raw = pa.array(malformed, pa.string()) if any(m is not None for m in malformed) else None
     return table, raw

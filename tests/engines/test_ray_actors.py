@@ -8,6 +8,8 @@ import pytest
 from pipeline.core.config import RaySettings
 from pipeline.core.stage import Resources
 
+pytestmark = pytest.mark.slow  # Ray actors on a local Ray
+
 
 def which_process(task):
     return task, os.getpid()

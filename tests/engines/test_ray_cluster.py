@@ -15,6 +15,8 @@ from tests.support import ROOT, kept_uids, ledger_rows, run, text_config, write_
 
 from pipeline.core import storage
 
+pytestmark = pytest.mark.slow  # a two-node Ray cluster
+
 
 BIN = Path(sys.executable).parent
 

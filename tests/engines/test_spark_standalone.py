@@ -16,6 +16,9 @@ from tests.support import assert_same_result, run, slow_image_config
 
 from pipeline.testing.fakeweb import FakeWeb
 
+pytestmark = pytest.mark.slow  # a Spark standalone cluster
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from tests.support import ROOT, kept_uids, ledger_rows, run, text_config, write_sample
 
+pytestmark = pytest.mark.slow  # spark-submit and the Spark engine
 
 
 def test_spark_submit_matches_local(tmp_path):

@@ -59,6 +59,7 @@ def strings_in_run_folder(run_dir):
             yield path, path.read_bytes().decode("latin-1")
 
 
+@pytest.mark.slow
 def test_blocked_rows_never_stored_and_never_named(tmp_path):
     with FakeWeb() as web:
         summary, urls, world = blocklist_run(tmp_path, web)
@@ -100,6 +101,7 @@ def test_blocked_rows_never_stored_and_never_named(tmp_path):
     assert "blocklisted" in html and not any(urls[i] in html for i in (*BY_MD5, *BY_SHA256))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ray"])
 def test_same_result_on_ray(tmp_path, engine):
     with FakeWeb() as web:
@@ -125,6 +127,7 @@ def test_a_bad_list_is_one_line_naming_file_and_line(tmp_path, content, message)
              "blocklist": {"md5": [str(tmp_path / "missing.txt")]}})
 
 
+@pytest.mark.slow
 def test_a_crawl_never_visits_a_blocked_domain_nor_writes_a_blocked_url(tmp_path):
     """Five linked hosts; 127.0.0.3 is a blocked domain (reached only through links) and one
     image URL of 127.0.0.1 is listed: neither is fetched nor written, the rest is crawled."""

@@ -10,6 +10,8 @@ from tests.support import assert_run_invariants, kept_uids, read_dataset, read_s
 
 from pipeline.testing.fakeweb import FakeWeb
 
+pytestmark = pytest.mark.slow  # image pipelines with curate-tiny, on every engine
+
 ROWS = 96
 
 

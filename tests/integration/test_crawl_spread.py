@@ -72,11 +72,15 @@ def test_spread_crawl_finds_what_the_one_process_crawler_finds_one_host_per_task
 
     buckets = {host: bucket_of(f"http://{host}/", 4) for host in HOSTS}
     assert len(set(buckets.values())) > 1, "the hosts spread over several tasks"
-    for level in sorted((tmp_path / "run" / "steps" / "crawl").glob("level-*")):
-        for pairs_file in (level / "fetch").glob("pairs-*.parquet"):
-            bucket = int(pairs_file.stem.split("-")[1])
-            hosts = {host_of(u) for u in pq.read_table(pairs_file)["page_url"].to_pylist()}
-            assert all(buckets[h] == bucket for h in hosts), "a host's pages are in its bucket's task"
+    pairs_files = sorted((tmp_path / "run" / "steps" / "crawl").glob("level-*/fetch/pairs-*.parquet"))
+    assert len({int(p.stem.split("-")[1]) for p in pairs_files}) > 1, "no pairs files of several tasks found"
+    rows = 0
+    for pairs_file in pairs_files:
+        bucket = int(pairs_file.stem.split("-")[1])
+        page_urls = pq.read_table(pairs_file)["page_url"].to_pylist()
+        rows += len(page_urls)
+        assert all(buckets[host_of(u)] == bucket for u in page_urls), "a host's pages are in its bucket's task"
+    assert rows == pairs.num_rows, "the tasks' pairs files hold every pair"
 
 
 def test_the_page_budget_is_shared_in_proportion_and_adds_up():
@@ -85,6 +89,7 @@ def test_the_page_budget_is_shared_in_proportion_and_adds_up():
     assert sum(share_budget(7, {b: 3 for b in range(5)}).values()) == 7
 
 
+@pytest.mark.slow
 def test_a_killed_crawl_resumes_at_its_checkpoint(tmp_path):
     with ExitStack() as stack:
         webs = serve_sites(stack, delay_ms=120)
@@ -113,6 +118,7 @@ def test_a_killed_crawl_resumes_at_its_checkpoint(tmp_path):
     assert resumed < whole, "the resumed crawl did not fetch the finished levels again"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ray", "spark"])
 def test_spread_crawl_gives_the_same_pairs_on_every_engine(tmp_path, engine):
     with ExitStack() as stack:

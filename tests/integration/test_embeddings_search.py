@@ -174,7 +174,7 @@ def test_a_part_that_kept_no_row_writes_no_files(tmp_path):
     """As clip-retrieval skips empty partitions; the marker still records the part as done."""
     from pipeline.clip.index import write_embeddings
     from pipeline.engines.local import LocalEngine
-    from pipeline.stages.clip_score import embedding_array
+    from pipeline.clip.embeddings import embedding_array
 
     vectors = np.array([[3, 4], [1, 0]], np.float32)
     table = pa.table({"uid": ["a", "b"], "url": ["u1", "u2"], "text": ["t1", "t2"],

@@ -144,8 +144,8 @@ def test_without_face_blur_the_tars_hold_what_download_stored(runs):
 
 def test_face_blur_needs_a_shard_section_and_valid_settings(tmp_path):
     base = {"input": {"path": [str(tmp_path / "in.parquet")]}, "download": {}, "face_blur": {}}
-    with pytest.raises(UserError, match=r"^face_blur: faces are blurred as the shard step writes the tars; "
-                                        r"add a shard section \(or remove face_blur\)$"):
+    with pytest.raises(UserError, match=r"^face_blur: changes the images as a step writes them out; "
+                                        r"add a shard section, or remove face_blur$"):
         build_steps(settings_from_dict(base, "c.yaml"))
     assert build_steps(settings_from_dict({**base, "face_blur": {"enabled": False}}, "c.yaml"))
     with pytest.raises(UserError, match=r"^c\.yaml: face_blur\.quality: must be between 1 and 100, got 0$"):

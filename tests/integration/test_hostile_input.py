@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.core.stage import declared_outputs
+from pipeline.app import build_steps
+from pipeline.config import settings_from_dict
 from pipeline.stages.ingest import input_names
 from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, run,
                            serve_world)
@@ -118,16 +119,21 @@ def test_input_columns_named_as_the_pipelines_change_nothing_kept(fakeweb, tmp_p
     assert kept["clip_score"].to_pylist() == [1.0] * kept.num_rows, "no stage of this run adds clip_score"
 
 
-def test_renaming_rule():
-    from pipeline.config import settings_from_dict
-    from pipeline.stages import STAGES
+def reserved_names(sections: dict) -> frozenset:
+    """The names an input column may not use in a run of these sections."""
+    return build_steps(settings_from_dict({"input": "x.parquet", **sections}, "t.yaml"))[1].added
 
-    assert declared_outputs({}) == {"uid", "url", "text"}, "a column no stage of the run adds stays"
-    config = settings_from_dict({section: {} for section in ("dedup", "language", "metadata", "download",
-                                                             "image_dedup", "clip_score", "shard")}, "t.yaml")
-    reserved = declared_outputs({s.SECTION: config.section(s.SECTION) for s in STAGES})
-    assert {"uid", "url", "text", "jpg", "sha256", "key", "shard", "clip_score", "phash",
-            "language", "entry_ids", "image_embedding"} <= reserved
+
+def test_renaming_rule(tmp_path):
+    import torch
+
+    torch.save(torch.nn.Linear(512, 1).state_dict(), tmp_path / "nsfw.pt")
+    assert reserved_names({}) == {"uid", "url", "text"}, "a column no stage of the run adds stays"
+    reserved = reserved_names({section: {} for section in ("dedup", "language", "metadata", "download",
+                                                           "image_dedup", "clip_score", "shard", "face_blur")}
+                              | {"heads": {"heads": [{"name": "nsfw", "path": str(tmp_path / "nsfw.pt")}]}})
+    assert {"uid", "url", "text", "jpg", "sha256", "key", "shard", "clip_score", "phash", "nsfw_score",
+            "language", "entry_ids", "image_embedding", "text_embedding", "faces"} <= reserved
     names = ["_reason", "input__reason", "jpg", "caption_id", "key", "input_key"]
     renamed = input_names(names, reserved)
     assert renamed["caption_id"] == "caption_id" and renamed["input_key"] == "input_key"
@@ -243,3 +249,35 @@ def test_a_rerun_after_the_input_changed_is_refused(tmp_path, write_config):
     assert again.returncode == 0, again.stderr
     assert "Traceback" not in again.stderr
     assert cli("run", str(config)).returncode == 0, "the new input is what the folder records now"
+
+
+def test_compressed_text_inputs_are_read(tmp_path):
+    """.csv.gz, .csv.bz2 and .jsonl.zst are decompressed (their suffix is recognised, so a
+    file left compressed would read as one garbled column)."""
+    import bz2
+    import gzip
+
+    rows = "url,text\nhttp://a.org/1.jpg,a cat on a mat\nhttp://a.org/2.jpg,a dog in the fog\n"
+    (tmp_path / "a.csv.gz").write_bytes(gzip.compress(rows.encode()))
+    (tmp_path / "b.csv.bz2").write_bytes(bz2.compress(rows.replace("a.org", "b.org").encode()))
+    lines = '{"url": "http://c.org/1.jpg", "text": "a red circle"}\n'
+    with pa.CompressedOutputStream(str(tmp_path / "c.jsonl.zst"), "zstd") as out:
+        out.write(lines.encode())
+    summary = run({"input": {"path": [str(tmp_path / n) for n in ("a.csv.gz", "b.csv.bz2", "c.jsonl.zst")]},
+                   "output": str(tmp_path / "run"), "processes": 1})
+    assert summary["kept_rows"] == 5
+    assert sorted(read_dataset(tmp_path / "run" / "kept")["text"].to_pylist())[0] == "a cat on a mat"
+
+
+def test_archives_beside_a_list_with_other_column_names(tmp_path):
+    """`input.url_col`/`text_col` name the list's columns; an archive's pairs still read."""
+    from tests.unit.test_archive import http_response, response, write_archive
+
+    pq.write_table(pa.table({"URL": ["http://a.org/1.jpg"], "TEXT": ["a cat on a mat"]}), tmp_path / "list.parquet")
+    page = b'<html><body><img src="/dog.jpg" alt="a dog in the fog"></body></html>'
+    write_archive(tmp_path / "pages.warc.gz", [response("http://site.org/", http_response(page), 1)])
+    summary = run({"input": {"path": [str(tmp_path / "list.parquet"), str(tmp_path / "pages.warc.gz")],
+                             "url_col": "URL", "text_col": "TEXT"},
+                   "output": str(tmp_path / "run"), "processes": 1})
+    assert summary["kept_rows"] == 2, summary["stages"][0]
+    assert sorted(read_dataset(tmp_path / "run" / "kept")["text"].to_pylist()) == ["a cat on a mat", "a dog in the fog"]

@@ -20,6 +20,8 @@ import yaml
 from pipeline.shards import write_shards
 from pipeline.testing.world import world_rows, write_eval_folder
 
+pytestmark = pytest.mark.slow  # torchrun, Ray Train and fine-tuning
+
 STEPS, CHECKPOINT_EVERY = 40, 8
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,9 @@ from pipeline.config import settings_from_dict
 from pipeline.core.steps import execute_step
 from pipeline.engines.local import LocalEngine
 from pipeline.errors import UserError
-from pipeline.stages import STAGES, clip_score, heads, semantic_dedup
-from pipeline.stages.clip_score import embedding_array
+from pipeline.app import build_steps
+from pipeline.stages import registered_stages
+from pipeline.clip.embeddings import embedding_array
 from pipeline.stages.heads import (Head, HeadSettings, HeadsSettings, HeadsStep, apply_heads, check_settings,
                                    dense_layers_state_dict, load_head)
 
@@ -171,18 +172,27 @@ def run_settings(head: str, **sections):
 
 
 def test_embeddings_are_made_for_heads_and_kept_only_when_needed(tmp_path, monkeypatch):
-    assert STAGES.index(heads) == STAGES.index(clip_score) + 1 == STAGES.index(semantic_dedup) - 1
+    """From the declarations alone: clip_score adds the embeddings heads reads; they are
+    hidden after their last reader unless clip_score keeps them."""
+    names = [m.SECTION for m in registered_stages()]
+    assert names.index("heads") == names.index("clip_score") + 1 == names.index("semantic_dedup") - 1
     monkeypatch.chdir(tmp_path)
     saved(tmp_path, "nsfw.pt", nn.Linear(512, 1).state_dict())   # ViT-B-32's size, clip_score's default
-    plain = run_settings("nsfw.pt")
-    assert clip_score.build_step(plain.clip_score, plain).settings.keep_embeddings, "clip_score embeds for heads"
-    step = heads.build_step(plain.heads, plain)
-    assert not step.keep_embeddings
-    assert step.settings.heads[0].path == str(tmp_path / "nsfw.pt"), "workers may start elsewhere"
-    later = run_settings("nsfw.pt", semantic_dedup={})
-    assert heads.build_step(later.heads, later).keep_embeddings
-    kept = run_settings("nsfw.pt", clip_score={"keep_embeddings": True})
-    assert heads.build_step(kept.heads, kept).keep_embeddings
+
+    def planned(settings):
+        steps, plan = build_steps(settings)
+        return {step.name: (step, hidden) for step, hidden in zip(steps, plan.hidden)}
+
+    plain = planned(run_settings("nsfw.pt"))
+    assert plain["clip_score"][0].settings.keep_embeddings, "clip_score embeds for heads"
+    assert plain["clip_score"][1] == ("text_embedding",), "heads reads only the image embedding here"
+    assert plain["heads"][1] == ("image_embedding", "text_embedding")
+    assert plain["heads"][0].settings.heads[0].path == str(tmp_path / "nsfw.pt"), "workers may start elsewhere"
+    later = planned(run_settings("nsfw.pt", semantic_dedup={}))
+    assert later["heads"][1] == ("text_embedding",) and later["semantic_dedup"][1] == ("image_embedding",
+                                                                                       "text_embedding")
+    kept = planned(run_settings("nsfw.pt", clip_score={"keep_embeddings": True}))
+    assert kept["heads"][1] == (), "kept: never hidden"
 
 
 def test_wrong_files_fail_when_the_run_is_built(tmp_path):
@@ -192,21 +202,19 @@ def test_wrong_files_fail_when_the_run_is_built(tmp_path):
     settings = run_settings(other)
     with pytest.raises(UserError, match=rf"^heads: nsfw: {other}: takes 768-dim embeddings, clip_score's model "
                                         r"gives 512-dim embeddings \(a head trained for another CLIP model\?\)$"):
-        heads.build_step(settings.heads, settings)
-    settings = run_settings(other, clip_score={"model": "ViT-L-14"})
-    heads.build_step(settings.heads, settings)
-    settings = run_settings(str(tmp_path / "typo.pt"))
+        build_steps(settings)
+    build_steps(run_settings(other, clip_score={"model": "ViT-L-14"}))
     with pytest.raises(UserError, match=r"^heads: nsfw: .*typo.pt: no such file$"):
-        heads.build_step(settings.heads, settings)
+        build_steps(run_settings(str(tmp_path / "typo.pt")))
 
 
-def run_heads_step(tmp_path, settings: HeadsSettings, keep: bool, name: str):
+def run_heads_step(tmp_path, settings: HeadsSettings, name: str):
     x = unit_rows(40, 16, seed=6)
     part = tmp_path / f"{name}-in.parquet"
     pq.write_table(pa.table({"uid": [f"u{i:02d}" for i in range(40)], "url": [f"http://a.example/{i}" for i in range(40)],
                              "image_embedding": embedding_array(x), "text_embedding": embedding_array(x[::-1])}), part)
     with LocalEngine(1) as engine:
-        return execute_step(HeadsStep(settings, keep_embeddings=keep), engine, str(tmp_path / name), 0, 0, [str(part)])
+        return execute_step(HeadsStep(settings), engine, str(tmp_path / name), 0, 0, [str(part)])
 
 
 def test_step_scores_drops_and_accounts(tmp_path):
@@ -216,7 +224,7 @@ def test_step_scores_drops_and_accounts(tmp_path):
         HeadSettings(name="nsfw", path=saved(tmp_path, "a.pt", a.state_dict()), drop_above=0.0),
         HeadSettings(name="watermark", path=saved(tmp_path, "b.pt", b.state_dict()), drop_below=0.0, input="text"),
         HeadSettings(name="style", path=saved(tmp_path, "c.pt", b.state_dict()))])
-    record = run_heads_step(tmp_path, settings, keep=False, name="drop")
+    record = run_heads_step(tmp_path, settings, name="drop")
     x = unit_rows(40, 16, seed=6).astype(np.float16).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     first, second = torch_scores(a, x) > 0, torch_scores(b, x[::-1]) < 0
@@ -225,14 +233,12 @@ def test_step_scores_drops_and_accounts(tmp_path):
     assert record["rows_in"] == 40 and record["rows_out"] == int((~first & ~second).sum())
     kept = pq.read_table(record["parts"][0])
     assert {"nsfw_score", "watermark_score", "style_score"} <= set(kept.column_names)
-    assert "image_embedding" not in kept.column_names and "text_embedding" not in kept.column_names
-    record = run_heads_step(tmp_path, settings, keep=True, name="keep")
-    assert {"image_embedding", "text_embedding"} <= set(pq.read_table(record["parts"][0]).column_names)
+    assert {"image_embedding", "text_embedding"} <= set(kept.column_names), "the run hides them, not the step"
 
     wrong = HeadsSettings([HeadSettings(name="nsfw", path=saved(tmp_path, "w.pt", nn.Linear(8, 1).state_dict()))])
     with pytest.raises(UserError, match=r"^heads: nsfw: .*w.pt: takes 8-dim embeddings, clip_score's image "
                                         r"embeddings are 16-dim"):
-        run_heads_step(tmp_path, wrong, keep=False, name="wrong")
+        run_heads_step(tmp_path, wrong, name="wrong")
     assert not (tmp_path / "wrong" / "steps").exists() or not list((tmp_path / "wrong").rglob("done/*.json"))
 
 

@@ -107,22 +107,6 @@ def test_centroids_deterministic_and_auto_clusters():
     assert auto_clusters(3, 3) == 1
 
 
-def test_without_embeddings_one_clear_error(tmp_path):
-    import pyarrow.parquet as pq
-
-    from pipeline.app import run_pipeline
-    from pipeline.config import settings_from_dict
-    from pipeline.errors import UserError
-
-    pq.write_table(pa.table({"url": ["http://a.example/x.jpg"], "text": ["a red circle"]}),
-                   tmp_path / "in.parquet")
-    settings = settings_from_dict({"input": {"path": [str(tmp_path / "in.parquet")]}, "processes": 1,
-                                   "semantic_dedup": {}}, "c.yaml")
-    with pytest.raises(UserError, match=r"^semantic_dedup: the rows have no 'image_embedding' column "
-                                        r"\(add a clip_score section before semantic_dedup\)$"):
-        run_pipeline(settings, tmp_path / "run", log=lambda *_: None)
-
-
 @pytest.mark.parametrize("values, message", [({"eps": 1.0}, "eps"), ({"keep": "first"}, "keep"),
                                              ({"clusters": -1}, "clusters")])
 def test_bad_settings_are_one_clear_error(values, message):
@@ -134,7 +118,7 @@ def test_bad_settings_are_one_clear_error(values, message):
 
 
 def embedding_table(x, uids=None):
-    from pipeline.stages.clip_score import embedding_array
+    from pipeline.clip.embeddings import embedding_array
 
     uids = uids or [f"{i:032x}" for i in range(len(x))]
     return pa.table({"uid": pa.array(uids, pa.string()), "_pos": pa.array(np.arange(len(x), dtype=np.int64)),
@@ -156,8 +140,8 @@ def test_phase_ops_on_tiny_and_empty_tables(tmp_path, rows):
     with storage.committing(part_path(sample_dir, "done", 0, ".npz")) as tmp, open(tmp, "wb") as out:
         np.savez(out, **extras)
     assigned = AssignClusters(sample_dir)(table)
-    reduced, examples = DropSemanticDuplicates(SemanticDedupSettings(), 0, keep_embeddings=False)(assigned)
-    assert not examples and reduced.num_rows == rows and "image_embedding" not in reduced.column_names
+    reduced, examples = DropSemanticDuplicates(SemanticDedupSettings(), 0)(assigned)
+    assert not examples and reduced.num_rows == rows and "_index_embedding" in reduced.column_names
     assert reduced["_reason"].null_count == rows   # distinct points: none dropped
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.shards import write_shards
+from pipeline.testing.world import world_rows
 from pipeline.train.data import ShardSamples, StreamConfig, batch_stream, find_shards, split_mode
-from pipeline.world import world_rows
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,8 @@ def test_batches_with_more_workers_than_shards(shard_dirs):
     shards = find_shards(str(shard_dirs["one"]))
     stream = batch_stream(shards, preprocess, tokenizer, StreamConfig(batch_size=8, workers=2), rank=1,
                           world_size=2)
-    for images, tokens in itertools.islice(stream, 4):  # > one epoch of this rank's 24 samples
+    batches = list(itertools.islice(stream, 4))  # > one epoch of this rank's 24 samples
+    assert len(batches) == 4, "the stream ended before 4 batches"
+    for images, tokens in batches:
         assert images.shape == (8, 3, 64, 64) and tokens.shape == (8, 32)
         assert images.dtype == torch.float32
