@@ -9,16 +9,32 @@ from pipeline.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status. SIGTERM and SIGINT stop it in order (its
+    engine's workers ended, one line on stderr) with status 143 and 130."""
+    from pipeline.core.stopping import stop_on_signals
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.handler(args) or 0
-    except UserError as exc:
-        print(f"curate: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("curate: interrupted (rerun the same command to resume)", file=sys.stderr)
-        return 130
+    with stop_on_signals() as signals:   # on while a stop is reported: a second signal exits at once
+        try:
+            return args.handler(args) or 0
+        except KeyboardInterrupt as exc:   # a stop signal (SIGTERM, SIGINT) or Ctrl-C
+            return _report_stop(signals.stopped_by(exc))
+        except Exception as exc:
+            if signals.received is not None:
+                # failed on the way out of a stop (Spark's JVM, in the same process group,
+                # took the Ctrl-C too and went while its driver was still talking to it)
+                return _report_stop(signals.stopped_by(None))
+            if isinstance(exc, UserError):
+                print(f"curate: error: {exc}", file=sys.stderr)
+                return 2
+            raise
+
+
+def _report_stop(stop) -> int:
+    """One line for a stopped command; its exit status (128 + the signal's number)."""
+    print(stop.message, file=sys.stderr, flush=True)
+    return stop.exit_status
 
 
 def build_parser() -> argparse.ArgumentParser:

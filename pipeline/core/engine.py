@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -36,10 +37,24 @@ class Engine:
         return 1
 
     def close(self) -> None:
-        pass
+        """Release the engine once its work is done (waits for nothing left running)."""
+
+    def stop(self) -> None:
+        """End at once the work this engine started (worker processes, tasks, jobs) without
+        waiting for it, then release what `close` releases. Used when a run ends by an
+        exception: a stop signal (`pipeline.core.stopping.Stopped`), a failed task."""
+        self.close()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, traceback):
+        """`close` after the block; `stop` when it raised. A failure to stop is logged, never
+        raised: it must not hide the exception that ended the block."""
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.stop()
+        except Exception as error:  # pylint: disable=broad-except
+            logging.getLogger(__name__).info("engine %s: stopping failed: %r", self.name, error)

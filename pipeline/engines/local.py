@@ -1,8 +1,16 @@
-"""The embedded default: a pool of worker processes on this machine, no cluster."""
+"""The embedded default: a pool of worker processes on this machine, no cluster.
+
+The workers die with the driver: `stop` (a stop signal, a failed task) terminates them, and a
+driver killed outright leaves them orphans that end by themselves within a second
+(`pipeline.core.stopping.exit_with_parent`). They ignore SIGINT: Ctrl-C reaches the terminal's
+whole process group, and the driver stops them in order."""
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
+from contextlib import contextmanager
 
 from pipeline.core.engine import Engine
 
@@ -23,17 +31,71 @@ class LocalEngine(Engine):
             return [fn(t) for t in tasks]
         fn = self.prepared(fn)
         if self._pool is None:  # workers live for the whole run, so models load once each
-            ctx = multiprocessing.get_context("spawn")
-            threads = max(1, (os.cpu_count() or 1) // self.processes)
-            self._pool = ctx.Pool(self.processes, initializer=_share_cores, initargs=(threads,))
+            self._pool = self._start_pool()
         results = self._pool.imap(fn, tasks, chunksize=1)
         return list(progress(results, len(tasks)))
+
+    def _start_pool(self):
+        ctx = multiprocessing.get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // self.processes)
+        # on the main thread, the creating thread lasts the run (a worker the pool replaces
+        # later is started by the pool's own thread, which lasts as long as the pool)
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        start_method = multiprocessing.get_start_method(allow_none=True)   # None: the platform's
+        with _sigint_ignored_by_new_processes(on_main_thread):
+            return ctx.Pool(self.processes, initializer=_start_worker,
+                            initargs=(threads, os.getpid(), on_main_thread, start_method))
 
     def close(self):
         if self._pool is not None:
             self._pool.close()
             self._pool.join()
             self._pool = None
+
+    def stop(self):
+        """Kill the workers where they are (SIGTERM; a part being written stays a temporary)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.terminate()
+
+
+def _start_worker(threads: int, driver_pid: int, created_on_main_thread: bool,
+                  start_method: str | None) -> None:
+    """A pool worker's set-up: its share of the cores, the driver's default start method,
+    SIGINT left to the driver, SIGTERM fatal (as `Pool.terminate` expects), and an end of its
+    own once the driver is gone."""
+    from pipeline.core.stopping import exit_with_parent
+
+    _share_cores(threads)
+    _use_start_method(start_method)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    exit_with_parent(driver_pid, parent_thread_lasts=created_on_main_thread)
+
+
+def _use_start_method(start_method: str | None) -> None:
+    """Spawn's bootstrap leaves 'spawn' as a worker's default start method; put back the
+    driver's (`None`: the platform's, 'fork' on Linux), so a task runs as it would in the
+    driver. Under 'spawn' the queues of a `ThreadPool` (the download's fetch threads) hold
+    named semaphores registered with the resource tracker, and a worker ended mid-task (a
+    stop, its driver killed) leaves them to the tracker, which then warns on the console."""
+    multiprocessing.set_start_method(start_method, force=True)
+
+
+@contextmanager
+def _sigint_ignored_by_new_processes(on_main_thread: bool):
+    """Processes started in the block begin with SIGINT ignored (an ignored signal stays
+    ignored across exec, and Python keeps it so), so a Ctrl-C while a worker is still
+    importing gives no traceback; the driver ignores it only for the few milliseconds of the
+    fork and exec. Only the main thread may set handlers."""
+    if not on_main_thread:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def _share_cores(threads: int) -> None:

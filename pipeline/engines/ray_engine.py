@@ -9,6 +9,7 @@ import sys
 from collections import deque
 
 from pipeline.core.engine import Engine
+from pipeline.core.stopping import keeping_stop_handlers
 
 
 class TaskRunner:
@@ -37,8 +38,9 @@ class RayEngine(Engine):
         if not ray.is_initialized():
             address = settings.address or os.environ.get("RAY_ADDRESS") or "local"
             kwargs = {"num_cpus": settings.num_cpus} if address == "local" and settings.num_cpus else {}
-            ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                     configure_logging=False, **kwargs)
+            with keeping_stop_handlers():   # ray.init sets SIGTERM to sys.exit
+                ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                         configure_logging=False, **kwargs)
             self._connected, local = True, address == "local"
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         where = "a local Ray" if local else "the Ray cluster"
@@ -61,7 +63,12 @@ class RayEngine(Engine):
         if resources is not None:
             options.update(num_cpus=resources.cpus, num_gpus=resources.gpus)
         remote = ray.remote(_call).options(**options)
-        return ray.get([remote.remote(fn, t) for t in tasks])
+        refs = [remote.remote(fn, t) for t in tasks]
+        try:
+            return ray.get(refs)
+        except KeyboardInterrupt:   # a stop signal: end the tasks, also on a cluster that stays up
+            _cancel(refs)
+            raise
 
     def _map_on_actors(self, fn, tasks, resources):
         """One actor per slot for this map call; killed after it, so their CPUs and GPUs
@@ -144,7 +151,20 @@ class RayEngine(Engine):
                                               max_restarts=0, max_task_retries=0)
 
     def close(self):
+        """Disconnect if this engine connected: a local Ray it started shuts down, and on a
+        cluster Ray ends the tasks and actors this driver still owns."""
         import ray
 
         if self._connected and ray.is_initialized():
             ray.shutdown()
+
+
+def _cancel(refs) -> None:
+    """Force-cancel the tasks of `refs` still running (their worker processes are killed)."""
+    import ray
+
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # pylint: disable=broad-except  # finished, or its node is gone
+            pass

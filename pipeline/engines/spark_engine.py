@@ -5,6 +5,7 @@ import os
 import sys
 
 from pipeline.core.engine import Engine
+from pipeline.core.stopping import keeping_stop_handlers
 
 
 class SparkEngine(Engine):
@@ -25,9 +26,11 @@ class SparkEngine(Engine):
                 "spark.ui.showConsoleProgress", "false")
             for key, value in settings.conf.items():
                 builder = builder.config(key, str(value))
-            session = builder.getOrCreate()
+            with keeping_stop_handlers():   # a SparkContext sets its own SIGINT handler
+                session = builder.getOrCreate()
             session.sparkContext.setLogLevel("ERROR")
         self.session = session
+        self._job_group = f"curate-{os.getpid()}-{id(self):x}"   # what `stop` cancels
 
     def parallelism(self) -> int:
         return max(1, self.session.sparkContext.defaultParallelism)
@@ -37,10 +40,20 @@ class SparkEngine(Engine):
         if not tasks:
             return []
         fn = self.prepared(fn)
-        rdd = self.session.sparkContext.parallelize(list(enumerate(tasks)), len(tasks))
+        context = self.session.sparkContext
+        context.setJobGroup(self._job_group, "curate", interruptOnCancel=True)
+        rdd = context.parallelize(list(enumerate(tasks)), len(tasks))
         results = dict(rdd.map(lambda item: (item[0], fn(item[1]))).collect())
         return [results[i] for i in range(len(tasks))]
 
     def close(self):
         if self._started:
             self.session.stop()
+
+    def stop(self):
+        """Cancel this engine's jobs (their tasks interrupted), then stop the session if this
+        engine started it; a session that was active before (spark-submit, a notebook) stays."""
+        try:
+            self.session.sparkContext.cancelJobGroup(self._job_group)
+        finally:
+            self.close()
