@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=["local", "ray", "spark"])
     run.add_argument("--output")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--allow-changed-input", action="store_true",
+                     help="resume although an input file changed since the run began")
     run.set_defaults(handler=cmd_run)
 
     demo = commands.add_parser("demo", help="the main job, offline, on the embedded engine")
@@ -99,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from pipeline.config import load_config
-    from pipeline.app import run_pipeline
-    from pipeline.core import storage
+    from pipeline.app import claimed, execute
     from pipeline.run_log import run_log
 
     overrides = list(args.set)
@@ -109,9 +110,9 @@ def cmd_run(args) -> int:
     if args.output:
         overrides.append(f"output={args.output}")
     settings = load_config(args.config, overrides)
-    storage.configure(settings.storage_options)
-    with run_log(storage.absolute(settings.output)):
-        summary = run_pipeline(settings, settings.output, log=_log)
+    with claimed(settings, settings.output, args.allow_changed_input, log=_log) as claim:
+        with run_log(claim.run_dir):   # opened once the run holds its folder: a refused run leaves it as it was
+            summary = execute(claim, log=_log)
     _log(f"kept {summary['kept_rows']:,} of {summary['input_rows']:,} rows -> {settings.output}")
     return 0
 
