@@ -63,6 +63,7 @@ def true_scene(url: str):
     return describe(int(url.rsplit("/", 1)[1].split(".")[0]), WORLD_SEED)
 
 
+@pytest.mark.slow
 def test_layout_holds_the_kept_rows_aligned(embedded_run):
     _, run_dir = embedded_run
     emb = run_dir / "embeddings"
@@ -92,6 +93,7 @@ def test_layout_holds_the_kept_rows_aligned(embedded_run):
     assert f'"rows": {clip["rows_out"]}' in manifest
 
 
+@pytest.mark.slow
 def test_index_and_search(embedded_run, tiny_clip_checkpoint):
     import faiss
 
@@ -140,6 +142,7 @@ def torch_inference():
     return torch.inference_mode()
 
 
+@pytest.mark.slow
 def test_autofaiss_builds_from_the_folder(embedded_run, tmp_path):
     autofaiss = pytest.importorskip("autofaiss")   # pins numpy<2, so not installed beside pyarrow 26
     _, run_dir = embedded_run
@@ -150,6 +153,7 @@ def test_autofaiss_builds_from_the_folder(embedded_run, tmp_path):
     assert index.ntotal == len(images)
 
 
+@pytest.mark.slow
 def test_rerun_and_resume_leave_finished_parts_alone(embedded_run):
     config, run_dir = embedded_run
     before = layout_files(run_dir)

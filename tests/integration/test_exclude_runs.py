@@ -60,6 +60,7 @@ def releases(tmp_path_factory):
         yield web, folder, {url: stage for url, _, stage in rows}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("uid_step, extra", [   # worker processes load the earlier keys
     ("ingest", {"processes": 2, "shard": {"samples_per_shard": 4, "start_index": "auto"}}),
     ("dedup", {"dedup": {}, "shard": {"samples_per_shard": 4, "start_index": 6}}),
@@ -108,6 +109,7 @@ def test_second_release_keeps_only_new_content(releases, uid_step, extra):
     assert sorted(index_b["uid"].to_pylist()) == sorted(kept["uid"].to_pylist())
 
 
+@pytest.mark.slow
 def test_exclude_names_finished_runs_only(releases, tmp_path):
     from pipeline.errors import UserError
 

@@ -94,6 +94,7 @@ def far_from(faces, shape) -> np.ndarray:
     return far
 
 
+@pytest.mark.slow
 def test_faces_are_blurred_in_the_tars_and_nothing_else_changes(runs, pairs):
     _, drawn = pairs
     run_dir = runs / "blurred"
@@ -123,6 +124,7 @@ def test_faces_are_blurred_in_the_tars_and_nothing_else_changes(runs, pairs):
     assert checked_far >= FACE_IMAGES // 2
 
 
+@pytest.mark.slow
 def test_a_rerun_and_a_second_run_write_byte_identical_tars(runs, pairs):
     path, _ = pairs
     digests = tar_digests(runs / "blurred")
@@ -131,6 +133,7 @@ def test_a_rerun_and_a_second_run_write_byte_identical_tars(runs, pairs):
     assert tar_digests(runs / "blurred") == digests
 
 
+@pytest.mark.slow
 def test_without_face_blur_the_tars_hold_what_download_stored(runs):
     run_dir = runs / "plain"
     kept = read_dataset(run_dir / "kept")
@@ -154,6 +157,7 @@ def test_face_blur_needs_a_shard_section_and_valid_settings(tmp_path):
         settings_from_dict({**base, "shard": {}, "face_blur": {"sigma": 3}}, "c.yaml")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ray", "spark"])
 def test_ray_and_spark_write_the_same_blurred_tars(runs, pairs, tmp_path, engine):
     path, _ = pairs

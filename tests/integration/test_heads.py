@@ -17,6 +17,8 @@ from tests.support import assert_run_invariants, read_dataset, run
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import describe, make_sample
 
+pytestmark = pytest.mark.slow  # image pipelines through download and clip_score
+
 WORLD_SEED = 5
 UNSAFE = "green"
 SERVED = 200          # world indices 0..199 go through the pipeline

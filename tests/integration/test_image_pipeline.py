@@ -11,6 +11,8 @@ from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_d
 from pipeline.testing.text_sample import english_caption
 from pipeline.testing.fakeweb import FakeWeb
 
+pytestmark = pytest.mark.slow  # crawl and download end to end, on every engine, killed and resumed
+
 FAULTS = {  # path -> reason (deterministic faults only, so reruns and engines agree)
     "/fault/404/a.jpg": "http_404", "/fault/500/b.jpg": "http_500", "/fault/noai/c.jpg": "opt_out",
     "/fault/html/d.jpg": "decode_error", "/fault/bomb/e.png": "image_too_large",

@@ -97,6 +97,7 @@ def keys(store, prefix):
     return store.list_keys(BUCKET, prefix)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["local", "ray", "spark"])
 def test_bucket_run_equals_local_disk_and_trains_from_the_bucket(
         engine, s3_env, bucket_inputs, local_reference, tmp_path, monkeypatch):
@@ -129,6 +130,7 @@ def test_bucket_run_equals_local_disk_and_trains_from_the_bucket(
     assert "step_00000003.pt" in {k[len(checkpoints):] for k in keys(store, checkpoints)}
 
 
+@pytest.mark.slow
 def test_injected_503s_and_resets_are_retried_with_the_same_result(s3_env, bucket_inputs, local_reference):
     store = s3_env
     for method in ("PUT", "GET"):
@@ -156,6 +158,7 @@ def kill_when(proc, ready, timeout=120):
     proc.wait()
 
 
+@pytest.mark.slow
 def test_sigkill_during_download_and_shard_then_rerun(s3_env, bucket_inputs, local_reference, tmp_path):
     store = s3_env
     run_dir = f"s3://{BUCKET}/runs/killed"

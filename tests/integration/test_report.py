@@ -76,6 +76,7 @@ def sections(html):
     return set(re.findall(r'<section id="([a-z]+)">', html))
 
 
+@pytest.mark.slow
 def test_report_renders_every_plot_and_image_offline(image_run, tmp_path):
     (image_run / "report.html").unlink(missing_ok=True)  # the runner writes one too
     path = Path(write_report(image_run))
@@ -102,6 +103,7 @@ def test_report_renders_every_plot_and_image_offline(image_run, tmp_path):
         assert ImageStat.Stat(gray).stddev[0] > 20, "screenshot is blank"
 
 
+@pytest.mark.slow
 def test_clip_histogram_uses_scored_rows_and_top_fraction_threshold(image_run):
     scores = report_data.clip_scores(image_run)
     threshold = json.loads(next((image_run / "steps").glob("*_clip_score/threshold.json")).read_text())

@@ -21,6 +21,8 @@ from pipeline.stages.phash_lsh import phash_of
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import describe, encode_jpeg, make_sample
 
+pytestmark = pytest.mark.slow  # image pipelines through download and clip_score, on every engine
+
 WORLD_SEED = 5
 PHASH_DISTANCE = 2
 EPS = 0.05   # the default

@@ -13,6 +13,8 @@ from tests.support import assert_same_result, read_dataset, run
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import make_world
 
+pytestmark = pytest.mark.slow  # image downloads from slow hosts, clip_score, on every engine
+
 PARTS, ROWS = 8, 32     # download tasks of 32 rows, two fetch threads each
 SLOW_PART = 3           # every row of this part is on the slow host
 
