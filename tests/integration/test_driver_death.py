@@ -167,6 +167,7 @@ def cleanup(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_driver_ends_its_workers(slow_web, pairs, reference, tmp_path):
     config_path = write_config(pairs, tmp_path)
     proc = start_run(config_path)
@@ -187,6 +188,7 @@ def test_sigkill_of_the_driver_ends_its_workers(slow_web, pairs, reference, tmp_
     assert_resumes_to_reference(config_path, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
                          ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_ends_the_run_in_order(slow_web, pairs, reference, tmp_path, signum, status):

@@ -88,6 +88,7 @@ def hostile_columns(rows: int, foreign: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_input_columns_named_as_the_pipelines_change_nothing_kept(fakeweb, tmp_path):
     urls, texts = serve_world(fakeweb, 18)
     foreign = tmp_path / "foreign.parquet"

@@ -59,6 +59,7 @@ def assert_one_completes_one_refuses(procs: list[subprocess.Popen], run_dir: str
     assert f"host {socket.gethostname()}, pid {winner[0]}, since " in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_local_folder(slow_pairs, tmp_path):
     run(slow_config(slow_pairs, tmp_path / "reference"))
     run_dir = tmp_path / "run"
@@ -70,6 +71,7 @@ def test_two_runs_on_one_local_folder(slow_pairs, tmp_path):
     assert not (run_dir / lease.FOLDER).exists(), "the lease goes with its run"
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_bucket_folder(object_store, slow_pairs, tmp_path, monkeypatch):
     object_store.create_bucket(BUCKET)
     for key, value in object_store.env().items():
