@@ -18,7 +18,7 @@ from pipeline.config import RunSettings
 from pipeline import stages
 from pipeline.stages.ingest import IngestStep, plan_input
 from pipeline.core.columns import ColumnPlan, plan_columns
-from pipeline.core.steps import Step, execute_step
+from pipeline.core.steps import STEPS_FILE, Step, execute_step
 from pipeline.core.tasks import LEDGER_SCHEMA, peak_rss_bytes
 from pipeline.engines import make_engine
 from pipeline.errors import UserError
@@ -26,7 +26,7 @@ from pipeline.errors import UserError
 TIMING_FILE = "timing.json"   # the run's wall time, finalize time, slots, driver memory (for `curate plan`)
 
 # Settings that change how a run is executed but never what it produces.
-EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source", "storage_options")
+EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source", "storage_options", "progress_interval")
 
 
 def build_steps(settings, crawled: list[str] = (), planned=None) -> tuple[list[Step], ColumnPlan]:
@@ -115,11 +115,12 @@ def execute(claim: Claim, log=print) -> dict:
                    if (section := settings.section(module.SECTION)) is not None
                    for path in module.run_source(section, settings, run_dir, engine, log)]
         steps, plan = build_steps(settings, crawled, claim.planned)
+        storage.write_json({"steps": [step.name for step in steps]}, storage.join(run_dir, STEPS_FILE))
         inputs: list = []
         records = []
         for index, step in enumerate(steps):
             record = execute_step(step, engine, run_dir, index, settings.seed, inputs,
-                                  settings.task_rows)
+                                  settings.task_rows, settings.progress_interval)
             inputs = [dataclasses.replace(ref, hidden=plan.hidden[index])
                       for ref in parts.as_refs(record["parts"])]
             records.append(record)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Optional, Sequence
 import yaml
 
 from pipeline.core import storage
-from pipeline.core.constraints import AtLeast, Cidr, NonEmpty
+from pipeline.core.constraints import Above, AtLeast, Cidr, NonEmpty
 from pipeline.core.settings_loader import build, coerce
 from pipeline.errors import UserError
 
@@ -54,6 +54,7 @@ class GeneralSettings:
     seed: Annotated[int, AtLeast(0)] = 0
     processes: Optional[Annotated[int, AtLeast(1)]] = None   # local engine worker processes; default: all cores
     task_rows: Annotated[int, AtLeast(1)] = 1_000_000   # rows one task of a global step holds at most (memory)
+    progress_interval: Annotated[float, Above(0)] = 30.0   # seconds between progress lines (core.progress)
     allow_networks: list[Annotated[str, Cidr()]] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)   # earlier run folders: drop what they hold
     storage_options: dict[str, Any] = field(default_factory=dict)   # for fsspec (s3fs, gcsfs)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from pipeline.core import storage
 from pipeline.core.stage import Resources
@@ -28,8 +28,11 @@ class Engine:
         """`fn` as the engine ships it to a worker process."""
         return WithStorage(fn, storage.worker_settings())
 
-    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any],
-            resources: Resources = Resources()) -> list[Any]:
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any], resources: Resources = Resources(),
+            on_result: Optional[Callable[[int, Any], None]] = None) -> list[Any]:
+        """`[fn(t) for t in tasks]`, in order. `on_result(index, result)` is called once per
+        task as it finishes, in the order they finish (one call at a time, possibly from
+        another thread than the caller's), so the driver can report progress."""
         raise NotImplementedError
 
     def parallelism(self) -> int:

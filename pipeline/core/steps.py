@@ -27,12 +27,16 @@ from typing import Any, Callable, Iterator, Optional
 
 from pipeline.core import parts, storage
 from pipeline.core.parts import PartRef
+from pipeline.core.progress import PhaseProgress
 from pipeline.core.stage import Resources, check_columns
 from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, StageOp, load_extras, part_path, peak_rss_bytes, run_part_task
 from pipeline.core.engine import Engine
 
 TASK_ROWS = 1_000_000   # default rows one task of a global step holds at most
 SPREAD = 8              # pieces the deferred rest of one task is cut into
+PROGRESS_INTERVAL = 30.0   # default seconds between a running phase's progress lines
+PHASES_FILE = "phases.json"   # an unfinished step's phases: name, tasks, slots, start (`curate status`)
+STEPS_FILE = "steps.json"     # in the run folder: the run's steps in order (`curate status`)
 
 
 @dataclass
@@ -48,6 +52,8 @@ class StepContext:
     timings: dict = field(default_factory=dict)        # phase name -> (seconds, gpus, continues)
     record: dict = field(default_factory=dict)         # what a step adds to its stats record
     withheld: frozenset = frozenset()                  # drop reasons whose URL the ledger withholds
+    progress_interval: float = PROGRESS_INTERVAL       # seconds between progress lines (core.progress)
+    started_phases: list = field(default_factory=list)  # this attempt's phases so far (PHASES_FILE)
 
     @property
     def run_dir(self) -> str:
@@ -72,10 +78,17 @@ class StepContext:
         declared = op.declared_columns() if hasattr(op, "declared_columns") else None
         tasks = [PartTask(str(phase_dir), i, self.stage, reader, op, row_group_key, resources, images,
                           self.withheld, declared) for i, reader in enumerate(readers)]
+        slots = self.engine.parallelism()
+        self.started_phases.append({"name": name, "tasks": len(tasks), "slots": slots, "started": time.time(),
+                                    "counted": counted, "continues": continues})
+        storage.write_json({"phases": self.started_phases}, self.path(PHASES_FILE))
         stats = [storage.read_marker(t.path("done", ".json")) for t in tasks]
         pending = [i for i, s in enumerate(stats) if s is None]
         if pending:
-            results = self.engine.map(run_part_task, [tasks[i] for i in pending], resources)
+            done = [s for s in stats if s is not None]
+            with PhaseProgress(f"{self.stage}/{name}", len(tasks), done, slots, self.progress_interval) as progress:
+                results = self.engine.map(run_part_task, [tasks[i] for i in pending], resources,
+                                          on_result=progress.add)
             for i, result in zip(pending, results):
                 stats[i] = result
         self.results[name] = stats
@@ -298,7 +311,7 @@ def split_readers(inputs: list[PartRef], rows_per_task: Optional[int]) -> list[C
 
 
 def execute_step(step: Step, engine: Engine, run_dir: str, index: int, seed: int,
-                 inputs: list, task_rows: int = TASK_ROWS) -> dict:
+                 inputs: list, task_rows: int = TASK_ROWS, progress_interval: float = PROGRESS_INTERVAL) -> dict:
     """Run (or skip, when complete) one step; returns its record for stats/summary
     (`parts`: the output parts, in their JSON form)."""
     step_dir = storage.join(run_dir, "steps", f"{index:02d}_{step.name}")
@@ -306,7 +319,8 @@ def execute_step(step: Step, engine: Engine, run_dir: str, index: int, seed: int
     if storage.marker_exists(success):
         return storage.read_json(storage.join(step_dir, "stats.json"))
     started = time.perf_counter()
-    ctx = StepContext(engine, step_dir, step.name, seed, task_rows, withheld=step.stage_cls.withheld_reasons)
+    ctx = StepContext(engine, step_dir, step.name, seed, task_rows, withheld=step.stage_cls.withheld_reasons,
+                      progress_interval=progress_interval)
     inputs = parts.as_refs(inputs)
     if inputs:
         check_columns(step.name, step.reads(), parts.read_schema(inputs[0]).names, step.stage_cls.inputs_from)

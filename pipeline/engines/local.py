@@ -11,8 +11,20 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
 
 from pipeline.core.engine import Engine
+
+
+@dataclass
+class Indexed:
+    """`fn` over an (index, task) pair, returning the index with the result."""
+    fn: Callable
+
+    def __call__(self, item):
+        index, task = item
+        return index, self.fn(task)
 
 
 class LocalEngine(Engine):
@@ -25,15 +37,26 @@ class LocalEngine(Engine):
     def parallelism(self) -> int:
         return self.processes
 
-    def map(self, fn, tasks, resources=None):
+    def map(self, fn, tasks, resources=None, on_result=None):
         tasks = list(tasks)
         if self.processes == 1 or len(tasks) <= 1:
-            return [fn(t) for t in tasks]
+            results = []
+            for index, task in enumerate(tasks):
+                results.append(fn(task))
+                if on_result is not None:
+                    on_result(index, results[-1])
+            return results
         fn = self.prepared(fn)
         if self._pool is None:  # workers live for the whole run, so models load once each
             self._pool = self._start_pool()
-        results = self._pool.imap(fn, tasks, chunksize=1)
-        return list(progress(results, len(tasks)))
+        if on_result is None:
+            return list(progress(self._pool.imap(fn, tasks, chunksize=1), len(tasks)))
+        results = [None] * len(tasks)
+        # started in order as imap does, each result taken as it comes
+        for index, result in self._pool.imap_unordered(Indexed(fn), enumerate(tasks), chunksize=1):
+            results[index] = result
+            on_result(index, result)
+        return results
 
     def _start_pool(self):
         ctx = multiprocessing.get_context("spawn")
@@ -106,7 +129,8 @@ def _share_cores(threads: int) -> None:
 
 
 def progress(results, total: int):
-    """A progress bar on stderr when someone is watching (a terminal), else nothing."""
+    """A progress bar on stderr when someone is watching (a terminal), else nothing (for maps
+    without `on_result`; a step's phases report through `pipeline.core.progress`)."""
     import sys
 
     if not sys.stderr.isatty() or total < 4:

@@ -11,6 +11,8 @@ from collections import deque
 from pipeline.core.engine import Engine
 from pipeline.core.stopping import keeping_stop_handlers
 
+WAIT_S = 0.5   # how often a map looks for finished tasks (to hand their results on)
+
 
 class TaskRunner:
     """A long-lived worker: runs tasks in one process, so `setup()` caches survive."""
@@ -52,25 +54,27 @@ class RayEngine(Engine):
 
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    def map(self, fn, tasks, resources=None):
+    def map(self, fn, tasks, resources=None, on_result=None):
         import ray
 
         tasks = list(tasks)
         fn = self.prepared(fn)
         if resources is not None and resources.stateful and tasks:
-            return self._map_on_actors(fn, tasks, resources)
+            return self._map_on_actors(fn, tasks, resources, on_result)
         options = {"max_retries": self.retries, "retry_exceptions": True}
         if resources is not None:
             options.update(num_cpus=resources.cpus, num_gpus=resources.gpus)
         remote = ray.remote(_call).options(**options)
         refs = [remote.remote(fn, t) for t in tasks]
         try:
-            return ray.get(refs)
+            if on_result is None:
+                return ray.get(refs)
+            return _as_they_finish(refs, on_result)
         except KeyboardInterrupt:   # a stop signal: end the tasks, also on a cluster that stays up
             _cancel(refs)
             raise
 
-    def _map_on_actors(self, fn, tasks, resources):
+    def _map_on_actors(self, fn, tasks, resources, on_result=None):
         """One actor per slot for this map call; killed after it, so their CPUs and GPUs
         go back to the tasks of the next steps.
 
@@ -123,6 +127,8 @@ class RayEngine(Engine):
                 try:
                     results[index] = ray.get(ref)
                     idle.append(actor)
+                    if on_result is not None:
+                        on_result(index, results[index])
                 except (RayActorError, ObjectLostError):
                     losses[index] += 1
                     if losses[index] > self.retries:
@@ -157,6 +163,21 @@ class RayEngine(Engine):
 
         if self._connected and ray.is_initialized():
             ray.shutdown()
+
+
+def _as_they_finish(refs, on_result) -> list:
+    """The results of `refs` in order, each handed to `on_result(index, result)` as its task
+    finishes (looked for every WAIT_S seconds, in one call over the unfinished ones)."""
+    import ray
+
+    index_of = {ref: i for i, ref in enumerate(refs)}
+    results, pending = [None] * len(refs), list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=WAIT_S)
+        for ref, result in zip(ready, ray.get(ready)):
+            results[index_of[ref]] = result
+            on_result(index_of[ref], result)
+    return results
 
 
 def _cancel(refs) -> None:
