@@ -63,9 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train.set_defaults(handler=cmd_train)
 
-    report = commands.add_parser("report", help="(re)write RUN_DIR/report.html")
+    report = commands.add_parser("report", help="(re)write RUN_DIR/report.html (partial while a run is unfinished)")
     report.add_argument("run_dir")
     report.set_defaults(handler=cmd_report)
+
+    status = commands.add_parser("status", help="where a run stands: running, stopped or finished, local or bucket")
+    status.add_argument("run_dir")
+    status.add_argument("--json", action="store_true", help="as JSON (schemas/status.schema.json)")
+    status.set_defaults(handler=cmd_status)
 
     plan = commands.add_parser("plan", help="predict a run's cost from a finished small run")
     plan.add_argument("config")
@@ -160,6 +165,16 @@ def cmd_report(args) -> int:
     from pipeline.report import write_report
 
     _log(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from pipeline.status import format_status, run_status
+
+    status = run_status(args.run_dir)
+    print(json.dumps(status, indent=1) if args.json else format_status(status), flush=True)
     return 0
 
 

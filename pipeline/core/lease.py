@@ -93,6 +93,19 @@ def is_stale(record: dict, now: Optional[float] = None) -> bool:
     return now - float(record.get("heartbeat", 0)) > STALE_AFTER
 
 
+def current(run_dir: str) -> Optional[dict]:
+    """The lease on `run_dir` now (its record, with `held`: whether its owner is alive), or
+    None when no run holds the folder. Reads only: safe while a run works there."""
+    folder = storage.join(run_dir, FOLDER)
+    generations = _generations(folder)
+    if not generations:
+        return None
+    record = _read(storage.join(folder, _name(generations[-1])))
+    if record is None:   # removed as its owner ended
+        return None
+    return {**record, "held": not is_stale(record)}
+
+
 def own_record() -> dict:
     now = time.time()
     return {"host": socket.gethostname(), "pid": os.getpid(), "started_ticks": _start_ticks(os.getpid()),

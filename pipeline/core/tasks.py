@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -55,11 +56,42 @@ def part_path(phase_dir: str, kind: str, part: int, suffix: str = ".parquet") ->
 
 def run_part_task(task: PartTask) -> dict:
     """Run one task (idempotent): returns its stats dict, which is also its marker
-    (`done/part-N.json`, written last, naming the part's objects and their sizes)."""
+    (`done/part-N.json`, written last, naming the part's objects and their sizes). A task
+    that fails leaves `failed/part-N.json` (`record_failure`) for `curate status`."""
     done = task.path("done", ".json")
     finished = storage.read_marker(done)
     if finished is not None:
         return finished
+    try:
+        return _run_part_task(task, done)
+    except Exception as exc:
+        record_failure(task, exc)
+        raise
+
+
+FAILURE_LINES = 12   # the last lines of a failed task's traceback kept in its failure record
+
+
+def record_failure(task: PartTask, exc: BaseException) -> None:
+    """Write `failed/part-N.json`: the part's latest failure (the last lines of its traceback,
+    where and when) and how many attempts failed so far. Never raises: the task's own error
+    is what the engine must see."""
+    import socket
+    import traceback
+
+    path = task.path("failed", ".json")
+    try:
+        previous = storage.read_marker(path) or {}
+        lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip().splitlines()
+        storage.write_json({"part": task.part, "stage": task.stage, "failures": int(previous.get("failures", 0)) + 1,
+                            "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
+                            "lines": lines[-FAILURE_LINES:], "host": socket.gethostname(), "pid": os.getpid(),
+                            "time": time.time()}, path)
+    except Exception:  # noqa: BLE001 - the record is a courtesy
+        pass
+
+
+def _run_part_task(task: PartTask, done: str) -> dict:
     storage.remove_stale_temporaries(*(task.path(kind, suffix) for kind, suffix in (
         ("data", ".parquet"), ("dropped", ".parquet"), ("done", ".json"), ("done", ".npz"))))
     started = time.perf_counter()
@@ -94,6 +126,7 @@ def run_part_task(task: PartTask) -> dict:
         "dropped": _reason_counts(dropped),
         "deferred": deferred,                           # last rows not reached: run again
         "seconds": round(time.perf_counter() - started, 4),
+        "finished": round(time.time(), 3),              # when (epoch seconds): rows/s in `curate status`
         "row_groups": {str(k): v for k, v in groups.items()},
         "extras": bool(extras),
         "setup_seconds": round(_SETUP_SECONDS[0], 4),   # loading models and the like (once per worker)

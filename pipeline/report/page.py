@@ -22,6 +22,7 @@ td.text,th:first-child{text-align:left}.note{color:#666;font-size:13px}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:4px}
 figure{margin:0;border:1px solid #ddd;padding:5px;font-size:12px;background:#fafafa}
 figure img{display:block;margin:0 auto 4px;max-width:160px;max-height:160px}
+.partial{background:#fff4e5;border:1px solid #e67e22;padding:8px}
 ul.warnings{color:#b34700}figcaption .why{color:#b34700;display:block}pre{font-size:12px;background:#f6f6f6;padding:8px;overflow:auto}
 """
 # Sets data-* attributes on <html> once loaded: how many images decoded and plots have a box
@@ -43,21 +44,60 @@ CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src
 
 
 def write_report(run_dir: str | Path) -> str:
-    """(Re)write RUN_DIR/report.html from what the run folder holds; returns its path."""
+    """(Re)write RUN_DIR/report.html from what the run folder holds; returns its path. An
+    unfinished run (running or stopped) gets a partial report: the steps done so far, the
+    unfinished step's funnel from its finished parts, and a notice saying so."""
     run_dir = storage.absolute(run_dir)
     summary = data.read_json(storage.join(run_dir, "summary.json"))
+    status = None
     if not isinstance(summary, dict) or not summary.get("stages"):
-        raise UserError(f"{run_dir}: no readable summary.json (not a finished run folder)")
-    html = render(run_dir, summary)
+        summary, status = partial_summary(run_dir)
+    html = render(run_dir, summary, status)
     path = storage.join(run_dir, "report.html")
     storage.write_text(path, html)
     return path
 
 
-def render(run_dir: str, summary: dict) -> str:
+def partial_summary(run_dir: str) -> tuple[dict, dict]:
+    """A summary of an unfinished run (its steps so far, the unfinished one from its finished
+    parts, marked `partial`), and the run's status (`curate status`)."""
+    from pipeline.status import run_status
+
+    try:
+        status = run_status(run_dir)
+    except UserError:
+        raise UserError(f"{run_dir}: not a run folder (no summary.json, config.json or steps/)") from None
+    stages = [{"name": s["name"], "rows_in": s["rows_in"], "rows_out": s["rows_out"], "dropped": s["dropped"],
+               "seconds": s["seconds"] or 0.0, "partial": s["state"] != "done"}
+              for s in status["steps"] if s["state"] in ("done", "running", "stopped")]
+    if not stages:
+        raise UserError(f"{run_dir}: no step has begun yet; nothing to report")
+    summary = {"input_rows": stages[0]["rows_in"], "kept_rows": stages[-1]["rows_out"], "stages": stages,
+               "sources": [], "warnings": []}
+    return summary, status
+
+
+def partial_section(status: dict | None) -> str:
+    """The notice on a report of an unfinished run."""
+    if status is None:
+        return ""
+    total = status["steps_total"] if status["steps_total"] is not None else "?"
+    text = f"the run is {status['state']}, {status['steps_done']} of {total} steps done"
+    current = next((s for s in status["steps"] if s["index"] == status["current"]), None)
+    if current is not None and current["phase"] is not None:
+        phase = next(p for p in current["phases"] if p["name"] == current["phase"])
+        text += (f"; step {current['name']} ({current['phase']}): {phase['parts_done']:,} of "
+                 f"{phase['parts_total']:,} parts done, its row counts are those of the finished parts")
+    return (f'<section id="partial"><p class="partial"><b>Partial report</b>: {escape(text)}. Sections that '
+            f"need a finished run are left out; run <code>curate report</code> again for newer numbers.</p>"
+            "</section>")
+
+
+def render(run_dir: str, summary: dict, status: dict | None = None) -> str:
     stages = summary["stages"]
     names = [s["name"] for s in stages]
-    sections = [warnings_section(summary), funnel_section(summary), sources_section(summary),
+    sections = [partial_section(status), warnings_section(summary), funnel_section(summary),
+                sources_section(summary),
                 throughput_section(stages), download_section(stages),
                 language_section(run_dir), clip_section(run_dir, stages), entries_section(run_dir),
                 grid_section("kept", "Sample of kept pairs", samples.kept_samples(run_dir)),
@@ -68,11 +108,13 @@ def render(run_dir: str, summary: dict) -> str:
                 train_section(summary), ablation_section(run_dir), config_section(run_dir)]
     kept, total = summary.get("kept_rows", 0), summary.get("input_rows", 0)
     share = f" ({kept / total:.1%})" if total else ""
+    outcome = f"kept{share}" if status is None else f"so far, after {escape(stages[-1]['name'])} (partial)"
+    title = "curate run report" if status is None else "curate run report (partial)"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f"<title>curate report: {escape(storage.name(run_dir))}</title><style>{CSS}</style></head><body>"
-            f"<h1>curate run report: {escape(storage.name(run_dir))}</h1>"
-            f'<p>{total:,} input rows &rarr; <b>{kept:,}</b> kept{share}. '
+            f"<h1>{title}: {escape(storage.name(run_dir))}</h1>"
+            f'<p>{total:,} input rows &rarr; <b>{kept:,}</b> {outcome}. '
             f'<span class="note">{escape(run_dir)}</span></p>'
             f"{''.join(s for s in sections if s)}<script>{CHECK_SCRIPT}</script></body></html>")
 
@@ -100,7 +142,7 @@ def reasons_text(dropped: dict) -> str:
 
 
 def throughput(stage: dict) -> float | None:
-    seconds = stage.get("seconds") or 0
+    seconds = 0 if stage.get("partial") else stage.get("seconds") or 0
     return stage["rows_in"] / seconds if seconds > 0 else None
 
 
@@ -130,12 +172,14 @@ MAX_SOURCE_ROWS = 200
 
 def funnel_section(summary: dict) -> str:
     stages = summary["stages"]
-    rows = [(s["name"], [s["rows_out"], s["rows_in"] - s["rows_out"]]) for s in stages]
+    labels = [f"{s['name']} (partial)" if s.get("partial") else s["name"] for s in stages]
+    rows = [(label, [s["rows_out"], s["rows_in"] - s["rows_out"]]) for label, s in zip(labels, stages)]
     chart = svg.hbar_chart(rows, [KEPT, DROPPED], "rows per stage", names=["rows out", "dropped"],
                            value_text=lambda i: f"{stages[i]['rows_out']:,} / {stages[i]['rows_in']:,}")
-    body = [[s["name"], s["rows_in"], s["rows_out"], reasons_text(s["dropped"]),
-             f"{s['rows_out'] / s['rows_in']:.1%}" if s["rows_in"] else "-", float(s.get("seconds", 0))]
-            for s in stages]
+    body = [[label, s["rows_in"], s["rows_out"], reasons_text(s["dropped"]),
+             f"{s['rows_out'] / s['rows_in']:.1%}" if s["rows_in"] else "-",
+             "-" if s.get("partial") else float(s.get("seconds", 0))]
+            for label, s in zip(labels, stages)]
     return section("funnel", "Funnel: rows per stage", chart,
                    table(["stage", "rows in", "rows out", "dropped (reason count)", "kept", "seconds"], body))
 
