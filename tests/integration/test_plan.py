@@ -51,6 +51,7 @@ def calibrate_and_run(tmp_path, capsys, attempt: int):
     return (plan, *measured(folder / "large"))
 
 
+@pytest.mark.slow
 def test_plan_predicts_a_4x_run_within_30_percent(tmp_path, capsys):
     # Seconds are measured on a shared machine: when a burst of other load lands on one of
     # the two runs only, the pair is measured once more (bytes must hold every time).

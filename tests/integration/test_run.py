@@ -6,6 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
@@ -102,6 +103,7 @@ def test_a_run_folder_of_an_earlier_version_resumes(tmp_path):
         raise AssertionError("a changed config must not reuse the run folder")
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_identical_output(tmp_path):
     sample = write_sample(tmp_path / "s.parquet", rows=60_000, row_group=2000)
     config = text_config(sample, tmp_path / "killed", input={"path": [str(sample)], "part_rows": 2000})
