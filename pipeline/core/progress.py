@@ -36,6 +36,7 @@ class Tally:
     deferred: int = 0
     dropped: dict = field(default_factory=dict)
     seconds: list = field(default_factory=list)   # each part's time
+    warm_seconds: list = field(default_factory=list)   # that of parts not first on their worker
 
     def add(self, stats: dict) -> int:
         """Count one part's stats (its done marker); returns the rows it reached."""
@@ -47,6 +48,8 @@ class Tally:
         for reason, count in (stats.get("dropped") or {}).items():
             self.dropped[reason] = self.dropped.get(reason, 0) + int(count)
         self.seconds.append(float(stats.get("seconds") or 0.0))
+        if not stats.get("cold"):
+            self.warm_seconds.append(self.seconds[-1])
         return reached
 
     def top_drops(self, count: int = TOP_REASONS) -> list[tuple[str, int]]:
@@ -54,7 +57,10 @@ class Tally:
         return sorted(self.dropped.items(), key=lambda rc: (-rc[1], rc[0]))[:count]
 
     def median_seconds(self) -> Optional[float]:
-        return statistics.median(self.seconds) if self.seconds else None
+        """The parts' median time; once some worker ran a second part, of such parts only (a
+        worker's first part also pays its imports and model loads)."""
+        seconds = self.warm_seconds or self.seconds
+        return statistics.median(seconds) if seconds else None
 
     def eta(self, total: int, slots: int) -> Optional[float]:
         """Seconds until the phase's `total` parts are done, `slots` at a time, each taking

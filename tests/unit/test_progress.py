@@ -37,6 +37,12 @@ def test_eta_from_the_median_part_time_and_the_slots():
     assert tally.eta(10, 2) == pytest.approx(7 * 2.0 / 2)
     assert tally.eta(4, 8) == pytest.approx(2.0)   # the last wave: one part's time
     assert tally.eta(3, 2) == 0.0
+    cold = Tally()   # a worker's first part pays its set-up: once warm parts exist, they decide
+    cold.add({**stats(1, 1, seconds=20.0), "cold": True})
+    assert cold.median_seconds() == 20.0
+    cold.add({**stats(1, 1, seconds=20.0), "cold": True})
+    cold.add(stats(1, 1, seconds=1.0))
+    assert cold.median_seconds() == 1.0 and cold.eta(5, 2) == pytest.approx(1.0)
 
 
 def test_durations_and_a_whole_line():
