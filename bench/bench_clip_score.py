@@ -26,7 +26,6 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-
 from pipeline.stages.clip_score import ClipScoreStage  # noqa: E402
 from pipeline.testing.world import make_world  # noqa: E402
 

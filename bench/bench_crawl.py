@@ -47,8 +47,8 @@ def crawl_rate(origin: str, pages: int, per_host_limit: int) -> dict:
 
 
 def spread_rate(origin: str, pages: int, folder: str) -> dict:
-    from pipeline.stages.crawl_spread import CrawlOptions, crawl_on
     from pipeline.engines.local import LocalEngine
+    from pipeline.stages.crawl_spread import CrawlOptions, crawl_on
 
     options = CrawlOptions(seeds=(origin + "/",), buckets=16, allow_networks=tuple(LOOPBACK),
                            user_agent="CurateBot/0.1", concurrency=16, per_host_limit=2)

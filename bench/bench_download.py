@@ -95,8 +95,8 @@ def run_raw(table: pa.Table, threads: int, processes: int, folder: Path) -> dict
 
 def run_step(table: pa.Table, threads: int, folder: Path) -> dict:
     """The pipeline with only `download` (after ingest) on the Ray engine, in 2 tasks."""
-    from pipeline.config import settings_from_dict
     from pipeline.app import run_pipeline
+    from pipeline.config import settings_from_dict
 
     source = folder / "input.parquet"
     folder.mkdir(parents=True, exist_ok=True)

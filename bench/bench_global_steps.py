@@ -68,8 +68,8 @@ def image_rows(rows: int, seed: int = 0, image_size: int = 24, distinct: int = 6
 def embedding_rows(rows: int, dim: int = 64, seed: int = 0) -> pa.Table:
     """Rows as clip_score leaves them for semantic_dedup: uid, url, text, `_pos` and a unit
     image embedding (float16); every 10th row a near copy of the row before it."""
-    from pipeline.core.hashing import uids_of
     from pipeline.clip.embeddings import embedding_array
+    from pipeline.core.hashing import uids_of
 
     base = caption_table(rows, seed)
     base = base.add_column(0, "uid", pa.array(uids_of(base["url"].to_pylist(), base["text"].to_pylist())))
@@ -180,8 +180,8 @@ def reference_model() -> Path:
 
 
 def storage(photos: int, work: Path) -> dict:
-    from pipeline.config import settings_from_dict
     from pipeline.app import run_pipeline
+    from pipeline.config import settings_from_dict
 
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

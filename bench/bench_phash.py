@@ -12,7 +12,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-
 from pipeline.stages.phash_lsh import band_keys, key_bucket, later_duplicates  # noqa: E402
 
 HASHES, PLANTED, BUCKETS = 100_000, 5_000, 8

@@ -22,7 +22,6 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-
 from pipeline.shards import write_shards  # noqa: E402
 from pipeline.testing.world import world_rows  # noqa: E402
 

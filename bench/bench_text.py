@@ -56,15 +56,14 @@ def bench_matching(table: pa.Table) -> dict:
 
 
 def bench_language(table: pa.Table) -> dict:
-    from pipeline.stages.language import LanguageSettings
-    from pipeline.stages.language import LanguageStage
+    from pipeline.stages.language import LanguageSettings, LanguageStage
 
     stage = LanguageStage(LanguageSettings(keep=["en"]))
     stage.setup()
     lines = [(t or "").replace("\n", " ") for t in table["text"].to_pylist()]
     # fasttext-predict's batched call (what `model.predict(list)` wraps; its Python wrapper
     # cannot unpack the labels-only result of this build, so we call it directly)
-    raw_s, _ = timed(lambda: stage.model.f.multilinePredict([l + "\n" for l in lines], 1, 0.0, "strict"))
+    raw_s, _ = timed(lambda: stage.model.f.multilinePredict([line + "\n" for line in lines], 1, 0.0, "strict"))
     ours_s, _ = timed(lambda: stage.process(table))
     return {"rows": table.num_rows, "raw_fasttext_predict_s": round(raw_s, 3),
             "language_stage_s": round(ours_s, 3), "ratio": round(raw_s / ours_s, 3), "target": 0.7}
@@ -104,7 +103,7 @@ def tree_rss(pid: int) -> int:
         current = stack.pop()
         try:
             with open(f"/proc/{current}/status") as fh:
-                total += next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS"))
+                total += next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS"))
             with open(f"/proc/{current}/task/{current}/children") as fh:
                 stack.extend(int(c) for c in fh.read().split())
         except (OSError, StopIteration):

@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from pipeline.config import load_config
     from pipeline.app import claimed, execute
+    from pipeline.config import load_config
     from pipeline.run_log import run_log
 
     overrides = list(args.set)
@@ -131,9 +131,8 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from pipeline.config import load_config
-    from pipeline.train import train
-
     from pipeline.core import storage
+    from pipeline.train import train
 
     settings = load_config(args.config, list(args.set))
     if settings.train is None:

@@ -12,11 +12,11 @@ fsync, rename).
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import io
 import json
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from pipeline.core.images import IMAGE, IMAGE_FILE
-from pipeline.core.parts import INTERNAL_PREFIX
 from pipeline.errors import UserError
 
 REASON = "_reason"

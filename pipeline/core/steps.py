@@ -26,11 +26,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from pipeline.core import parts, storage
+from pipeline.core.engine import Engine
 from pipeline.core.parts import PartRef
 from pipeline.core.progress import PhaseProgress
 from pipeline.core.stage import Resources, check_columns
-from pipeline.core.tasks import SOURCE_PART, PartTask, ReadParts, ReadSlice, StageOp, load_extras, part_path, peak_rss_bytes, run_part_task
-from pipeline.core.engine import Engine
+from pipeline.core.tasks import (
+    SOURCE_PART,
+    PartTask,
+    ReadParts,
+    ReadSlice,
+    StageOp,
+    load_extras,
+    part_path,
+    peak_rss_bytes,
+    run_part_task,
+)
 
 TASK_ROWS = 1_000_000   # default rows one task of a global step holds at most
 SPREAD = 8              # pieces the deferred rest of one task is cut into

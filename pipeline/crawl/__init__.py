@@ -8,8 +8,7 @@ engine's workers is `pipeline.stages.crawl_step`, with `pipeline.stages.crawl_sp
 - `iter_warc_pairs(path)`, `iter_wat_pairs(path)`, `iter_archive_pairs(path)`: pairs from
   Common Crawl WARC / WAT files, as RecordBatches
 """
-from pipeline.crawl.archive import (ARCHIVE_SCHEMA, iter_archive_pairs, iter_warc_pairs,
-                                    iter_wat_pairs)
+from pipeline.crawl.archive import ARCHIVE_SCHEMA, iter_archive_pairs, iter_warc_pairs, iter_wat_pairs
 from pipeline.crawl.crawler import CRAWL_SCHEMA, DEFAULT_USER_AGENT, crawl, guarded_fetch
 from pipeline.crawl.html_extract import PAIR_FIELDS, PageExtract, extract_page
 from pipeline.crawl.robots import RobotsCache, parse_robots

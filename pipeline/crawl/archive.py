@@ -55,9 +55,14 @@ from urllib.parse import urljoin
 import pyarrow as pa
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-from pipeline.crawl.html_extract import (NO_PAIRS_DIRECTIVES, PAIR_FIELDS, extract_page,
-                                         parse_directives, resolve_http_url,
-                                         x_robots_tag_directives)
+from pipeline.crawl.html_extract import (
+    NO_PAIRS_DIRECTIVES,
+    PAIR_FIELDS,
+    extract_page,
+    parse_directives,
+    resolve_http_url,
+    x_robots_tag_directives,
+)
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from pipeline.crawl.html_extract import (extract_page, normalize_http_url, resolve_http_url,
-                                         x_robots_tag_directives)
+from pipeline.crawl.html_extract import extract_page, normalize_http_url, resolve_http_url, x_robots_tag_directives
 from pipeline.crawl.politeness import PoliteRunner, host_of
 from pipeline.crawl.robots import Fetch, RobotsCache
 from pipeline.download import addresses

@@ -23,7 +23,8 @@ td.text,th:first-child{text-align:left}.note{color:#666;font-size:13px}
 figure{margin:0;border:1px solid #ddd;padding:5px;font-size:12px;background:#fafafa}
 figure img{display:block;margin:0 auto 4px;max-width:160px;max-height:160px}
 .partial{background:#fff4e5;border:1px solid #e67e22;padding:8px}
-ul.warnings{color:#b34700}figcaption .why{color:#b34700;display:block}pre{font-size:12px;background:#f6f6f6;padding:8px;overflow:auto}
+ul.warnings{color:#b34700}figcaption .why{color:#b34700;display:block}
+pre{font-size:12px;background:#f6f6f6;padding:8px;overflow:auto}
 """
 # Sets data-* attributes on <html> once loaded: how many images decoded and plots have a box
 # (the report test reads them from Chromium's --dump-dom).

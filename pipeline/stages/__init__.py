@@ -23,8 +23,20 @@ A source may declare the columns its files add as `OUTPUTS` ((name, Arrow type) 
 
 Stage code never imports Ray or Spark, nor another stage module.
 """
-from pipeline.stages import (caption_filter, clip_score, crawl_step, dedup, download, face_blur, heads,
-                             image_dedup, language, metadata, semantic_dedup, shard)
+from pipeline.stages import (
+    caption_filter,
+    clip_score,
+    crawl_step,
+    dedup,
+    download,
+    face_blur,
+    heads,
+    image_dedup,
+    language,
+    metadata,
+    semantic_dedup,
+    shard,
+)
 
 REGISTRY = [crawl_step, dedup, caption_filter, language, metadata, download, image_dedup, clip_score, heads,
             semantic_dedup, shard, face_blur]

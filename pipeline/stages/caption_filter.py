@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.constraints import AtLeast, Invalid
-from pipeline.core.steps import Step
 from pipeline.core.stage import Stage, with_reason
+from pipeline.core.steps import Step
 
 FILENAME = r"(?i)^\S*\.(jpe?g|png|gif|webp|bmp|tiff?|heic|svg|avif)$"
 PLACEHOLDERS = [

@@ -3,7 +3,8 @@
 Reads `jpg` (encoded image bytes) and `text`; adds `clip_score` (float32, NaN where the
 image cannot be decoded) and, with `keep_embeddings` or when a later stage declares that it
 reads them, `image_embedding` / `text_embedding` (fixed-size lists of float16, zeros
-where undecodable; `pipeline.clip.embeddings`); with `keep_embeddings` the step also writes them, for the rows it keeps, in
+where undecodable; `pipeline.clip.embeddings`); with `keep_embeddings` the step also writes
+them, for the rows it keeps, in
 clip-retrieval's layout under `<run>/embeddings/` (`pipeline.clip.index`). Reasons:
 `undecodable_image`, and with `filter: threshold`, `low_clip_score` for scores below
 `threshold`. `filter: top_fraction` is a global two-phase step: this stage only scores; the

@@ -16,9 +16,8 @@ from pipeline.blocklist import BlocklistSettings
 from pipeline.core import storage
 from pipeline.core.constraints import Above, AtLeast, NonEmpty
 from pipeline.crawl.crawler import normalize_http_url
-from pipeline.stages.crawl_spread import CrawlOptions, crawl_on
 from pipeline.errors import UserError
-
+from pipeline.stages.crawl_spread import CrawlOptions, crawl_on
 
 SECTION = "crawl"
 

@@ -41,7 +41,6 @@ from typing import Annotated, Any, Literal, Optional
 import pyarrow as pa
 
 from pipeline import blocklist
-
 from pipeline.core.constraints import Above, AtLeast, Between
 from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
 from pipeline.core.stage import DEFERRED, REASON, Resources, Stage, set_column, with_reason

@@ -39,11 +39,13 @@ FACES = "faces"
 
 @dataclass
 class FaceBlurSettings:
-    min_size: Annotated[int, AtLeast(1)] = 24            # px: the smallest face side looked for (the cascade's window is 24)
+    min_size: Annotated[int, AtLeast(1)] = 24          # px: the smallest face side looked for (the cascade's
+                                                       # window is 24)
     scale_factor: Annotated[float, Above(1)] = 1.1     # detectMultiScale: step between scales (> 1)
-    min_neighbors: Annotated[int, AtLeast(0)] = 5        # detectMultiScale: overlapping hits a face needs (more: fewer false faces)
-    margin: Annotated[float, Between(0, 1)] = 0.2      # each box grows by this fraction of its side on every side (Haar boxes
-                                                       # are tight: eyebrows to mouth)
+    min_neighbors: Annotated[int, AtLeast(0)] = 5      # detectMultiScale: overlapping hits a face needs (more:
+                                                       # fewer false faces)
+    margin: Annotated[float, Between(0, 1)] = 0.2      # each box grows by this fraction of its side on every side (Haar
+                                                       # boxes are tight: eyebrows to mouth)
     blur: Annotated[float, Above(0)] = 0.2             # Gaussian sigma as a fraction of the (enlarged) box side
     quality: Annotated[int, Between(1, 100)] = 90      # JPEG quality of the re-encoded (blurred) images
     cascade: str = "haarcascade_frontalface_default.xml"   # a file in OpenCV's cv2.data.haarcascades, or a path

@@ -8,7 +8,8 @@ a single `torch.nn.Linear` (keys `weight` [1, dim], `bias` [1]; LAION's aestheti
 (numbers compared as numbers). `hidden_activation: relu` puts a ReLU between the layers (LAION's
 NSFW detector; the aesthetic MLP has none: only dropout, inactive at inference), `activation:
 sigmoid` after the last one. Each head reads the L2-normalised `image_embedding` (or, with
-`input: text`, `text_embedding`; declared, so clip_score adds them for it), adds `<name>_score` (float32) and, with `drop_above` / `drop_below`, drops
+`input: text`, `text_embedding`; declared, so clip_score adds them for it), adds
+`<name>_score` (float32) and, with `drop_above` / `drop_below`, drops
 rows past it as `reason` (default: nsfw -> `nsfw`, watermark -> `watermark`, aesthetic ->
 `low_aesthetic`, else the name); a row past several heads goes with the first one's reason.
 A row without an embedding (null or zero) gets a null score and is never dropped here.
@@ -33,6 +34,7 @@ from typing import Annotated, Literal, Optional
 import numpy as np
 import pyarrow as pa
 
+from pipeline.clip.embeddings import IMAGE_EMBEDDING, TEXT_EMBEDDING, embedding_rows
 from pipeline.core import parts, storage
 from pipeline.core.constraints import Finite, Invalid, NonEmpty
 from pipeline.core.parts import PartRef
@@ -40,7 +42,6 @@ from pipeline.core.stage import Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext, part_readers
 from pipeline.core.tasks import built_once
 from pipeline.errors import UserError
-from pipeline.clip.embeddings import IMAGE_EMBEDDING, TEXT_EMBEDDING, embedding_rows
 
 SECTION = "heads"
 

@@ -44,8 +44,16 @@ from pipeline.core.parts import PartRef
 from pipeline.core.stage import POS, Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext, bucket_refs, group_by_rows, rows_of
 from pipeline.core.tasks import SOURCE_PART, ReadParts
-from pipeline.stages.phash_lsh import (SHA_BAND, band_keys, band_masks, key_bucket,
-                                       later_duplicates, matches_earlier, phash_of, sha_halves)
+from pipeline.stages.phash_lsh import (
+    SHA_BAND,
+    band_keys,
+    band_masks,
+    key_bucket,
+    later_duplicates,
+    matches_earlier,
+    phash_of,
+    sha_halves,
+)
 
 SECTION = "image_dedup"
 

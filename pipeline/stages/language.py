@@ -5,17 +5,16 @@ Drops rows whose language is not in `keep` (`wrong_language`) or whose score is 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Annotated, Optional
-
-import os
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.constraints import Between
-from pipeline.core.steps import Step
 from pipeline.core.stage import Stage, with_reason
+from pipeline.core.steps import Step
 from pipeline.errors import UserError
 
 LABEL_PREFIX = "__label__"

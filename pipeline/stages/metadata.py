@@ -12,8 +12,8 @@ with probability min(1, t / count[e]), drawn from (uid, e, seed). Dropped: `bala
 from __future__ import annotations
 
 import io
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Annotated, Iterable
 
 import numpy as np
@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 from pipeline.core import parts, storage
 from pipeline.core.constraints import AtLeast, NonEmpty
 from pipeline.core.hashing import uid_to_u64, uniform
-from pipeline.core.stage import Stage, with_reason
 from pipeline.core.parts import PartRef
+from pipeline.core.stage import Stage, with_reason
 from pipeline.core.steps import Step, StepContext
 from pipeline.core.tasks import built_once
 from pipeline.stages.metadata_entries import load_entries
@@ -183,7 +183,8 @@ class BalanceEntries:
     seed: int
 
     def __call__(self, table: pa.Table):
-        counts = built_once(("counts", self.counts_path), lambda: np.load(io.BytesIO(storage.read_bytes(self.counts_path))))
+        counts = built_once(("counts", self.counts_path),
+                            lambda: np.load(io.BytesIO(storage.read_bytes(self.counts_path))))
         kept = balance_keep(table["uid"].to_pylist(), table["entry_ids"].combine_chunks(),
                             counts, self.t, self.seed)
         reason = pc.if_else(pa.array(kept), pa.scalar(None, pa.string()), pa.scalar("balanced"))

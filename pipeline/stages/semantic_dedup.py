@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.clip.embeddings import IMAGE_EMBEDDING, embedding_rows
 from pipeline.core import parts, run_index
 from pipeline.core.constraints import AtLeast, Between
 from pipeline.core.hashing import splitmix64, uid_to_u64
@@ -48,7 +49,6 @@ from pipeline.core.stage import POS, REASON, Stage
 from pipeline.core.steps import Step, StepContext, bucket_ranges, bucket_refs, group_by_rows, rows_of
 from pipeline.core.tasks import ReadParts, built_once, load_extras
 from pipeline.errors import UserError
-from pipeline.clip.embeddings import IMAGE_EMBEDDING, embedding_rows
 
 SECTION = "semantic_dedup"
 

@@ -27,8 +27,16 @@ from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage, set_column
 from pipeline.core.steps import Step, StepContext, rows_of
 from pipeline.errors import UserError
-from pipeline.shards import (MIN_SHARDS, SIZES_FILE, as_table, shard_keys, shard_name, shuffled_order,
-                             write_sizes_json, write_tar)
+from pipeline.shards import (
+    MIN_SHARDS,
+    SIZES_FILE,
+    as_table,
+    shard_keys,
+    shard_name,
+    shuffled_order,
+    write_sizes_json,
+    write_tar,
+)
 
 SECTION = "shard"
 

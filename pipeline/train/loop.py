@@ -195,7 +195,8 @@ def _train(s: TrainSettings, data: str, train_dir: str, place: Dist) -> dict:
     stream = batch_stream(shards, preprocess, tokenizer, StreamConfig(s.batch_size, s.workers, s.seed, s.resample),
                           place.rank, place.world_size, start_epoch=state.step)
     samples_per_step = s.batch_size * s.accum_steps * place.world_size
-    log = StepLog(storage.join(train_dir, "log.jsonl") if place.rank == 0 else None, log_every(s.steps), samples_per_step, s.steps)
+    log = StepLog(storage.join(train_dir, "log.jsonl") if place.rank == 0 else None, log_every(s.steps),
+                  samples_per_step, s.steps)
     save = checkpoint_saver(checkpoints, state, s.model, samples_per_step, shards.num_samples, place.rank == 0)
     loss = train_steps(state, s, stream, place, log, save)
     return _finish(result, checkpoints, place, loss, log.steady_rate())

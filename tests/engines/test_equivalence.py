@@ -1,7 +1,7 @@
 """One config on the local, Ray and Spark engines: identical kept uids, ledger and summary counts."""
 import pytest
-from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_summary, run,
-                           text_config, write_sample)
+
+from tests.support import assert_run_invariants, kept_uids, ledger_rows, read_summary, run, text_config, write_sample
 
 pytestmark = pytest.mark.slow  # the Ray and Spark engines
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.support import ROOT, kept_uids, ledger_rows, run, text_config, write_sample
 
 from pipeline.core import storage
+from tests.support import ROOT, kept_uids, ledger_rows, run, text_config, write_sample
 
 pytestmark = pytest.mark.slow  # a two-node Ray cluster
 
@@ -213,6 +213,7 @@ def clip_config(web, folder: Path, output: Path, engine: str, checkpoint) -> dic
     node can be lost part-way through clip_score) and sharded."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from tests.support import serve_world
 
     pairs = folder / "clip-pairs.parquet"

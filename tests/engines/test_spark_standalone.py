@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.support import assert_same_result, run, slow_image_config
 
 from pipeline.testing.fakeweb import FakeWeb
+from tests.support import assert_same_result, run, slow_image_config
 
 pytestmark = pytest.mark.slow  # a Spark standalone cluster
 
@@ -54,7 +54,8 @@ def standalone(tmp_path):
                 pass
             time.sleep(0.5)
         else:
-            raise AssertionError("the standalone worker did not register: " + (tmp_path / "worker.log").read_text()[-2000:])
+            log = (tmp_path / "worker.log").read_text()[-2000:]
+            raise AssertionError("the standalone worker did not register: " + log)
         yield f"spark://127.0.0.1:{port}"
     finally:
         for proc in (worker, master):

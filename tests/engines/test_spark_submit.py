@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests.support import ROOT, kept_uids, ledger_rows, run, text_config, write_sample
 
 pytestmark = pytest.mark.slow  # spark-submit and the Spark engine

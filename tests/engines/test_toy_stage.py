@@ -6,8 +6,7 @@ import pytest
 
 from pipeline import stages
 from pipeline.testing import toy_stage
-from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, run, text_config,
-                           write_sample)
+from tests.support import assert_run_invariants, kept_uids, ledger_rows, read_dataset, run, text_config, write_sample
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.support import assert_run_invariants, read_dataset, run
 
 from pipeline.errors import UserError
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import make_world
+from tests.support import assert_run_invariants, read_dataset, run
 
 ROWS = 40
 BY_URL, BY_DOMAIN, BY_MD5, BY_SHA256 = range(0, 4), range(4, 10), range(10, 13), range(13, 16)
@@ -77,7 +77,8 @@ def test_blocked_rows_never_stored_and_never_named(tmp_path):
 
     # no stored part holds a blocked row (their bytes were never stored), no tar holds one
     stored = [p for p in (run_dir / "steps").rglob("*_download/*/data/*.parquet")]
-    assert stored and not blocked_uids & {u for p in stored for u in pq.read_table(p, columns=["uid"])["uid"].to_pylist()}
+    stored_uids = {u for p in stored for u in pq.read_table(p, columns=["uid"])["uid"].to_pylist()}
+    assert stored and not blocked_uids & stored_uids
     hashed = {hashlib.sha256(world[i].jpg).hexdigest() for i in (*BY_MD5, *BY_SHA256)}
     tar_uids = set()
     for tar_path in (run_dir / "shards").glob("*.tar"):
@@ -107,7 +108,7 @@ def test_same_result_on_ray(tmp_path, engine):
     with FakeWeb() as web:
         local, _, _ = blocklist_run(tmp_path, web)
         other, _, _ = blocklist_run(tmp_path, web, engine)
-    assert local["stages"] == [{**s, "seconds": l["seconds"]} for s, l in zip(other["stages"], local["stages"])]
+    assert local["stages"] == [{**s, "seconds": mine["seconds"]} for s, mine in zip(other["stages"], local["stages"])]
     assert sorted(read_dataset(tmp_path / "local" / "kept")["uid"].to_pylist()) == \
         sorted(read_dataset(tmp_path / engine / "kept")["uid"].to_pylist())
 

@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests.support import run
 
 from pipeline.crawl import crawl
 from pipeline.crawl.politeness import host_of
 from pipeline.stages.crawl_spread import bucket_of, share_budget
 from pipeline.testing.fakeweb import FakeWeb
+from tests.support import run
 
 HOSTS = [f"127.0.0.{i}" for i in range(1, 6)]
 PAGES = 15     # a binary tree of pages per host: depth 0..3

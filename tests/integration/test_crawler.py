@@ -9,14 +9,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pipeline.crawl import crawler
-from pipeline.crawl.crawler import (CRAWL_SCHEMA, STATS_METADATA_KEY, crawl, guarded_fetch,
-                                    parse_networks)
+from pipeline.crawl.crawler import CRAWL_SCHEMA, STATS_METADATA_KEY, crawl, guarded_fetch, parse_networks
 from pipeline.download import safe_fetch
 from pipeline.download.addresses import address_allowed
 from pipeline.download.reasons import FetchTimeout, classify_error
+from pipeline.errors import UserError
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.testsite import Response, serve_generated_site
-from pipeline.errors import UserError
 
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 SPECIAL_PAIR_PAGES = ("noindex", "noimageindex", "noai", "xrobots", "secret", "hidden")

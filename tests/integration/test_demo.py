@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from tests.support import assert_run_invariants
 
 from pipeline.demo import run_demo
+from tests.support import assert_run_invariants
 
 pytestmark = pytest.mark.slow  # the demo: curation, training and ablations
 

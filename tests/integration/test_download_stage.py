@@ -144,7 +144,8 @@ def test_resize_mode_and_settings_object(fakeweb):
         retries = 0
         max_bytes = 1_000_000
 
-    out = DownloadStage(Settings(), allow_networks=LOCAL).process(make_table([fakeweb.url("/img/ratio.jpg?w=300&h=200")]))
+    table = make_table([fakeweb.url("/img/ratio.jpg?w=300&h=200")])
+    out = DownloadStage(Settings(), allow_networks=LOCAL).process(table)
     assert (out["width"][0].as_py(), out["height"][0].as_py()) == (96, 64)
 
 

@@ -21,11 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests.support import (assert_run_invariants, kept_uids, ledger_rows, run, serve_world,
-                           tar_digests)
 
 from pipeline.core.stopping import Stopped, stop_on_signals
 from pipeline.testing.fakeweb import FakeWeb
+from tests.support import assert_run_invariants, kept_uids, ledger_rows, run, serve_world, tar_digests
 
 PARTS, ROWS = 6, 10      # download tasks of 10 rows
 DELAY_MS = 200           # per image; 2 fetch threads a task: ~1 s a task, ~3 s the step

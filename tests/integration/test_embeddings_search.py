@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.support import read_summary, run, serve_world
 
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import COLOURS, describe
+from tests.support import read_summary, run, serve_world
 
 ROWS = 96
 WORLD_SEED = 5   # serve_world's
@@ -68,7 +68,7 @@ def test_layout_holds_the_kept_rows_aligned(embedded_run):
     _, run_dir = embedded_run
     emb = run_dir / "embeddings"
     assert sorted(p.name for p in (emb / "img_emb").iterdir()) == ["img_emb_0.npy", "img_emb_1.npy", "img_emb_2.npy"]
-    assert sorted(p.name for p in (emb / "text_emb").iterdir()) == ["text_emb_0.npy", "text_emb_1.npy", "text_emb_2.npy"]
+    assert sorted(p.name for p in (emb / "text_emb").iterdir()) == [f"text_emb_{i}.npy" for i in range(3)]
     assert sorted(p.name for p in (emb / "metadata").iterdir()) == [
         "metadata_0.parquet", "metadata_1.parquet", "metadata_2.parquet"]
     images, texts, metadata = load_layout(run_dir)
@@ -176,9 +176,9 @@ def test_rerun_and_resume_leave_finished_parts_alone(embedded_run):
 
 def test_a_part_that_kept_no_row_writes_no_files(tmp_path):
     """As clip-retrieval skips empty partitions; the marker still records the part as done."""
+    from pipeline.clip.embeddings import embedding_array
     from pipeline.clip.index import write_embeddings
     from pipeline.engines.local import LocalEngine
-    from pipeline.clip.embeddings import embedding_array
 
     vectors = np.array([[3, 4], [1, 0]], np.float32)
     table = pa.table({"uid": ["a", "b"], "url": ["u1", "u2"], "text": ["t1", "t2"],

@@ -8,15 +8,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from schemas import kept_schema, missing_or_mistyped
-from tests.support import assert_run_invariants, read_dataset, run, tar_digests
 
 from pipeline.app import build_steps
 from pipeline.config import settings_from_dict
 from pipeline.errors import UserError
-from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.faces import face_sample
+from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import make_sample
+from schemas import kept_schema, missing_or_mistyped
+from tests.support import assert_run_invariants, read_dataset, run, tar_digests
 
 cv2 = pytest.importorskip("cv2")
 FACE_IMAGES, WORLD_IMAGES = 8, 8
@@ -117,7 +117,8 @@ def test_faces_are_blurred_in_the_tars_and_nothing_else_changes(runs, pairs):
         for face in drawn[url]:
             x0, y0, x1, y1 = face.box()
             cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-            assert np.abs(before[cy - 25:cy + 25, cx - 25:cx + 25] - after[cy - 25:cy + 25, cx - 25:cx + 25]).mean() > 15
+            box = (slice(cy - 25, cy + 25), slice(cx - 25, cx + 25))
+            assert np.abs(before[box] - after[box]).mean() > 15
         far = far_from(drawn[url], before.shape[:2])   # only JPEG noise there
         assert not far.any() or np.abs(before - after)[far].mean() < 2, url
         checked_far += far.sum() > 5000

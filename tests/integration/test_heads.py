@@ -12,10 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tests.support import assert_run_invariants, read_dataset, run
 
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import describe, make_sample
+from tests.support import assert_run_invariants, read_dataset, run
 
 pytestmark = pytest.mark.slow  # image pipelines through download and clip_score
 

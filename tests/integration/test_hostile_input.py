@@ -7,7 +7,6 @@ no traceback, and a refused run leaving its folder as it was.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -23,8 +22,7 @@ import yaml
 from pipeline.app import build_steps
 from pipeline.config import settings_from_dict
 from pipeline.stages.ingest import input_names
-from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, run,
-                           serve_world)
+from tests.support import assert_run_invariants, kept_uids, ledger_rows, read_dataset, run, serve_world
 
 
 def image_config(pairs: Path, output: Path, **extra) -> dict:

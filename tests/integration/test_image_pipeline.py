@@ -5,11 +5,10 @@ import sys
 import pyarrow.compute as pc
 import pytest
 import yaml
-from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
-                           run, run_and_kill)
 
-from pipeline.testing.text_sample import english_caption
 from pipeline.testing.fakeweb import FakeWeb
+from pipeline.testing.text_sample import english_caption
+from tests.support import assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary, run, run_and_kill
 
 pytestmark = pytest.mark.slow  # crawl and download end to end, on every engine, killed and resumed
 

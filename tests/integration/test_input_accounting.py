@@ -7,10 +7,10 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from tests.unit.test_archive import http_response, response, warc_record, write_archive
 
 from pipeline.app import run_pipeline
 from pipeline.config import settings_from_dict
+from tests.unit.test_archive import http_response, response, warc_record, write_archive
 
 
 def inputs(folder):

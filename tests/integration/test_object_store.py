@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests.support import assert_same_result, kept_uids, ledger_rows, run, serve_world
 
 from pipeline.core import storage
 from pipeline.testing.fakeweb import FakeWeb
+from tests.support import assert_same_result, kept_uids, ledger_rows, run, serve_world
 
 ROWS = 96
 BUCKET = "curate"

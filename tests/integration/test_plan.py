@@ -3,10 +3,10 @@ import json
 
 import pytest
 import yaml
-from tests.support import run, text_config, write_sample
 
 from pipeline.cli import main as curate
 from pipeline.plan import folder_bytes
+from tests.support import run, text_config, write_sample
 
 SMALL, LARGE = 30_000, 120_000
 STEP_KEYS = {"name", "tasks", "requests", "bytes_written", "bytes_stored", "core_seconds", "gpu_seconds",

@@ -1,22 +1,22 @@
 """report.html: built from real run folders, opened offline in headless Chromium."""
 import json
 import re
-from pathlib import Path
 import shutil
 import subprocess
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageStat
-from tests.support import run, text_config, write_sample
 
 from pipeline.cli import main as curate
 from pipeline.errors import UserError
-from pipeline.report import write_report
 from pipeline.report import data as report_data
+from pipeline.report import write_report
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import make_world, shuffled_captions
+from tests.support import run, text_config, write_sample
 
 ROWS = 60
 ALL_SECTIONS = ["funnel", "sources", "throughput", "download", "languages", "clip", "entries", "kept", "dropped"]

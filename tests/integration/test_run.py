@@ -9,9 +9,17 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.support import (assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary,
-                           run, run_and_kill, text_config, write_sample)
-
+from tests.support import (
+    assert_run_invariants,
+    kept_uids,
+    ledger_rows,
+    read_dataset,
+    read_summary,
+    run,
+    run_and_kill,
+    text_config,
+    write_sample,
+)
 
 CURATE = [sys.executable, "-m", "pipeline"]
 

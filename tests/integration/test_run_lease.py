@@ -139,7 +139,7 @@ def test_exclusive_creation_has_one_winner(where, tmp_path, object_store, monkey
         path = storage.join(base, f"lease-{round_}.json")
         barrier, wins = threading.Barrier(8), []
 
-        def contend(i: int) -> None:
+        def contend(i: int, path=path, barrier=barrier, wins=wins) -> None:
             barrier.wait()
             if storage.create_exclusive(path, json.dumps({"i": i}).encode()):
                 wins.append(i)

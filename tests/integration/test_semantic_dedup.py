@@ -15,11 +15,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from tests.support import assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary, run
 
 from pipeline.stages.phash_lsh import phash_of
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import describe, encode_jpeg, make_sample
+from tests.support import assert_run_invariants, kept_uids, ledger_rows, read_dataset, read_summary, run
 
 pytestmark = pytest.mark.slow  # image pipelines through download and clip_score, on every engine
 

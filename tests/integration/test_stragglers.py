@@ -8,10 +8,10 @@ import statistics
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.support import assert_same_result, read_dataset, run
 
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import make_world
+from tests.support import assert_same_result, read_dataset, run
 
 pytestmark = pytest.mark.slow  # image downloads from slow hosts, clip_score, on every engine
 

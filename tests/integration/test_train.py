@@ -125,7 +125,8 @@ def test_final_checkpoint_loads_with_open_clip(resumed):
     assert json.loads((folder / "model_config.json").read_text()) == \
         json.loads(model_config_path("curate-tiny").read_text())
     register_models()
-    model, _, preprocess = open_clip.create_model_and_transforms("curate-tiny", pretrained=str(folder / "epoch_latest.pt"))
+    model, _, preprocess = open_clip.create_model_and_transforms("curate-tiny",
+                                                                 pretrained=str(folder / "epoch_latest.pt"))
     saved = load_checkpoint(folder / "epoch_latest.pt")["state_dict"]
     assert not any(k.startswith("module.") for k in saved)
     for name, value in model.state_dict().items():

@@ -1,7 +1,6 @@
 import pyarrow as pa
 
-from pipeline.stages.caption_filter import CaptionFilterSettings
-from pipeline.stages.caption_filter import CaptionFilterStage
+from pipeline.stages.caption_filter import CaptionFilterSettings, CaptionFilterStage
 
 CASES = [
     ("a dog running on the beach", None),

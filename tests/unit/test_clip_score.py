@@ -5,8 +5,6 @@ import sys
 
 import numpy as np
 import pyarrow as pa
-
-from pipeline.stages.clip_score import ClipScoreSettings
 import pytest
 import torch
 from PIL import Image
@@ -15,7 +13,7 @@ from pipeline.clip.model import load_clip, resolve_precision
 from pipeline.clip.score import ClipScorer, can_trim_text, encode_text_trimmed, trim_tokens
 from pipeline.clip.threshold import ScoreHistogram, top_fraction_threshold
 from pipeline.errors import UserError
-from pipeline.stages.clip_score import ClipScoreStage, low_score_reasons, score_histogram
+from pipeline.stages.clip_score import ClipScoreSettings, ClipScoreStage, low_score_reasons, score_histogram
 from pipeline.testing.world import make_world, shuffled_captions
 
 LONG_CAPTION = " ".join(["a very long caption about a red circle on a blue background"] * 6)

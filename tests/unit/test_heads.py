@@ -8,15 +8,23 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.app import build_steps
+from pipeline.clip.embeddings import embedding_array
 from pipeline.config import settings_from_dict
 from pipeline.core.steps import execute_step
 from pipeline.engines.local import LocalEngine
 from pipeline.errors import UserError
-from pipeline.app import build_steps
 from pipeline.stages import registered_stages
-from pipeline.clip.embeddings import embedding_array
-from pipeline.stages.heads import (Head, HeadSettings, HeadsSettings, HeadsStep, apply_heads, check_settings,
-                                   dense_layers_state_dict, load_head)
+from pipeline.stages.heads import (
+    Head,
+    HeadSettings,
+    HeadsSettings,
+    HeadsStep,
+    apply_heads,
+    check_settings,
+    dense_layers_state_dict,
+    load_head,
+)
 
 
 def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -149,7 +157,8 @@ def test_bad_heads_are_one_line_naming_head_and_file(tmp_path):
     with pytest.raises(UserError, match=r"^heads: b: .*bn.pt: unexpected entry '0.running_mean'"):
         load_head(HeadSettings(name="b", path=norm))
     broken = saved(tmp_path, "broken.pt", {"layers.0.weight": torch.zeros(8, 64), "layers.1.weight": torch.zeros(1, 4)})
-    with pytest.raises(UserError, match=r"^heads: c: .*broken.pt: layers.1.weight takes 4 inputs, the layer before gives 8$"):
+    with pytest.raises(UserError, match=r"^heads: c: .*broken.pt: layers.1.weight takes 4 inputs, "
+                                        r"the layer before gives 8$"):
         load_head(HeadSettings(name="c", path=broken))
 
     with pytest.raises(UserError, match=rf"^heads: nsfw: {good}: set drop_above or drop_below, not both$"):
@@ -211,7 +220,8 @@ def test_wrong_files_fail_when_the_run_is_built(tmp_path):
 def run_heads_step(tmp_path, settings: HeadsSettings, name: str):
     x = unit_rows(40, 16, seed=6)
     part = tmp_path / f"{name}-in.parquet"
-    pq.write_table(pa.table({"uid": [f"u{i:02d}" for i in range(40)], "url": [f"http://a.example/{i}" for i in range(40)],
+    pq.write_table(pa.table({"uid": [f"u{i:02d}" for i in range(40)],
+                             "url": [f"http://a.example/{i}" for i in range(40)],
                              "image_embedding": embedding_array(x), "text_embedding": embedding_array(x[::-1])}), part)
     with LocalEngine(1) as engine:
         return execute_step(HeadsStep(settings), engine, str(tmp_path / name), 0, 0, [str(part)])

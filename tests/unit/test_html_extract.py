@@ -1,7 +1,6 @@
 import pytest
 
-from pipeline.crawl.html_extract import (extract_page, normalize_http_url,
-                                         x_robots_tag_directives)
+from pipeline.crawl.html_extract import extract_page, normalize_http_url, x_robots_tag_directives
 
 PAGE = "http://example.org/dir/page.html"
 

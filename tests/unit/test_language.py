@@ -1,7 +1,6 @@
 import pyarrow as pa
 
-from pipeline.stages.language import LanguageSettings
-from pipeline.stages.language import LanguageStage
+from pipeline.stages.language import LanguageSettings, LanguageStage
 
 
 def make(keep, min_score=0.0):

@@ -3,9 +3,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.stages.semantic_dedup import (SemanticDedupSettings, auto_clusters, cluster_duplicates, example_pairs,
-                                            greedy_duplicates, keep_order, nearest_centroid,
-                                            train_centroids)
+from pipeline.stages.semantic_dedup import (
+    SemanticDedupSettings,
+    auto_clusters,
+    cluster_duplicates,
+    example_pairs,
+    greedy_duplicates,
+    keep_order,
+    nearest_centroid,
+    train_centroids,
+)
 
 
 def unit(x):
@@ -74,7 +81,9 @@ def test_keep_order_ties_broken_by_uid_then_position():
 
 def test_greedy_compares_with_kept_rows_only_across_blocks():
     # a chain a - b - c: b close to a and c, a and c apart: a kept, b dropped, c kept
-    a = np.array([1.0, 0.0]); c = unit(np.array([0.90, 0.436])); b = unit(a + c)
+    a = np.array([1.0, 0.0])
+    c = unit(np.array([0.90, 0.436]))
+    b = unit(a + c)
     x = np.stack([a, b, c]).astype(np.float32)
     thr = 0.97
     assert x[0] @ x[1] >= thr and x[1] @ x[2] >= thr and x[0] @ x[2] < thr
@@ -130,7 +139,7 @@ def test_phase_ops_on_tiny_and_empty_tables(tmp_path, rows):
     """sample -> scatter -> reduce ops by hand: no row lost, none added, empty tables pass."""
     from pipeline.core import storage
     from pipeline.core.tasks import part_path
-    from pipeline.stages.semantic_dedup import (AssignClusters, DropSemanticDuplicates, TrainKMeans)
+    from pipeline.stages.semantic_dedup import AssignClusters, DropSemanticDuplicates, TrainKMeans
 
     x, _ = groups_of_near_copies(groups=7, copies=1, dim=8)
     table = embedding_table(x[:rows])

@@ -91,7 +91,8 @@ def test_heads_thresholds_are_finite_and_one_of_the_two():
     assert "heads.heads[0].drop_below: must not be set with drop_above" in \
         error_of({"heads": {"heads": [{**head, "drop_above": 0.5, "drop_below": 0.1}]}})
     assert error_of({"heads": {"heads": []}}) == "jobs/x.yaml: heads.heads: must not be empty, got []"
-    assert settings_from_dict({"heads": {"heads": [{**head, "drop_above": 0.5}]}}, SOURCE).heads.heads[0].drop_above == 0.5
+    loaded = settings_from_dict({"heads": {"heads": [{**head, "drop_above": 0.5}]}}, SOURCE)
+    assert loaded.heads.heads[0].drop_above == 0.5
 
 
 # The list: each of these ran (losing every row, exit 0) or failed in a worker.

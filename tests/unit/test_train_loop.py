@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 
-from pipeline.train.settings import TrainSettings
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.launch import resolve_paths, torchrun_command
 from pipeline.train.loop import accumulated_backward, make_optimizer, resolve_precision, resume
+from pipeline.train.settings import TrainSettings
 
 
 @pytest.fixture(scope="module")

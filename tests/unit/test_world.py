@@ -4,8 +4,15 @@ import numpy as np
 from PIL import Image
 
 from pipeline.testing.world import (
-    COLOURS, SHAPES, altered_captions, class_names, class_prompts, describe, make_world,
-    shuffled_captions, world_rows,
+    COLOURS,
+    SHAPES,
+    altered_captions,
+    class_names,
+    class_prompts,
+    describe,
+    make_world,
+    shuffled_captions,
+    world_rows,
 )
 
 
