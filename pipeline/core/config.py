@@ -30,6 +30,8 @@ class InputSettings:
     format: Optional[Literal["parquet", "csv", "tsv", "jsonl", "warc", "wat"]] = None   # default by suffix
     part_rows: Annotated[int, AtLeast(1)] = 100_000   # rows per part (the unit of work and resume)
     strict: bool = False                              # an input file that yields no rows is an error
+    uid_col: Optional[Annotated[str, NonEmpty()]] = None   # the input's own uids (DataComp: uid), not re-hashed
+    uids: Optional[Annotated[str, NonEmpty()]] = None      # a uids.npy (DataComp's): keep only the uids it holds
 
 
 @dataclass

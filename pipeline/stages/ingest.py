@@ -5,6 +5,11 @@ Rows whose URL cannot be fetched (null, empty, not http(s), no host) are dropped
 `exclude` and no dedup step to join them (`pipeline.core.run_index`), rows whose uid an
 earlier run holds are dropped as `in_earlier_run`. Rows whose URL, or a domain its host is
 under, is on a `blocklist` go as `blocklisted` (`pipeline.blocklist`).
+
+With `input.uid_col` (a DataComp pool's `uid`), that column's values are the rows' uids, not
+re-hashed; a value that is not 32 lowercase hex digits drops its row as `invalid_uid` (known
+in the ledger by the hash of its url and text). With `input.uids` (a uids.npy), rows whose
+uid it does not hold go as `not_in_uids` (`pipeline.core.uid_arrays`).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from pipeline.core.parts import INTERNAL_PREFIX
 from pipeline.core.stage import POS, PUBLIC_COLUMNS, Stage, with_reason
 from pipeline.core.steps import Step, StepContext
 from pipeline.core.tasks import SOURCE_STATS, StageOp
+from pipeline.core.uid_arrays import UID_PATTERN, UidSubset, halves
 from pipeline.errors import UserError
 from pipeline.stages.sources import (MALFORMED, SourceSlice, detect_format, find_files,
                                      merge_counts, plan_slices, read_slice)
@@ -31,6 +37,9 @@ from pipeline.stages.sources import (MALFORMED, SourceSlice, detect_format, find
 ARCHIVES = ("warc", "wat")   # their pairs come as `url` and `text`, whatever input.url_col says
 INPUT_PREFIX = "input_"   # an input column named as one the pipeline uses gets it (see input_names)
 MAX_FIELD_CHARS = 1 << 20   # a url or caption longer than this goes as oversized_field
+POOL_UID = "_pool_uid"      # the input's own uids (input.uid_col), until ingest checks them
+UID_SHAPE = f"^{UID_PATTERN}$"
+INVALID_UID, NOT_IN_UIDS = "invalid_uid", "not_in_uids"
 
 # scheme http(s), optional user info, a host (name or [v6]), optional port, then path/query.
 URL_SHAPE = (r"^[hH][tT][tT][pP][sS]?://([^/?#@\s]*@)?(\[[0-9A-Fa-f:.]+\]|[^/?#:@\s\[\]]+)"
@@ -46,10 +55,12 @@ class ReadSource:
     text_col: str
     part: int
     reserved: frozenset = frozenset()   # the columns the pipeline adds (`declared_outputs`)
+    uid_col: Optional[str] = None       # the input's own uids, kept as the rows' uids
 
     def __call__(self) -> pa.Table:
         raw, malformed, counts = read_slice(self.piece)
-        table = normalize(raw, self.url_col, self.text_col, self.part, self.piece.path, self.reserved)
+        table = normalize(raw, self.url_col, self.text_col, self.part, self.piece.path, self.reserved,
+                          self.uid_col)
         if malformed is not None:
             table = table.append_column(MALFORMED, malformed)
         source = {"path": self.piece.path, "format": self.piece.format, **counts}
@@ -57,15 +68,17 @@ class ReadSource:
 
 
 def normalize(raw: pa.Table, url_col: str, text_col: str, part: int, path: str,
-              reserved: frozenset = frozenset()) -> pa.Table:
-    """`url`, `text`, the input's other columns (renamed by `input_names`) and `_pos`."""
+              reserved: frozenset = frozenset(), uid_col: Optional[str] = None) -> pa.Table:
+    """`url`, `text`, the input's other columns (renamed by `input_names`) and `_pos`; with
+    `uid_col`, that column as `_pool_uid` (ingest makes it the uid)."""
     rows = raw.num_rows
-    names = [n for n in raw.column_names if n not in (url_col, text_col)]
+    names = [n for n in raw.column_names if n not in (url_col, text_col, uid_col)]
     arrays = [_as_text(raw, url_col, rows, path), _as_text(raw, text_col, rows, path)]
     arrays += [raw[n] for n in names]
     arrays.append(pa.array((np.int64(part) << 32) + np.arange(rows, dtype=np.int64)))
     renamed = input_names(names, reserved | set(PUBLIC_COLUMNS))
-    return pa.Table.from_arrays(arrays, ["url", "text", *[renamed[n] for n in names], POS])
+    table = pa.Table.from_arrays(arrays, ["url", "text", *[renamed[n] for n in names], POS])
+    return table if uid_col is None else table.append_column(POOL_UID, _as_text(raw, uid_col, rows, path))
 
 
 def input_names(names: list[str], reserved) -> dict[str, str]:
@@ -105,6 +118,7 @@ def _as_text(raw: pa.Table, name: str, rows: int, path: str) -> pa.ChunkedArray 
 class IngestOptions:
     earlier: tuple = ()                          # index files of earlier runs whose uids to drop
     blocklist: Optional[BlocklistSettings] = None
+    uids: Optional[str] = None                   # a uids.npy: keep only the rows whose uid it holds
 
 
 class IngestStage(Stage):
@@ -120,11 +134,13 @@ class IngestStage(Stage):
         super().__init__(settings, seed)
         self.earlier = None
         self.blocked = None
+        self.subset = None
 
     def setup(self) -> None:
         options = self.settings or IngestOptions()
         self.earlier = KeySet.of_files(options.earlier, "uid") if options.earlier else None
         self.blocked = blocklist.matcher(options.blocklist)
+        self.subset = UidSubset(options.uids) if options.uids else None
 
     def process(self, table: pa.Table) -> pa.Table:
         url = pc.utf8_trim_whitespace(table["url"])
@@ -135,8 +151,13 @@ class IngestStage(Stage):
         if identity is not None:  # a row we could not parse is known by its raw text
             urls = [raw if raw is not None else u for u, raw in zip(urls, identity)]
         uid = pa.array(uids_of(urls, texts), pa.string())
-        table = table.add_column(0, "uid", uid)
         reasons = pc.if_else(valid_url(url), pa.scalar(None, pa.string()), pa.scalar("invalid_url"))
+        if POOL_UID in table.column_names:   # the input's own uids, where they are well formed
+            shaped = pc.fill_null(pc.match_substring_regex(table[POOL_UID], UID_SHAPE), False)
+            uid = pc.if_else(shaped, table[POOL_UID], uid)
+            reasons = pc.if_else(shaped, reasons, pa.scalar(INVALID_UID))
+            table = table.drop_columns([POOL_UID])
+        table = table.add_column(0, "uid", uid)
         reasons = pc.if_else(oversized(url, table["text"]), pa.scalar("oversized_field"), reasons)
         if malformed is not None:
             reasons = pc.if_else(pc.is_valid(malformed), pa.scalar("malformed_row"), reasons)
@@ -145,6 +166,9 @@ class IngestStage(Stage):
         if self.blocked is not None:
             found = self.blocked.urls_blocked(url.to_pylist())
             table = with_reason(table, pa.array(np.where(found, blocklist.BLOCKLISTED, None).tolist(), pa.string()))
+        if self.subset is not None:
+            held = self.subset.contains(*halves(table["uid"]))
+            table = with_reason(table, pa.array(np.where(held, None, NOT_IN_UIDS).tolist(), pa.string()))
         if self.earlier is not None:
             table = with_reason(table, matched_reasons(self.earlier.contains(uid)))
         return table
@@ -180,15 +204,17 @@ class IngestStep(Step):
         self.blocked = blocked if blocked is not None and blocked.any("urls", "domains") else None
 
     def run(self, ctx: StepContext, inputs: list[str]) -> list[str]:
-        mapping = (self.input.url_col, self.input.text_col)
+        named = (self.input.url_col, self.input.text_col, self.input.uid_col)
+        pairs = ("url", "text", None)   # archives and crawled pairs: uids hashed from url and text
         planned = self.planned if self.planned is not None else plan_input(self.input, bool(self.crawled))
-        sources = [(piece, ("url", "text") if piece.format in ARCHIVES else mapping) for piece in planned]
-        sources += [(piece, ("url", "text")) for path in self.crawled
+        sources = [(piece, pairs if piece.format in ARCHIVES else named) for piece in planned]
+        sources += [(piece, pairs) for path in self.crawled
                     for piece in plan_slices(path, "parquet", ["url", "text"], self.input.part_rows)]
-        readers = [ReadSource(piece, url_col, text_col, i, self.reserved)
-                   for i, (piece, (url_col, text_col)) in enumerate(sources)]
+        readers = [ReadSource(piece, url_col, text_col, i, self.reserved, uid_col)
+                   for i, (piece, (url_col, text_col, uid_col)) in enumerate(sources)]
         earlier = tuple(earlier_files(self.exclude)) if self.exclude else ()
-        stats = ctx.run_phase("map", readers, StageOp(IngestStage, IngestOptions(earlier, self.blocked), ctx.seed))
+        options = IngestOptions(earlier, self.blocked, self.input.uids)
+        stats = ctx.run_phase("map", readers, StageOp(IngestStage, options, ctx.seed))
         ctx.record["sources"] = merge_counts([s["source"] for s in stats])
         return ctx.data_parts("map", len(readers))
 
@@ -201,6 +227,11 @@ def plan_input(settings, optional: bool = False) -> list[SourceSlice]:
     slices = []
     for path in find_files(settings.path):
         fmt = detect_format(path, settings.format)
-        columns = [] if fmt in ("warc", "wat") else [settings.url_col, settings.text_col]
+        columns = [] if fmt in ARCHIVES else [settings.url_col, settings.text_col, *own_uids(settings)]
         slices.extend(plan_slices(path, fmt, columns, settings.part_rows))
     return slices
+
+
+def own_uids(settings) -> list[str]:
+    """The input's uid column, when it has one (`input.uid_col`)."""
+    return [settings.uid_col] if settings.uid_col else []
