@@ -13,7 +13,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from pipeline import blocklist
-from pipeline.core import fingerprint, images, lease, parts, run_index, storage
+from pipeline.core import fingerprint, images, lease, parts, run_index, storage, uid_arrays
 from pipeline.config import RunSettings
 from pipeline import stages
 from pipeline.stages.ingest import IngestStep, plan_input
@@ -24,6 +24,8 @@ from pipeline.engines import make_engine
 from pipeline.errors import UserError
 
 TIMING_FILE = "timing.json"   # the run's wall time, finalize time, slots, driver memory (for `curate plan`)
+UIDS_FILE = "uids.npy"        # the kept uids in DataComp's format (`core.uid_arrays`)
+UID_PARTS = "_uids"           # the finalize tasks' sorted shares of it, merged into it, then removed
 
 # Settings that change how a run is executed but never what it produces.
 EXECUTION_ONLY = ("engine", "processes", "ray", "spark", "output", "source", "storage_options", "progress_interval")
@@ -81,11 +83,13 @@ def claimed(settings: RunSettings, run_dir: str | Path,
     planned = plan_input(settings.input, optional=sourced)
     settings = with_earlier_runs(settings, run_dir)
     settings = with_blocklists(settings)
+    settings = with_uids_file(settings)
     build_steps(settings, planned=planned)   # every step's own checks (head files, transforms), read-only
     make_run_folder(run_dir)
     with lease.held(run_dir):
         check_same_config(settings, run_dir)
-        files = list(dict.fromkeys(piece.path for piece in planned))
+        subset = [settings.input.uids] if settings.input.uids else []   # a changed uids.npy is a changed input
+        files = list(dict.fromkeys([piece.path for piece in planned] + subset))
         for change in fingerprint.check_inputs(run_dir, files, allow_changed_input):
             log(f"warning: {change} (going on: --allow-changed-input)")
         yield Claim(settings, run_dir, planned)
@@ -180,6 +184,15 @@ def with_blocklists(settings: RunSettings) -> RunSettings:
     return dataclasses.replace(settings, blocklist=lists)
 
 
+def with_uids_file(settings: RunSettings) -> RunSettings:
+    """`input.uids` as an absolute path, its file checked (read in blocks) before any work."""
+    if not settings.input.uids:
+        return settings
+    path = storage.absolute(settings.input.uids)
+    uid_arrays.check_file(path)
+    return dataclasses.replace(settings, input=dataclasses.replace(settings.input, uids=path))
+
+
 def write_report_quietly(run_dir: str, log) -> None:
     """Every run writes report.html (a report problem never fails the run)."""
     try:
@@ -272,31 +285,54 @@ def make_summary(records: list[dict]) -> dict:
 def finalize(engine, run_dir: str, final_parts: list, records: list[dict]) -> None:
     """Write `kept/`, `ledger/` and `index/` (what a later run excludes), each committed
     whole (a folder renamed into place, or on an object store marked `_SUCCESS` once every
-    file is written)."""
+    file is written), then `uids.npy` from the tasks' sorted shares."""
+    shares = storage.join(run_dir, UID_PARTS)
     with storage.committing_folder(storage.join(run_dir, "kept")) as kept, \
             storage.committing_folder(storage.join(run_dir, "ledger")) as ledger, \
             storage.committing_folder(storage.join(run_dir, run_index.INDEX)) as index:
-        write_kept_and_ledger(engine, kept, ledger, index, final_parts, records)
+        counts = write_kept_and_ledger(engine, kept, ledger, index, final_parts, records, shares)
+    write_uids(run_dir, [uid_share(shares, i) for i in range(len(counts))], counts)
+    if storage.is_local(shares):
+        storage.remove(shares)
+    else:
+        for i in range(len(counts)):
+            storage.remove(uid_share(shares, i))
+
+
+def uid_share(folder: str, part: int) -> str:
+    return storage.join(folder, f"part-{part:05d}.u8u8")
+
+
+def write_uids(run_dir: str, shares: list[str], counts: list[int]) -> int:
+    """`uids.npy`: the shares merged (k-way) and written in order, committed whole; the driver
+    holds blocks of the shares (`uid_arrays.MERGE_ROWS`), never every uid."""
+    with storage.committing(storage.join(run_dir, UIDS_FILE)) as tmp, \
+            uid_arrays.local_files(shares) as local:
+        return uid_arrays.merge_parts(local, counts, str(tmp))
 
 
 def write_kept_and_ledger(engine, kept: storage.Folder, ledger: storage.Folder, index: storage.Folder,
-                          final_parts: list, records: list[dict]) -> None:
+                          final_parts: list, records: list[dict], shares: str) -> list[int]:
+    """Returns how many uids each task's share of `uids.npy` holds."""
     final_parts = parts.as_refs(final_parts)
     schema = unified_schema(final_parts)
     jobs = [(p, storage.join(kept.path, f"part-{i:05d}.parquet"),
              storage.join(ledger.path, f"kept-{i:05d}.parquet"),
-             storage.join(index.path, f"part-{i:05d}.parquet"), schema)
+             storage.join(index.path, f"part-{i:05d}.parquet"), schema, uid_share(shares, i))
             for i, p in enumerate(final_parts)]
-    for kept_size, ledger_size, index_size in engine.map(finalize_part, jobs):
+    counts = []
+    for kept_size, ledger_size, index_size, uids in engine.map(finalize_part, jobs):
         kept.files.update([kept_size])
         ledger.files.update([ledger_size])
         index.files.update([index_size])
+        counts.append(uids)
     for record in records:
         for path in record["dropped_files"]:
             pieces = path.split("/")
             target = f"{pieces[-4]}-{pieces[-3]}-{pieces[-1]}"   # <step>-<phase>-part-N.parquet
             storage.link_or_copy(path, storage.join(ledger.path, target))
             ledger.files[target] = storage.size(path)
+    return counts
 
 
 def unified_schema(refs: list) -> pa.Schema:
@@ -308,9 +344,10 @@ def unified_schema(refs: list) -> pa.Schema:
     return pa.schema([f for f in merged if not f.name.startswith(parts.INTERNAL_PREFIX)])
 
 
-def finalize_part(job) -> tuple[tuple[str, int], ...]:
-    """Write one kept part, its ledger rows and its index rows; returns each file's (name, size)."""
-    ref, kept_path, ledger_path, index_path, schema = job
+def finalize_part(job) -> tuple:
+    """Write one kept part, its ledger rows, its index rows and its sorted share of uids.npy;
+    returns each parquet file's (name, size) and how many uids the share holds."""
+    ref, kept_path, ledger_path, index_path, schema, share_path = job
     table = images.attach_images(parts.read_ref(ref))
     index = run_index.index_table(table)
     table = parts.public_columns(table)
@@ -323,4 +360,5 @@ def finalize_part(job) -> tuple[tuple[str, int], ...]:
                        "reason": pa.array(["kept"] * table.num_rows, pa.string())},
                       schema=LEDGER_SCHEMA)
     parts.write_parquet(ledger, ledger_path)
-    return tuple((storage.name(path), storage.size(path)) for path in (kept_path, ledger_path, index_path))
+    uids = uid_arrays.write_part(table["uid"], share_path)
+    return (*((storage.name(path), storage.size(path)) for path in (kept_path, ledger_path, index_path)), uids)
