@@ -12,16 +12,15 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from pipeline import blocklist
-from pipeline.core import fingerprint, images, lease, parts, run_index, storage, uid_arrays
+from pipeline import blocklist, stages
 from pipeline.config import RunSettings
-from pipeline import stages
-from pipeline.stages.ingest import IngestStep, plan_input
+from pipeline.core import fingerprint, images, lease, parts, run_index, storage, uid_arrays
 from pipeline.core.columns import ColumnPlan, plan_columns
 from pipeline.core.steps import STEPS_FILE, Step, execute_step
 from pipeline.core.tasks import LEDGER_SCHEMA, peak_rss_bytes
 from pipeline.engines import make_engine
 from pipeline.errors import UserError
+from pipeline.stages.ingest import IngestStep, plan_input
 
 TIMING_FILE = "timing.json"   # the run's wall time, finalize time, slots, driver memory (for `curate plan`)
 UIDS_FILE = "uids.npy"        # the kept uids in DataComp's format (`core.uid_arrays`)

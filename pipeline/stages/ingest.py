@@ -24,15 +24,22 @@ import pyarrow.compute as pc
 from pipeline import blocklist
 from pipeline.blocklist import BlocklistSettings
 from pipeline.core.hashing import uids_of
-from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
 from pipeline.core.parts import INTERNAL_PREFIX
+from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
 from pipeline.core.stage import POS, PUBLIC_COLUMNS, Stage, with_reason
 from pipeline.core.steps import Step, StepContext
 from pipeline.core.tasks import SOURCE_STATS, StageOp
 from pipeline.core.uid_arrays import UID_PATTERN, UidSubset, halves
 from pipeline.errors import UserError
-from pipeline.stages.sources import (MALFORMED, SourceSlice, detect_format, find_files,
-                                     merge_counts, plan_slices, read_slice)
+from pipeline.stages.sources import (
+    MALFORMED,
+    SourceSlice,
+    detect_format,
+    find_files,
+    merge_counts,
+    plan_slices,
+    read_slice,
+)
 
 ARCHIVES = ("warc", "wat")   # their pairs come as `url` and `text`, whatever input.url_col says
 INPUT_PREFIX = "input_"   # an input column named as one the pipeline uses gets it (see input_names)
