@@ -115,7 +115,8 @@ class _Proxy(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(xml)))
             self.end_headers()
-            self.wfile.write(xml)
+            if self.command != "HEAD":   # a HEAD answer has headers only: a body would be read
+                self.wfile.write(xml)    # as the next answer on a kept-alive connection
         else:
             self._relay(resp)
 
