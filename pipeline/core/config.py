@@ -32,6 +32,7 @@ class InputSettings:
     strict: bool = False                              # an input file that yields no rows is an error
     uid_col: Optional[Annotated[str, NonEmpty()]] = None   # the input's own uids (DataComp: uid), not re-hashed
     uids: Optional[Annotated[str, NonEmpty()]] = None      # a uids.npy (DataComp's): keep only the uids it holds
+    embeddings: list[str] = field(default_factory=list)    # arrays of the .npz beside each parquet: pool_<name>
 
 
 @dataclass

@@ -10,9 +10,15 @@ With `input.uid_col` (a DataComp pool's `uid`), that column's values are the row
 re-hashed; a value that is not 32 lowercase hex digits drops its row as `invalid_uid` (known
 in the ledger by the hash of its url and text). With `input.uids` (a uids.npy), rows whose
 uid it does not hold go as `not_in_uids` (`pipeline.core.uid_arrays`).
+
+With `input.embeddings` (names of arrays in the `.npz` beside each parquet file: a DataComp
+pool's `l14_img`, ...), the reader adds each as the column `pool_<name>`, row i of the file
+getting row i of the array (`pipeline.stages.pool_embeddings`); the driver checks every npz
+when it plans the input.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Optional
@@ -31,6 +37,7 @@ from pipeline.core.steps import Step, StepContext
 from pipeline.core.tasks import SOURCE_STATS, StageOp
 from pipeline.core.uid_arrays import UID_PATTERN, UidSubset, halves
 from pipeline.errors import UserError
+from pipeline.stages import pool_embeddings
 from pipeline.stages.sources import (
     MALFORMED,
     SourceSlice,
@@ -63,11 +70,14 @@ class ReadSource:
     part: int
     reserved: frozenset = frozenset()   # the columns the pipeline adds (`declared_outputs`)
     uid_col: Optional[str] = None       # the input's own uids, kept as the rows' uids
+    embeddings: tuple = ()              # (column, Arrow type) of the pool embeddings (`embedding_fields`)
 
     def __call__(self) -> pa.Table:
         raw, malformed, counts = read_slice(self.piece)
         table = normalize(raw, self.url_col, self.text_col, self.part, self.piece.path, self.reserved,
                           self.uid_col)
+        for name, values in pool_columns(self.piece, self.embeddings, raw.num_rows):
+            table = table.append_column(name, values)
         if malformed is not None:
             table = table.append_column(MALFORMED, malformed)
         source = {"path": self.piece.path, "format": self.piece.format, **counts}
@@ -86,6 +96,33 @@ def normalize(raw: pa.Table, url_col: str, text_col: str, part: int, path: str,
     renamed = input_names(names, reserved | set(PUBLIC_COLUMNS))
     table = pa.Table.from_arrays(arrays, ["url", "text", *[renamed[n] for n in names], POS])
     return table if uid_col is None else table.append_column(POOL_UID, _as_text(raw, uid_col, rows, path))
+
+
+def pool_columns(piece: SourceSlice, fields: tuple, rows: int) -> list[tuple[str, pa.Array]]:
+    """The pool embedding columns of a slice's rows: its rows of the npz beside its file
+    (nulls for a file without one: crawled pairs)."""
+    if not fields:
+        return []
+    names = [name for name, _, _ in piece.arrays]
+    if not names:
+        return [(column, pa.nulls(rows, type_)) for column, type_ in fields]
+    if piece.rows is not None and piece.rows != rows:
+        raise UserError(f"{piece.path}: read {rows} rows where the footer says {piece.rows} (file changed?)")
+    found = pool_embeddings.read_rows(pool_embeddings.npz_path(piece.path), names, piece.first_row, rows)
+    return [(column, pool_embeddings.embedding_column(found[name], type_))
+            for name, (column, type_) in zip(names, fields)]
+
+
+def embedding_fields(settings, planned: Optional[list[SourceSlice]]) -> tuple:
+    """(column, Arrow type) of each `input.embeddings` array: fixed-size lists of the width
+    the planned files' arrays have (any width when not planned yet)."""
+    fields = []
+    for name in getattr(settings, "embeddings", None) or []:
+        found = {(dim, dtype) for piece in planned or [] for array, dim, dtype in piece.arrays if array == name}
+        dims = {dim for dim, _ in found}
+        type_ = pool_embeddings.arrow_type([dtype for _, dtype in found], dims.pop() if len(dims) == 1 else None)
+        fields.append((pool_embeddings.column_name(name), type_))
+    return tuple(fields)
 
 
 def input_names(names: list[str], reserved) -> dict[str, str]:
@@ -126,6 +163,7 @@ class IngestOptions:
     earlier: tuple = ()                          # index files of earlier runs whose uids to drop
     blocklist: Optional[BlocklistSettings] = None
     uids: Optional[str] = None                   # a uids.npy: keep only the rows whose uid it holds
+    embeddings: tuple = ()                       # (column, Arrow type): pool embeddings its reader adds
 
 
 class IngestStage(Stage):
@@ -136,6 +174,11 @@ class IngestStage(Stage):
     inputs = ()
     outputs = (("uid", pa.string()), ("url", pa.string()), ("text", pa.string()))
     withheld_reasons = frozenset({blocklist.BLOCKLISTED})
+
+    @classmethod
+    def output_fields(cls, settings) -> tuple:
+        """uid, url, text, and the pool embeddings its reader adds (`input.embeddings`)."""
+        return cls.outputs + tuple(getattr(settings, "embeddings", ()) or ())
 
     def __init__(self, settings=None, seed: int = 0):
         super().__init__(settings, seed)
@@ -202,7 +245,7 @@ class IngestStep(Step):
     def __init__(self, settings, crawled: list[str] = (), exclude: list[str] = (),
                  blocked: Optional[BlocklistSettings] = None, reserved: frozenset = frozenset(),
                  planned: Optional[list[SourceSlice]] = None):
-        super().__init__(IngestStage, None)
+        super().__init__(IngestStage, IngestOptions(embeddings=embedding_fields(settings, planned)))
         self.input = settings
         self.planned = planned   # the input's slices, when the driver planned them already
         self.reserved = frozenset(reserved)
@@ -217,10 +260,11 @@ class IngestStep(Step):
         sources = [(piece, pairs if piece.format in ARCHIVES else named) for piece in planned]
         sources += [(piece, pairs) for path in self.crawled
                     for piece in plan_slices(path, "parquet", ["url", "text"], self.input.part_rows)]
-        readers = [ReadSource(piece, url_col, text_col, i, self.reserved, uid_col)
+        fields = embedding_fields(self.input, planned)
+        readers = [ReadSource(piece, url_col, text_col, i, self.reserved, uid_col, fields)
                    for i, (piece, (url_col, text_col, uid_col)) in enumerate(sources)]
         earlier = tuple(earlier_files(self.exclude)) if self.exclude else ()
-        options = IngestOptions(earlier, self.blocked, self.input.uids)
+        options = IngestOptions(earlier, self.blocked, self.input.uids, fields)
         stats = ctx.run_phase("map", readers, StageOp(IngestStage, options, ctx.seed))
         ctx.record["sources"] = merge_counts([s["source"] for s in stats])
         return ctx.data_parts("map", len(readers))
@@ -232,11 +276,40 @@ def plan_input(settings, optional: bool = False) -> list[SourceSlice]:
             return []
         raise UserError("input.path: no input given (or add a crawl section)")
     slices = []
+    arrays = list(getattr(settings, "embeddings", None) or [])
+    pool_embeddings.check_names(arrays)
     for path in find_files(settings.path):
         fmt = detect_format(path, settings.format)
         columns = [] if fmt in ARCHIVES else [settings.url_col, settings.text_col, *own_uids(settings)]
-        slices.extend(plan_slices(path, fmt, columns, settings.part_rows))
+        planned = plan_slices(path, fmt, columns, settings.part_rows)
+        slices.extend(with_arrays(planned, arrays) if arrays else planned)
+    if arrays:
+        check_widths(slices, arrays)
     return slices
+
+
+def with_arrays(planned: list[SourceSlice], arrays: list[str]) -> list[SourceSlice]:
+    """A parquet file's slices with the headers of its npz's arrays (checked: there, 2-d
+    floats, as many rows as the file)."""
+    path = planned[0].path
+    if planned[0].format != "parquet":
+        raise UserError(f"{path}: input.embeddings reads the .npz beside each parquet file (DataComp's "
+                        f"metadata); this input is {planned[0].format}")
+    rows = planned[-1].first_row + (planned[-1].rows or 0)
+    headers = pool_embeddings.read_headers(pool_embeddings.npz_path(path), arrays, rows)
+    found = tuple((name, headers[name].dim, headers[name].dtype) for name in arrays)
+    return [dataclasses.replace(piece, arrays=found) for piece in planned]
+
+
+def check_widths(slices: list[SourceSlice], arrays: list[str]) -> None:
+    """Every file's array of one name has one width (the column's list size)."""
+    first: dict = {}
+    for piece in slices:
+        for name, dim, _ in piece.arrays:
+            path, width = first.setdefault(name, (piece.path, dim))
+            if width != dim:
+                raise UserError(f"{pool_embeddings.npz_path(piece.path)}: array '{name}' is {dim} wide, "
+                                f"in {pool_embeddings.npz_path(path)} {width}")
 
 
 def own_uids(settings) -> list[str]:

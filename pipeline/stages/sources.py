@@ -32,6 +32,9 @@ class SourceSlice:
     path: str
     format: str
     row_groups: Optional[tuple[int, ...]] = None   # parquet only; None = the whole file
+    first_row: int = 0                             # parquet: the file's row the slice starts at
+    rows: Optional[int] = None                     # parquet: rows in the slice
+    arrays: tuple = ()   # pool embeddings (`pool_embeddings`): (name, dim, dtype) of the npz beside it
 
 
 def find_files(paths: list[str]) -> list[str]:
@@ -100,15 +103,15 @@ def _plan_parquet(path: str, columns: list[str], part_rows: int) -> list[SourceS
     _check_columns(path, names, columns)
     for column in columns:
         _check_text_type(path, column, file.schema_arrow.field(column).type)
-    slices, group, rows = [], [], 0
+    slices, group, rows, first = [], [], 0, 0
     for index in range(meta.num_row_groups):
         group.append(index)
         rows += meta.row_group(index).num_rows
         if rows >= part_rows:
-            slices.append(SourceSlice(path, "parquet", tuple(group)))
-            group, rows = [], 0
+            slices.append(SourceSlice(path, "parquet", tuple(group), first, rows))
+            group, first, rows = [], first + rows, 0
     if group or not slices:
-        slices.append(SourceSlice(path, "parquet", tuple(group)))
+        slices.append(SourceSlice(path, "parquet", tuple(group), first, rows))
     return slices
 
 
