@@ -356,7 +356,8 @@ def finalize_part(job) -> tuple:
     parts.write_parquet(table, kept_path)
     ledger = pa.table({"uid": table["uid"], "url": table["url"],
                        "stage": pa.array(["kept"] * table.num_rows, pa.string()),
-                       "reason": pa.array(["kept"] * table.num_rows, pa.string())},
+                       "reason": pa.array(["kept"] * table.num_rows, pa.string()),
+                       "detail": pa.nulls(table.num_rows, pa.string())},
                       schema=LEDGER_SCHEMA)
     parts.write_parquet(ledger, ledger_path)
     uids = uid_arrays.write_part(table["uid"], share_path)

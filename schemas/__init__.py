@@ -10,7 +10,8 @@ from schemas.columns import OPTIONAL_V1, STAGE_COLUMNS_V1
 VERSION = 1
 
 LEDGER_V1 = pa.schema([("uid", pa.string()), ("url", pa.string()),
-                       ("stage", pa.string()), ("reason", pa.string())])
+                       ("stage", pa.string()), ("reason", pa.string()),
+                       ("detail", pa.string())])   # what the reason refers to (decontaminate: the eval set), or null
 
 INDEX_V1 = pa.schema([("uid", pa.string()), ("sha256", pa.string()), ("phash", pa.string())])
 """`index/`: what a run holds (its kept rows), read by later runs' `exclude`."""

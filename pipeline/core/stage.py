@@ -19,6 +19,8 @@ from pipeline.core.images import IMAGE, IMAGE_FILE
 from pipeline.errors import UserError
 
 REASON = "_reason"
+DETAIL = "_detail"   # optional: what a dropped row's reason refers to (e.g. the evaluation set it copies),
+                     # kept in the ledger's `detail` column
 POS = "_pos"   # a row's position in the input (part << 32 | row), for deterministic ties
 DEFERRED = "_deferred"   # a `_reason` meaning "not reached in this task": the step runs the
                          # task's last rows again as smaller tasks (a suffix; see core.steps)

@@ -26,11 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core import images, parts, storage
-from pipeline.core.stage import DEFERRED, REASON, Resources, set_column
+from pipeline.core.stage import DEFERRED, DETAIL, REASON, Resources, set_column
 
 SOURCE_STATS = b"curate.source"   # table metadata a reader may set: what it read (JSON)
 LEDGER_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()),
-                           ("stage", pa.string()), ("reason", pa.string())])
+                           ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
 
 @dataclass
@@ -180,13 +180,14 @@ def peak_rss_bytes() -> int:
 
 
 def split_by_reason(table: pa.Table, stage: str, withheld: frozenset = frozenset()) -> tuple[pa.Table, pa.Table]:
-    """Kept rows (without `_reason`) and ledger rows for the dropped ones; a row dropped for a
-    reason in `withheld` keeps its uid and reason in the ledger, its url is null."""
+    """Kept rows (without `_reason`, `_detail`) and ledger rows for the dropped ones (`detail`
+    from `_detail`, else null); a row dropped for a reason in `withheld` keeps its uid and
+    reason in the ledger, its url is null."""
     if REASON not in table.column_names:
-        return table, LEDGER_SCHEMA.empty_table()
+        return table.drop_columns([c for c in (DETAIL,) if c in table.column_names]), LEDGER_SCHEMA.empty_table()
     reasons = table[REASON]
     is_dropped = pc.is_valid(reasons)
-    kept = table.filter(pc.invert(is_dropped)).drop_columns([REASON])
+    kept = table.filter(pc.invert(is_dropped)).drop_columns([c for c in (REASON, DETAIL) if c in table.column_names])
     dropped = table.filter(is_dropped)
     hidden = pc.is_in(dropped[REASON].cast(pa.string()), pa.array(sorted(withheld), pa.string()))
     ledger = pa.table({
@@ -194,6 +195,8 @@ def split_by_reason(table: pa.Table, stage: str, withheld: frozenset = frozenset
         "url": pc.if_else(hidden, pa.scalar(None, pa.string()), dropped["url"].cast(pa.string())),
         "stage": pa.array([stage] * dropped.num_rows, pa.string()),
         "reason": dropped[REASON].cast(pa.string()),
+        "detail": (dropped[DETAIL].cast(pa.string()) if DETAIL in dropped.column_names
+                   else pa.nulls(dropped.num_rows, pa.string())),
     }, schema=LEDGER_SCHEMA)
     return kept, ledger
 

@@ -66,7 +66,7 @@ def test_the_stages_that_drop_blocklisted_rows_have_the_ledger_withhold_their_ur
                       "_reason": [None, BLOCKLISTED, "not_found"]})
     kept, ledger = split_by_reason(table, "download", DownloadStage.withheld_reasons)
     assert kept.column_names == ["uid", "url"] and kept["uid"].to_pylist() == ["a"]
-    assert ledger.to_pylist() == [
+    assert ledger.drop_columns(["detail"]).to_pylist() == [
         {"uid": "b", "url": None, "stage": "download", "reason": BLOCKLISTED},
         {"uid": "c", "url": "http://x/3", "stage": "download", "reason": "not_found"}]
     assert split_by_reason(table, "t")[1]["url"].null_count == 0   # nothing withheld by default
