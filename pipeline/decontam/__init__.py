@@ -1,0 +1,1 @@
+"""Evaluation-set decontamination: eval sets, their cached index, matching (`stages.decontaminate`)."""
