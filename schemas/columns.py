@@ -17,6 +17,9 @@ STAGE_COLUMNS_V1 = {
     'metadata': pa.schema([
         ('entry_ids', pa.list_(pa.int32())),
     ]),
+    'image_based': pa.schema([
+        ('image_cluster', pa.int32()),
+    ]),
     'download': pa.schema([
         ('jpg', pa.binary()),
         ('width', pa.int32()),

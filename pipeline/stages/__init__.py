@@ -31,6 +31,7 @@ from pipeline.stages import (
     download,
     face_blur,
     heads,
+    image_based,
     image_dedup,
     language,
     metadata,
@@ -38,8 +39,8 @@ from pipeline.stages import (
     shard,
 )
 
-REGISTRY = [crawl_step, dedup, caption_filter, language, metadata, download, image_dedup, clip_score, heads,
-            semantic_dedup, shard, face_blur]
+REGISTRY = [crawl_step, dedup, caption_filter, language, metadata, image_based, download, image_dedup, clip_score,
+            heads, semantic_dedup, shard, face_blur]
 
 
 

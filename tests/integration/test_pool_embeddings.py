@@ -156,3 +156,119 @@ def test_an_input_column_named_like_a_pool_column_is_renamed(tmp_path):
     assert set(kept["input_pool_l14_img"].to_pylist()) == {"mine"}
     assert kept.schema.field("pool_l14_img").type == pa.list_(pa.float16(), 768)
     assert read_summary(tmp_path / "run")["kept_rows"] == kept.num_rows
+
+
+# --- image_based ---------------------------------------------------------------------------
+
+def datacomp_image_based(pool_l14: np.ndarray, centroids: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """DataComp's definition, written out independently: nearest centroid = argmax of the
+    float32 dot products (first index on ties); the target set is the unique nearest-centroid
+    ids of the targets; a row is kept when its nearest centroid is in the target set."""
+    def nearest(x):
+        return np.argmax(x.astype(np.float32) @ centroids.astype(np.float32).T, axis=1)
+
+    target_ids = set(np.unique(nearest(targets)).tolist())
+    return np.array([c in target_ids for c in nearest(pool_l14)], dtype=bool)
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory):
+    """16 centroids of 768 dims; 40 targets near 5 of them; a pool file whose l14_img rows
+    lie near all 16 (well apart: no near-ties between float32 implementations)."""
+    folder = tmp_path_factory.mktemp("clusters")
+    rng = np.random.default_rng(7)
+    centroids = unit_rows(rng, 16, 768).astype(np.float32)
+    near = lambda ids: centroids[ids] + 0.02 * rng.standard_normal((len(ids), 768))   # noqa: E731
+    targets = near(rng.choice([1, 4, 6, 9, 13], size=40)).astype(np.float16)
+    rows = 400
+    arrays = {"l14_img": near(rng.integers(0, 16, size=rows)).astype(np.float16),
+              "b32_img": unit_rows(rng, rows, 512)}
+    pool, _ = pool_with_embeddings(folder / "pool" / "00000000.parquet", rows=rows, arrays=arrays)
+    np.save(folder / "centroids.npy", centroids)
+    np.save(folder / "targets.npy", targets)
+    return folder, pool, arrays, centroids, targets
+
+
+def image_based_config(folder: Path, output: Path, **section) -> dict:
+    config = base_config(folder / "pool", output)
+    config["input"]["embeddings"] = ["l14_img"]
+    config["image_based"] = {"centroids": str(folder / "centroids.npy"), "targets": [str(folder / "targets.npy")],
+                             **section}
+    return config
+
+
+def expected_kept(pool: pa.Table, arrays: dict, centroids, targets) -> set:
+    keep = datacomp_image_based(arrays["l14_img"], centroids, targets)
+    valid = [u not in BAD_UIDS for u in pool["uid"].to_pylist()]
+    return {url for url, k, v in zip(pool["url"].to_pylist(), keep, valid) if k and v}
+
+
+def test_image_based_keeps_what_datacomp_keeps(clusters):
+    folder, pool, arrays, centroids, targets = clusters
+    output = folder / "run"
+    summary = run(image_based_config(folder, output))
+    assert_run_invariants(output)
+    kept = read_dataset(output / "kept")
+    expected = expected_kept(pool, arrays, centroids, targets)
+    assert 0 < len(expected) < pool.num_rows - len(BAD_UIDS)
+    assert set(kept["url"].to_pylist()) == expected
+    stage = next(s for s in summary["stages"] if s["name"] == "image_based")
+    assert stage["dropped"] == {"off_target_cluster": stage["rows_in"] - len(expected)}
+    nearest = np.argmax(arrays["l14_img"].astype(np.float32) @ centroids.T, axis=1)
+    by_url = row_of_url(pool)
+    assert all(nearest[by_url[url]] == cluster for url, cluster in
+               zip(kept["url"].to_pylist(), kept["image_cluster"].to_pylist()))
+    assert set(kept["image_cluster"].to_pylist()) <= {1, 4, 6, 9, 13}
+    ledger = read_dataset(output / "ledger")
+    dropped = {u for u, r in zip(ledger["url"].to_pylist(), ledger["reason"].to_pylist()) if r == "off_target_cluster"}
+    assert dropped and not dropped & expected
+
+
+def test_image_based_reads_datacomps_pt_files(clusters, tmp_path):
+    """DataComp's centroids file is `torch.save` of a numpy array; its ImageNet embeddings
+    are dicts with `image_features` (float16 tensors), in several files."""
+    import torch
+
+    folder, pool, arrays, centroids, targets = clusters
+    torch.save(centroids, tmp_path / "centroids.pt")
+    halves = np.array_split(targets, 2)
+    for i, half in enumerate(halves):
+        torch.save({"image_features": torch.from_numpy(half)}, tmp_path / f"in1k_{i}.pt")
+    config = image_based_config(folder, tmp_path / "run", centroids=str(tmp_path / "centroids.pt"),
+                                targets=[str(tmp_path / f"in1k_{i}.pt") for i in range(2)])
+    run(config)
+    kept = read_dataset(tmp_path / "run" / "kept")
+    assert set(kept["url"].to_pylist()) == expected_kept(pool, arrays, centroids, targets)
+
+
+def test_nearest_centroid_ties_go_to_the_first():
+    from pipeline.stages.image_based import nearest_centroids, target_clusters
+
+    centroids = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)
+    x = np.array([[2, 0], [0, 3], [1, 1]], np.float16)
+    assert nearest_centroids(x, centroids, batch_size=2).tolist() == [0, 2, 0]
+    assert target_clusters(centroids, [x[:2], x[1:]]).tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"centroids": "wide.npy"}, "image_based.centroids: {folder}/wide.npy: 512-dim centroids, the pool's "
+                                "l14_img is 768-dim"),
+    ({"targets": ["narrow.npy"]}, "image_based.targets: {folder}/narrow.npy: 512-dim rows, the centroids"),
+    ({"centroids": "flat.npy"}, "image_based.centroids: {folder}/flat.npy: float32 of shape [768], expected 2-d"),
+    ({"centroids": "missing.npy"}, "image_based.centroids: {folder}/missing.npy: no such file"),
+    ({"targets": ["text.pt"]}, "image_based.targets: {folder}/text.pt: not a .npy array or a torch.save'd"),
+    ({"embedding": "l14_txt"}, "image_based: the rows have no 'pool_l14_txt' column (list l14_txt in input.embeddings"),
+])
+def test_image_based_files_are_checked_before_the_run(clusters, tmp_path, change, message):
+    folder, *_ = clusters
+    np.save(tmp_path / "wide.npy", np.zeros((4, 512), np.float32))
+    np.save(tmp_path / "narrow.npy", np.zeros((4, 512), np.float16))
+    np.save(tmp_path / "flat.npy", np.zeros(768, np.float32))
+    (tmp_path / "text.pt").write_text("not a tensor")
+    change = {k: [str(tmp_path / p) for p in v] if isinstance(v, list) else
+              str(tmp_path / v) if v.endswith((".npy", ".pt")) else v for k, v in change.items()}
+    config = image_based_config(folder, tmp_path / "run", **change)
+    with pytest.raises(UserError) as error:
+        run(config)
+    assert message.format(folder=tmp_path) in str(error.value) and "\n" not in str(error.value), str(error.value)
+    assert not (tmp_path / "run").exists()
