@@ -18,9 +18,10 @@ from typing import Optional
 import numpy as np
 
 from pipeline.core import storage
-from pipeline.decontam.matching import CROP_FRACTIONS, VARIANTS, variant_hashes
+from pipeline.decontam.matching import ANCHORS, CROP_FRACTIONS, PREPARE_SIDE, VARIANTS, variant_hashes
 
-HASH_SCHEME = {"hash": "imagehash.phash", "crops": list(CROP_FRACTIONS), "variants": VARIANTS, "version": 1}
+HASH_SCHEME = {"hash": "imagehash.phash+dhash", "crops": list(CROP_FRACTIONS), "anchors": list(ANCHORS),
+               "side": PREPARE_SIDE, "version": 2}
 
 
 def default_cache() -> str:
@@ -74,7 +75,7 @@ def cached(cache_dir: Optional[str], key: str, compute) -> tuple[dict, bool]:
 
 
 def hash_set(data: list[bytes], variants: bool = True) -> dict:
-    hashes = np.zeros((len(data), VARIANTS), dtype=np.uint64)
+    hashes = np.zeros((len(data), VARIANTS, 2), dtype=np.uint64)
     valid = np.zeros(len(data), dtype=bool)
     for i, blob in enumerate(data):
         found = variant_hashes(blob, variants)
@@ -131,26 +132,27 @@ class EvalIndex:
     """Every evaluation set's index, joined: image i belongs to set `set_of[i]`, row
     `row_of[i]` of it."""
 
-    def __init__(self, arrays: list[dict], distance: int):
+    def __init__(self, arrays: list[dict], distance: int, total: int):
         from pipeline.decontam.matching import HashIndex
 
         sizes = [len(a["valid"]) for a in arrays]
         self.set_of = np.repeat(np.arange(len(arrays), dtype=np.int64), sizes)
         self.row_of = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if sizes else np.zeros(0, np.int64)
-        hashes = np.concatenate([a["hashes"] for a in arrays]) if arrays else np.zeros((0, VARIANTS), np.uint64)
+        hashes = np.concatenate([a["hashes"] for a in arrays]) if arrays else np.zeros((0, VARIANTS, 2), np.uint64)
         valid = np.concatenate([a["valid"] for a in arrays]) if arrays else np.zeros(0, bool)
-        self.hashes = HashIndex(hashes, distance, valid)
+        self.hashes = HashIndex(hashes, distance, total, valid)
         with_embeddings = [a for a in arrays if "embeddings" in a]
         self.embeddings = (np.concatenate([a["embeddings"] for a in arrays]).astype(np.float32)
                            if arrays and len(with_embeddings) == len(arrays) else None)
 
-    def match(self, phash: np.ndarray, has_phash: np.ndarray, x: Optional[np.ndarray],
+    def match(self, hashes: np.ndarray, has_hashes: np.ndarray, x: Optional[np.ndarray],
               threshold: float) -> dict:
-        """Per pool row: the evaluation image it copies (-1: none), how it matched
-        (0 none, 1 perceptual hash, 2 embedding) and the score (bits, or cosine)."""
+        """Per pool row ((phash, dhash) [n, 2], which have them, unit embeddings or None):
+        the evaluation image it copies (-1: none), how it matched (0 none, 1 perceptual
+        hashes, 2 embedding) and the score (phash + dhash bits, or cosine)."""
         from pipeline.decontam.matching import embedding_match
 
-        owner, dist = self.hashes.match(phash, has_phash)
+        owner, dist = self.hashes.match(hashes, has_hashes)
         method = np.where(owner >= 0, 1, 0).astype(np.int8)
         score = np.where(owner >= 0, dist, 0).astype(np.float32)
         if x is not None and self.embeddings is not None:

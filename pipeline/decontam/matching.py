@@ -1,12 +1,13 @@
 """Near-duplicate matching of pool images against evaluation images, in numpy.
 
-Perceptual hash. A 5-10% crop moves a 64-bit `imagehash.phash` by 10-30 bits, as far as
-unrelated images lie, so each evaluation image is hashed as it is and as `CROP_VARIANTS`
-crops (5, 7.5 and 10% cut, anchored at each corner, edge middle and centre): a crop of
-the pool's lands within a few bits of one of them. The pool side stays one hash per row.
-A pool hash matches an evaluation image when one of its variants is within `distance`
-bits; candidates are found by banded lookup (d+1 bands: two hashes within d bits agree on
-at least one band), so a row is compared with the few variants that share a band value.
+Perceptual hashes. A 5-10% crop moves a 64-bit `imagehash.phash` by 10-30 bits, as far as
+unrelated images lie, so each evaluation image is hashed as it is and as 75 crops (5, 7.5
+and 10% cut, the kept window at 5 x 5 places from corner to corner): a crop of the pool's
+lands within a few bits of one of them. The pool side stays one (phash, dhash) per row.
+A pool image matches a variant when the phashes are within `distance` bits and phash plus
+dhash distance is at most `total` bits; candidates are found by banded lookup on the
+phash (d+1 bands: two hashes within d bits agree on at least one band), so a row is
+compared with the few variants that share a band value.
 
 Embedding. Rows of unit vectors: a pool row matches the evaluation image of largest cosine
 similarity when that is at least the threshold (blocks of rows x every evaluation image).
@@ -20,10 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.stages.phash_lsh import band_masks, popcount
-
 CROP_FRACTIONS = (0.05, 0.075, 0.10)
-ANCHORS = (0.0, 0.5, 1.0)   # where the kept window sits: left/top, middle, right/bottom
+ANCHORS = (0.0, 0.25, 0.5, 0.75, 1.0)   # where the kept window sits, from left/top to right/bottom
 VARIANTS = 1 + len(CROP_FRACTIONS) * len(ANCHORS) ** 2   # the image itself, then its crops
 BLOCK = 4096
 
@@ -40,46 +39,71 @@ def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
-def phash_int(image) -> int:
-    import imagehash
+PREPARE_SIDE = 256   # images are reduced to this side (grey) before hashing: the hashes shrink them anyway
 
-    return int(str(imagehash.phash(image)), 16)
+
+def image_hashes(image, boxes) -> np.ndarray:
+    """(phash, dhash) of each box of a PIL image, uint64 [boxes, 2]."""
+    import imagehash
+    from PIL import Image
+
+    width, height = image.size
+    image = image.convert("L")
+    scale = min(1.0, PREPARE_SIDE / max(width, height))
+    if scale < 1.0:
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.LANCZOS)
+    found = []
+    for left, top, right, bottom in boxes:
+        crop = image.crop((round(left * scale), round(top * scale), max(round(left * scale) + 1, round(right * scale)),
+                           max(round(top * scale) + 1, round(bottom * scale))))
+        found.append((int(str(imagehash.phash(crop)), 16), int(str(imagehash.dhash(crop)), 16)))
+    return np.array(found, dtype=np.uint64)
 
 
 def variant_hashes(jpg: Optional[bytes], variants: bool = True) -> Optional[np.ndarray]:
-    """The phash of an image and (with `variants`) of its crops (uint64 [VARIANTS]; the
-    image's own hash repeated without); None where the bytes do not decode."""
+    """(phash, dhash) of an image and (with `variants`) of its crops, uint64 [VARIANTS, 2]
+    (the image's own hashes repeated without); None where the bytes do not decode."""
     if not jpg:
         return None
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(jpg)) as image:
-            image = image.convert("RGB")
+            image.load()
             boxes = crop_boxes(*image.size) if variants else [(0, 0, *image.size)]
-            hashes = [phash_int(image.crop(box)) for box in boxes]
+            hashes = image_hashes(image, boxes)
     except Exception:  # noqa: BLE001 - a bad image never crashes the run
         return None
-    return np.array(hashes + hashes[:1] * (VARIANTS - len(hashes)), dtype=np.uint64)
+    return np.concatenate([hashes, np.repeat(hashes[:1], VARIANTS - len(hashes), axis=0)])
 
 
-def pool_hash(jpg: Optional[bytes]) -> Optional[int]:
-    """The pool side: the phash of the image as it is (`image_dedup`'s `phash`)."""
-    from pipeline.stages.phash_lsh import phash_of
-
-    return phash_of(jpg)
+def pool_hashes(jpgs: list) -> tuple[np.ndarray, np.ndarray]:
+    """The pool side: (phash, dhash) of each image as it is, uint64 [n, 2], and which decode."""
+    hashes = np.zeros((len(jpgs), 2), dtype=np.uint64)
+    valid = np.zeros(len(jpgs), dtype=bool)
+    for i, jpg in enumerate(jpgs):
+        found = variant_hashes(jpg, variants=False)
+        if found is not None:
+            hashes[i], valid[i] = found[0], True
+    return hashes, valid
 
 
 class HashIndex:
-    """Evaluation images' variant hashes, sorted per band for lookup."""
+    """Evaluation images' variant hashes, sorted per phash band for lookup. A pool image
+    matches a variant when their phashes are within `distance` bits and their phash and
+    dhash distances add up to at most `total` bits (two hashes of the same crop: what the
+    phash alone lets through among unrelated photos, the dhash rules out)."""
 
-    def __init__(self, hashes: np.ndarray, distance: int, valid: Optional[np.ndarray] = None):
-        """`hashes`: uint64 [images, VARIANTS]; `valid`: which images have hashes."""
-        self.distance = int(distance)
-        hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(hashes), -1)
+    def __init__(self, hashes: np.ndarray, distance: int, total: int, valid: Optional[np.ndarray] = None):
+        """`hashes`: uint64 [images, VARIANTS, 2]; `valid`: which images have hashes."""
+        from pipeline.stages.phash_lsh import band_masks  # (not at import: stages/ imports this package)
+
+        self.distance, self.total = int(distance), int(total)
+        hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(hashes), -1, 2)
         owner = np.repeat(np.arange(len(hashes), dtype=np.int64), hashes.shape[1])
         keep = np.repeat(np.ones(len(hashes), bool) if valid is None else np.asarray(valid, bool), hashes.shape[1])
-        self.owner, self.values = owner[keep], hashes.ravel()[keep]
+        flat = hashes.reshape(-1, 2)[keep]
+        self.owner, self.values, self.second = owner[keep], flat[:, 0].copy(), flat[:, 1].copy()
         self.bands = []
         for lo, mask in band_masks(self.distance):
             keys = (self.values >> np.uint64(lo)) & mask
@@ -87,34 +111,37 @@ class HashIndex:
             self.bands.append((lo, mask, keys[order], order))
 
     def match(self, query: np.ndarray, valid: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-        """Per query hash: the evaluation image with the nearest variant within `distance`
-        bits (-1: none; ties: the smaller index) and that distance (65: none)."""
-        query = np.asarray(query, dtype=np.uint64)
-        best = np.full(len(query), 65, dtype=np.int64)
+        """Per pool row ((phash, dhash), uint64 [n, 2]): the evaluation image with the
+        nearest matching variant (-1: none; ties: the smaller index) and the phash + dhash
+        distance to it (129: none)."""
+        from pipeline.stages.phash_lsh import popcount
+
+        query = np.asarray(query, dtype=np.uint64).reshape(-1, 2)
+        first, second = query[:, 0].copy(), query[:, 1].copy()
+        none = 129
+        best = np.full(len(query), none, dtype=np.int64)
         owner = np.full(len(query), -1, dtype=np.int64)
         rows_ok = np.ones(len(query), bool) if valid is None else np.asarray(valid, bool)
         for lo, mask, keys, order in self.bands:
-            q = (query >> np.uint64(lo)) & mask
+            q = (first >> np.uint64(lo)) & mask
             start = np.searchsorted(keys, q, side="left")
-            stop = np.searchsorted(keys, q, side="right")
-            counts = np.where(rows_ok, stop - start, 0)
+            counts = np.where(rows_ok, np.searchsorted(keys, q, side="right") - start, 0)
             if not counts.any():
                 continue
             rows = np.repeat(np.arange(len(query)), counts)
             offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
             candidates = order[np.repeat(start, counts) + offsets]
-            dist = popcount(query[rows] ^ self.values[candidates]).astype(np.int64)
-            who = self.owner[candidates]
-            # the nearest per row, ties by owner: sort by (row, dist, owner), take firsts
-            pick = np.lexsort((who, dist, rows))
-            rows, dist, who = rows[pick], dist[pick], who[pick]
-            first = np.ones(len(rows), bool)
-            first[1:] = rows[1:] != rows[:-1]
-            rows, dist, who = rows[first], dist[first], who[first]
-            better = (dist < best[rows]) | ((dist == best[rows]) & (who < owner[rows]))
-            best[rows[better]], owner[rows[better]] = dist[better], who[better]
-        far = best > self.distance
-        owner[far], best[far] = -1, 65
+            near = popcount(first[rows] ^ self.values[candidates]).astype(np.int64)
+            total = near + popcount(second[rows] ^ self.second[candidates]).astype(np.int64)
+            ok = (near <= self.distance) & (total <= self.total)
+            rows, total, who = rows[ok], total[ok], self.owner[candidates[ok]]
+            pick = np.lexsort((who, total, rows))   # the nearest per row, ties by owner
+            rows, total, who = rows[pick], total[pick], who[pick]
+            head = np.ones(len(rows), bool)
+            head[1:] = rows[1:] != rows[:-1]
+            rows, total, who = rows[head], total[head], who[head]
+            better = (total < best[rows]) | ((total == best[rows]) & (who < owner[rows]))
+            best[rows[better]], owner[rows[better]] = total[better], who[better]
         return owner, best
 
 

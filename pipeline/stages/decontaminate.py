@@ -3,8 +3,8 @@
 The user names evaluation sets (`sets`: a folder of images, a WebDataset tar or a parquet
 file of image bytes, each with a name). A pool row goes as `eval_duplicate`, the set's
 name in the ledger's `detail`, when its image's perceptual hash is within
-`phash_distance` bits of the image or a 5-10% crop of an evaluation image
-(`pipeline.decontam.matching`), or its CLIP image embedding has cosine similarity at
+`phash_distance` bits of the image or a 5-10% crop of an evaluation image, with phash plus
+dhash within `hash_distance` bits (`pipeline.decontam.matching`), or its CLIP image embedding has cosine similarity at
 least `embedding_threshold` to one. The defaults come from a measured precision/recall
 curve (docs/stages.md). Two phases, linear in parts:
 
@@ -13,9 +13,9 @@ curve (docs/stages.md). Two phases, linear in parts:
     match  per group of parts: each row against every set's index (banded hash lookup,
                                block matrix products), `eval_duplicate` + the set's name
 
-The pool side reuses what earlier steps declare: image_dedup's `phash`, and clip_score's
-`image_embedding` when the embedding model is clip_score's (the default: `model` unset);
-else it hashes and embeds the images itself. Without a model the embeddings are skipped.
+The pool side hashes each image once (phash and dhash); it reuses clip_score's
+`image_embedding` when the embedding model is clip_score's (the default: `model` unset),
+else embeds the images with its own `model`. Without a model the embeddings are skipped.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from pipeline.core.steps import Step, StepContext
 from pipeline.core.tasks import built_once, load_extras
 from pipeline.decontam import evalsets
 from pipeline.decontam.index import EvalIndex, ModelSpec, build_index, default_cache, embed_images
-from pipeline.decontam.matching import pool_hash
+from pipeline.decontam.matching import pool_hashes
 from pipeline.errors import UserError
 
 SECTION = "decontaminate"
@@ -53,7 +53,8 @@ class EvalSetSettings:
 @dataclass
 class DecontaminateSettings:
     sets: list[EvalSetSettings] = field(default_factory=list)
-    phash_distance: Annotated[int, Between(0, 32)] = 6   # bits, to the image or one of its crops
+    phash_distance: Annotated[int, Between(0, 32)] = 8   # phash bits to the image or one of its crops
+    hash_distance: Annotated[int, Between(0, 128)] = 16  # phash + dhash bits to that same crop
     crop_variants: bool = True                           # also hash 5-10% crops of each eval image
     embeddings: bool = True                              # also match CLIP image embeddings (needs a model)
     embedding_threshold: Annotated[float, Between(-1, 1)] = 0.96   # cosine similarity
@@ -92,7 +93,7 @@ class DecontaminateStage(Stage):
         spec = own_model(self.settings)
         arrays = [build_index(*evalsets.read(s.path, s.format, s.image_col, s.key_col), self.settings.crop_variants,
                               spec, cache_dir(self.settings))[0] for s in self.settings.sets]
-        self.index = EvalIndex(arrays, self.settings.phash_distance)
+        self.index = EvalIndex(arrays, self.settings.phash_distance, self.settings.hash_distance)
 
     def process(self, table: pa.Table) -> pa.Table:
         if self.index is None:
@@ -153,16 +154,16 @@ class MatchEval:
 
     def load(self) -> EvalIndex:
         return EvalIndex([load_extras(self.eval_dir, i) for i in range(len(self.names))],
-                         self.settings.phash_distance)
+                         self.settings.phash_distance, self.settings.hash_distance)
 
     def mark(self, table: pa.Table, index: EvalIndex):
-        phash, has_phash = self.pool_hashes(table)
+        hashes, has_hashes = pool_hashes(table["jpg"].to_pylist())
         x = None
         if self.reuse and IMAGE_EMBEDDING in table.column_names:
             x = embedding_rows(table[IMAGE_EMBEDDING])[0]
         elif self.spec is not None and index.embeddings is not None:
             x = embed_images(self.spec, table["jpg"].to_pylist())
-        found = index.match(phash, has_phash, x, self.settings.embedding_threshold)
+        found = index.match(hashes, has_hashes, x, self.settings.embedding_threshold)
         owner = found["owner"]
         hit = owner >= 0
         earlier = (table[REASON].is_valid().to_numpy(zero_copy_only=False) if REASON in table.column_names
@@ -182,15 +183,6 @@ class MatchEval:
                           method=found["method"][picked], score=found["score"][picked])
         return table, extras
 
-    def pool_hashes(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """image_dedup's `phash` where present (null: no image), else hashed here."""
-        if "phash" in table.column_names:
-            hexes = table["phash"].to_pylist()
-        else:
-            hexes = [None if h is None else f"{h:016x}" for h in map(pool_hash, table["jpg"].to_pylist())]
-        return (np.array([int(h, 16) if h else 0 for h in hexes], dtype=np.uint64),
-                np.array([bool(h) for h in hexes], dtype=bool))
-
 
 class DecontaminateStep(Step):
     def __init__(self, settings: DecontaminateSettings, clip=None):
@@ -205,13 +197,9 @@ class DecontaminateStep(Step):
         if settings.embeddings and not settings.model and clip is not None:
             self.spec = ModelSpec(clip.model, clip.pretrained, clip.device, clip.precision, clip.batch_size)
             self.reuse = True
-        self.has_phash = False
 
     def reads(self) -> tuple:
         return ("uid", "jpg") + ((IMAGE_EMBEDDING,) if self.reuse else ())
-
-    def check_inputs(self, fields: dict) -> None:
-        self.has_phash = "phash" in fields
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         sets = self.settings.sets
@@ -219,8 +207,7 @@ class DecontaminateStep(Step):
                       IndexEvalSet(self.settings.crop_variants, self.spec, cache_dir(self.settings)), counted=False)
         op = MatchEval(ctx.phase_dir("eval"), [s.name for s in sets], self.settings,
                        None if self.reuse else self.spec, self.reuse)
-        images = not self.has_phash or (self.spec is not None and not self.reuse)
-        outputs = ctx.run_grouped("match", inputs, op, images=images)
+        outputs = ctx.run_grouped("match", inputs, op, images=True)
         ctx.record[SECTION] = self.summary(ctx)
         return outputs
 
@@ -242,7 +229,7 @@ class DecontaminateStep(Step):
         add_eval_images(examples, sets)
         return {"sets": [{"name": s.name, "path": s.path, "images": self.images[s.name], "removed": int(n),
                           "cached": hit} for s, n, hit in zip(sets, removed, hits)],
-                "phash_distance": self.settings.phash_distance,
+                "phash_distance": self.settings.phash_distance, "hash_distance": self.settings.hash_distance,
                 "embedding_threshold": self.settings.embedding_threshold if self.spec else None,
                 "model": self.spec.model if self.spec else None, "examples": examples}
 
