@@ -25,6 +25,19 @@ CROP_FRACTIONS = (0.05, 0.075, 0.10)
 ANCHORS = (0.0, 0.25, 0.5, 0.75, 1.0)   # where the kept window sits, from left/top to right/bottom
 VARIANTS = 1 + len(CROP_FRACTIONS) * len(ANCHORS) ** 2   # the image itself, then its crops
 BLOCK = 4096
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def band_masks(distance: int) -> list[tuple[int, np.uint64]]:
+    """(shift, mask) of the d+1 bands that partition 64 bits (as `image_dedup` cuts them)."""
+    bounds = [b * 64 // (distance + 1) for b in range(distance + 2)]
+    return [(lo, np.uint64((1 << (hi - lo)) - 1)) for lo, hi in zip(bounds, bounds[1:])]
+
+
+def popcount(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(x)
+    return _BYTE_BITS[np.ascontiguousarray(x).view(np.uint8)].reshape(-1, 8).sum(axis=1)
 
 
 def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
@@ -43,21 +56,29 @@ PREPARE_SIDE = 256   # images are reduced to this side (grey) before hashing: th
 
 
 def image_hashes(image, boxes) -> np.ndarray:
-    """(phash, dhash) of each box of a PIL image, uint64 [boxes, 2]."""
-    import imagehash
+    """(phash, dhash) of each box of a PIL image, uint64 [boxes, 2]: `imagehash.phash` and
+    `imagehash.dhash` of the cropped box, bit for bit, computed for all boxes at once."""
     from PIL import Image
+    from scipy.fftpack import dct
 
     width, height = image.size
     image = image.convert("L")
     scale = min(1.0, PREPARE_SIDE / max(width, height))
     if scale < 1.0:
         image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.LANCZOS)
-    found = []
-    for left, top, right, bottom in boxes:
-        crop = image.crop((round(left * scale), round(top * scale), max(round(left * scale) + 1, round(right * scale)),
-                           max(round(top * scale) + 1, round(bottom * scale))))
-        found.append((int(str(imagehash.phash(crop)), 16), int(str(imagehash.dhash(crop)), 16)))
-    return np.array(found, dtype=np.uint64)
+    boxes = [(round(left * scale), round(top * scale), max(round(left * scale) + 1, round(right * scale)),
+              max(round(top * scale) + 1, round(bottom * scale))) for left, top, right, bottom in boxes]
+    big = np.stack([np.asarray(image.crop(box).resize((32, 32), Image.LANCZOS)) for box in boxes]).astype(float)
+    low = dct(dct(big, axis=1), axis=2)[:, :8, :8].reshape(len(boxes), 64)
+    phash = low > np.median(low, axis=1, keepdims=True)
+    small = np.stack([np.asarray(image.crop(box).resize((9, 8), Image.LANCZOS)) for box in boxes]).astype(np.int16)
+    dhash = (small[:, :, 1:] > small[:, :, :-1]).reshape(len(boxes), 64)
+    return np.stack([bits_to_uint64(phash), bits_to_uint64(dhash)], axis=1)
+
+
+def bits_to_uint64(bits: np.ndarray) -> np.ndarray:
+    """Rows of 64 booleans, the first the most significant bit (as `str(ImageHash)` reads)."""
+    return np.packbits(bits.astype(np.uint8), axis=1).view(">u8").astype(np.uint64).ravel()
 
 
 def variant_hashes(jpg: Optional[bytes], variants: bool = True) -> Optional[np.ndarray]:
@@ -96,7 +117,6 @@ class HashIndex:
 
     def __init__(self, hashes: np.ndarray, distance: int, total: int, valid: Optional[np.ndarray] = None):
         """`hashes`: uint64 [images, VARIANTS, 2]; `valid`: which images have hashes."""
-        from pipeline.stages.phash_lsh import band_masks  # (not at import: stages/ imports this package)
 
         self.distance, self.total = int(distance), int(total)
         hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(hashes), -1, 2)
@@ -114,8 +134,6 @@ class HashIndex:
         """Per pool row ((phash, dhash), uint64 [n, 2]): the evaluation image with the
         nearest matching variant (-1: none; ties: the smaller index) and the phash + dhash
         distance to it (129: none)."""
-        from pipeline.stages.phash_lsh import popcount
-
         query = np.asarray(query, dtype=np.uint64).reshape(-1, 2)
         first, second = query[:, 0].copy(), query[:, 1].copy()
         none = 129
