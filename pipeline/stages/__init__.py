@@ -27,6 +27,7 @@ from pipeline.stages import (
     caption_filter,
     clip_score,
     crawl_step,
+    decontaminate,
     dedup,
     download,
     face_blur,
@@ -40,7 +41,7 @@ from pipeline.stages import (
 )
 
 REGISTRY = [crawl_step, dedup, caption_filter, language, metadata, image_based, download, image_dedup, clip_score,
-            heads, semantic_dedup, shard, face_blur]
+            heads, semantic_dedup, decontaminate, shard, face_blur]
 
 
 
