@@ -272,3 +272,19 @@ def test_image_based_files_are_checked_before_the_run(clusters, tmp_path, change
         run(config)
     assert message.format(folder=tmp_path) in str(error.value) and "\n" not in str(error.value), str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow   # the Ray and Spark engines
+def test_image_based_is_the_same_on_ray_and_spark(clusters, tmp_path):
+    folder, pool, arrays, centroids, targets = clusters
+    kept = {}
+    for engine in ("local", "ray", "spark"):
+        config = image_based_config(folder, tmp_path / engine)
+        config.update(engine=engine, ray={"num_cpus": 2}, spark={"master": "local[2]"})
+        config["input"]["embeddings"] = ["l14_img", "b32_img"]
+        run(config)
+        assert_run_invariants(tmp_path / engine)
+        table = read_dataset(tmp_path / engine / "kept").sort_by("uid")
+        kept[engine] = table.select(["uid", "url", "image_cluster", "pool_l14_img", "pool_b32_img"])
+    assert set(kept["local"]["url"].to_pylist()) == expected_kept(pool, arrays, centroids, targets)
+    assert kept["local"].equals(kept["ray"]) and kept["local"].equals(kept["spark"])
