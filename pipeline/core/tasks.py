@@ -1,7 +1,9 @@
 """The unit of work every engine runs: read one part, transform it, write it atomically.
 
 A `PartTask` names a reader (where its rows come from), an op (a picklable transformation
-that returns the table with a `_reason` column and optional numpy extras), and a phase folder.
+that returns the table with a `_reason` column and optional numpy extras; one whose
+`summarizes` is true returns only extras, a summary of its rows, in a phase that is not
+counted), and a phase folder.
 Outputs, each renamed into place when complete:
 
     <phase>/data/part-00007.parquet      rows that go on
@@ -137,7 +139,9 @@ def _run_part_task(task: PartTask, done: str) -> dict:
     }
     if source is not None:
         stats["source"] = json.loads(source)
-    if rows_in != stats["rows_out"] + sum(stats["dropped"].values()) + deferred:
+    if getattr(task.op, "summarizes", False):   # an op that only reads: its extras stand for its rows
+        stats["summarized"] = rows_in - stats["rows_out"]
+    if rows_in != stats["rows_out"] + sum(stats["dropped"].values()) + deferred + stats.get("summarized", 0):
         raise RuntimeError(f"{task.stage}: part {task.part} lost rows ({rows_in} in, "
                            f"{stats['rows_out']} out, {stats['dropped']} dropped, {deferred} deferred)")
     storage.write_json(stats, done)

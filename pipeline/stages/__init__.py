@@ -36,12 +36,13 @@ from pipeline.stages import (
     image_dedup,
     language,
     metadata,
+    pool_filter,
     semantic_dedup,
     shard,
 )
 
-REGISTRY = [crawl_step, dedup, caption_filter, language, metadata, image_based, download, image_dedup, clip_score,
-            heads, semantic_dedup, decontaminate, shard, face_blur]
+REGISTRY = [crawl_step, dedup, pool_filter, caption_filter, language, metadata, image_based, download, image_dedup,
+            clip_score, heads, semantic_dedup, decontaminate, shard, face_blur]
 
 
 
