@@ -41,14 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run a pipeline config")
-    run.add_argument("config")
+    run = commands.add_parser("run", help="run a pipeline config (or a preset)")
+    run.add_argument("config", nargs="?", help="the config (optional with --preset)")
     run.add_argument("--engine", choices=["local", "ray", "spark"])
     run.add_argument("--output")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--allow-changed-input", action="store_true",
                      help="resume although an input file changed since the run began")
+    preset = run.add_argument_group("presets", "a named filter (curate presets lists them) on a pool")
+    preset.add_argument("--preset", help="e.g. datacomp:basic_filter")
+    preset.add_argument("--input", action="append", default=[], help="the pool (files, folders or globs)")
+    preset.add_argument("--threshold", type=float, help="clip_score: keep scores at least this")
+    preset.add_argument("--fraction", type=float, help="clip_score: keep this top fraction of the pool")
+    preset.add_argument("--arch", choices=["b32", "l14"], help="clip_score: whose precomputed score (default l14)")
+    preset.add_argument("--entities", help="text_based: ImageNet-21k WordNet ids, one per line (n02084071)")
+    preset.add_argument("--centroids", help="image_based: the pool's k-means centroids (.npy/.pt)")
+    preset.add_argument("--targets", help="image_based: target image embeddings (.npy/.pt)")
     run.set_defaults(handler=cmd_run)
+
+    presets = commands.add_parser("presets", help="the named presets and what each expands to")
+    presets.set_defaults(handler=cmd_presets)
 
     demo = commands.add_parser("demo", help="the main job, offline, on the embedded engine")
     demo.add_argument("--output", default="runs/demo")
@@ -106,19 +118,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from pipeline.app import claimed, execute
-    from pipeline.config import load_config
     from pipeline.run_log import run_log
+
+    settings = _run_settings(args)
+    with claimed(settings, settings.output, args.allow_changed_input, log=_log) as claim:
+        with run_log(claim.run_dir):   # opened once the run holds its folder: a refused run leaves it as it was
+            summary = execute(claim, log=_log)
+    _log(f"kept {summary['kept_rows']:,} of {summary['input_rows']:,} rows -> {settings.output}")
+    return 0
+
+
+def _run_settings(args):
+    from pipeline.config import load_config, load_with_preset
+    from pipeline.presets import PARAMS
 
     overrides = list(args.set)
     if args.engine:
         overrides.append(f"engine={args.engine}")
     if args.output:
         overrides.append(f"output={args.output}")
-    settings = load_config(args.config, overrides)
-    with claimed(settings, settings.output, args.allow_changed_input, log=_log) as claim:
-        with run_log(claim.run_dir):   # opened once the run holds its folder: a refused run leaves it as it was
-            summary = execute(claim, log=_log)
-    _log(f"kept {summary['kept_rows']:,} of {summary['input_rows']:,} rows -> {settings.output}")
+    params = {name: getattr(args, name) for name in PARAMS}
+    for name in ("entities", "centroids", "targets"):   # files named on the command line: from here
+        if params[name] is not None and "://" not in params[name]:
+            params[name] = str(Path(params[name]).resolve())
+    if args.preset:
+        if args.config is None and not args.output:
+            raise UserError(f"--preset {args.preset}: give --output (or a config)")
+        return load_with_preset(args.config, args.preset, params, args.input, overrides)
+    given = [f"--{name}" for name, value in params.items() if value is not None] + (["--input"] if args.input else [])
+    if given:
+        raise UserError(f"{given[0]} is an option of --preset")
+    if args.config is None:
+        raise UserError("run: give a config (or --preset)")
+    return load_config(args.config, overrides)
+
+
+def cmd_presets(args) -> int:
+    from pipeline.presets import describe
+
+    print(describe())
     return 0
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from pipeline import stages
 from pipeline.blocklist import BlocklistSettings
 from pipeline.core import config as core_config
+from pipeline.errors import UserError
 from pipeline.train.settings import TrainSettings
 
 _CLASSES: dict = {}
@@ -40,9 +41,28 @@ def load_config(path, overrides: list[str] = ()) -> Any:
     return core_config.load_config(path, overrides, settings_cls=run_settings_class())
 
 
+def load_with_preset(path: str | None, preset: str, params: dict, inputs: list[str],
+                     overrides: list[str] = ()) -> Any:
+    """A config (or none: `inputs` then name the pool) with a preset's sections
+    (`pipeline.presets`), `--input` paths, then `--set` overrides."""
+    from pipeline import presets
+
+    data, base_dir, source = ({}, None, "--preset") if path is None else (*core_config.read_config(path), str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping of sections at the top level")
+    data = presets.apply(data, preset, params, source)
+    if inputs:
+        data["input"]["path"] = [str(Path(p).resolve()) if "://" not in p else p for p in inputs]
+    if not data["input"].get("path"):
+        raise UserError(f"--preset {preset}: name the pool with --input (or a config's input.path)")
+    return settings_from_dict(data, source, overrides, base_dir=base_dir)
+
+
 def settings_from_dict(data: Any, source: str, overrides: list[str] = (),
                        base_dir: Path | None = None) -> Any:
     return core_config.settings_from_dict(data, source, overrides, base_dir, settings_cls=run_settings_class())
 
 
-__all__ = ["RunSettings", "SECTIONS", "load_config", "settings_from_dict"]
+__all__ = ["RunSettings", "SECTIONS", "load_config", "load_with_preset", "settings_from_dict"]

@@ -86,6 +86,12 @@ def settings_class(sections: Sequence[tuple[str, type]], module: str,
 
 def load_config(path: str | os.PathLike, overrides: list[str] = (), *, settings_cls: type) -> Any:
     """Read a YAML config, apply `--set key.sub=value` overrides, validate."""
+    data, base_dir = read_config(path)
+    return settings_from_dict(data, str(path), overrides, base_dir=base_dir, settings_cls=settings_cls)
+
+
+def read_config(path: str | os.PathLike) -> tuple[Any, Path | None]:
+    """A config file's YAML (as read, unchecked) and the folder its relative paths start from."""
     source = str(path)
     try:
         text = storage.read_text(source)
@@ -101,9 +107,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), *, settings_
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{source}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    base_dir = Path(source).parent if storage.is_local(source) else None
-    return settings_from_dict(data, source, overrides, base_dir=base_dir,
-                              settings_cls=settings_cls)
+    return data, (Path(source).parent if storage.is_local(source) else None)
 
 
 class DuplicateKeyError(yaml.YAMLError):

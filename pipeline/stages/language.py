@@ -77,11 +77,12 @@ class LanguageStage(Stage):
 
 
 def identify(model, texts: list) -> tuple[list, list]:
-    """(language code, probability) per text; (None, 0.0) for a null or blank text."""
+    """(language code, probability) per text; (None, 0.0) for a null one. A blank text is
+    identified too (fastText answers for it, as DataComp's filters take its answer)."""
     predict = model.f.predict  # the per-line call returns probabilities; batched does not here
     languages, scores = [], []
     for text in texts:
-        if not text or text.isspace():
+        if text is None:
             languages.append(None)
             scores.append(0.0)
             continue

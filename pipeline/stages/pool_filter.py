@@ -5,7 +5,10 @@ precomputed CLIP scores; this stage filters on them so only surviving rows are d
 
 - `small_image`: the smaller of `width_col`/`height_col` is below `min_side` (or missing);
 - `extreme_aspect`: the larger side over the smaller (in float64) is above `max_aspect`;
-- `low_clip_score`: `score_col` below `min_score`, or outside the global `top_fraction`.
+- `low_clip_score`: `score_col` below `min_score`, or outside the global `top_fraction`;
+- `no_entity`: with `entities` (a file of WordNet ids such as `n02084071`, DataComp's
+  ImageNet-21k list), no word of the caption (`str.split`) has a first WordNet synset
+  (`pipeline.wordnet`, NLTK's `synsets(word)[0]`) whose offset is in the list.
 
 Comparisons follow DataComp's `baselines/apply_filter.py`: a score is compared in its
 column's own type (a float32 column against the threshold rounded to float32, as numpy
@@ -48,6 +51,7 @@ class PoolFilterSettings:
     score_col: Optional[str] = None                 # e.g. clip_b32_similarity_score, clip_l14_similarity_score
     min_score: Optional[float] = None               # keep score >= min_score
     top_fraction: Optional[Annotated[float, Between(0, 1, low_open=True, high_open=True)]] = None
+    entities: Optional[str] = None                  # WordNet ids, one per line: a caption must name one
     enabled: bool = True
 
     def validate(self) -> None:
@@ -73,7 +77,13 @@ class PoolFilterStage(Stage):
     @classmethod
     def input_columns(cls, settings: PoolFilterSettings) -> tuple:
         columns = (settings.width_col, settings.height_col) if _uses_size(settings) else ()
+        columns += ("text",) if settings.entities else ()
         return columns + ((settings.score_col,) if settings.score_col else ())
+
+    def setup(self) -> None:
+        from pipeline.wordnet import read_entity_ids
+
+        self.entity_ids = read_entity_ids(self.settings.entities) if self.settings.entities else None
 
     def check_columns_of(self, table: pa.Table) -> None:
         from pipeline.core.stage import check_columns
@@ -94,7 +104,17 @@ class PoolFilterStage(Stage):
                 checks.append((pc.invert(_passes(pc.less_equal(aspect, s.max_aspect))), "extreme_aspect"))
         if s.min_score is not None:
             checks.append((pc.invert(_passes(at_least(table[s.score_col], s.min_score))), "low_clip_score"))
+        if self.entity_ids is not None:
+            checks.append((pa.array([not names_entity(t, self.entity_ids) for t in table["text"].to_pylist()]),
+                           "no_entity"))
         return with_reason(table, first_reason(checks, table.num_rows))
+
+
+def names_entity(text: str | None, entity_ids: frozenset) -> bool:
+    """DataComp's `does_contain_text_entity`: a word whose first synset's offset is listed."""
+    from pipeline.wordnet import first_synset_offset
+
+    return text is not None and any(first_synset_offset(word) in entity_ids for word in text.split())
 
 
 def _passes(condition) -> pa.Array:
@@ -187,6 +207,14 @@ def exact_rank_threshold(ctx: StepContext, inputs: list, column: str, fraction: 
 
 class PoolFilterStep(Step):
     """A map over the parts; with `top_fraction`, radix passes first find the exact threshold."""
+
+    def __init__(self, stage_cls: type, settings: PoolFilterSettings):
+        if settings.entities:   # before any work: a missing or malformed list is one line
+            from pipeline.wordnet import data_folder, read_entity_ids
+
+            read_entity_ids(settings.entities)
+            data_folder()
+        super().__init__(stage_cls, settings)
 
     def run(self, ctx: StepContext, inputs: list) -> list:
         s = self.settings
