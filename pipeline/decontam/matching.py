@@ -5,9 +5,8 @@ unrelated images lie, so each evaluation image is hashed as it is and as 75 crop
 and 10% cut, the kept window at 5 x 5 places from corner to corner): a crop of the pool's
 lands within a few bits of one of them. The pool side stays one (phash, dhash) per row.
 A pool image matches a variant when the phashes are within `distance` bits and phash plus
-dhash distance is at most `total` bits; candidates are found by banded lookup on the
-phash (d+1 bands: two hashes within d bits agree on at least one band), so a row is
-compared with the few variants that share a band value.
+dhash distance is at most `total` bits; candidates come from a faiss binary index (range
+search on the phash).
 
 Embedding. Rows of unit vectors: a pool row matches the evaluation image of largest cosine
 similarity when that is at least the threshold (blocks of rows x every evaluation image).
@@ -26,12 +25,6 @@ ANCHORS = (0.0, 0.25, 0.5, 0.75, 1.0)   # where the kept window sits, from left/
 VARIANTS = 1 + len(CROP_FRACTIONS) * len(ANCHORS) ** 2   # the image itself, then its crops
 BLOCK = 4096
 _BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def band_masks(distance: int) -> list[tuple[int, np.uint64]]:
-    """(shift, mask) of the d+1 bands that partition 64 bits (as `image_dedup` cuts them)."""
-    bounds = [b * 64 // (distance + 1) for b in range(distance + 2)]
-    return [(lo, np.uint64((1 << (hi - lo)) - 1)) for lo, hi in zip(bounds, bounds[1:])]
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
@@ -110,57 +103,53 @@ def pool_hashes(jpgs: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 class HashIndex:
-    """Evaluation images' variant hashes, sorted per phash band for lookup. A pool image
+    """Evaluation images' variant hashes in a faiss binary index (`IndexBinaryFlat`: an
+    exhaustive SIMD Hamming scan, faster here than banded lookup in numpy). A pool image
     matches a variant when their phashes are within `distance` bits and their phash and
     dhash distances add up to at most `total` bits (two hashes of the same crop: what the
     phash alone lets through among unrelated photos, the dhash rules out)."""
 
     def __init__(self, hashes: np.ndarray, distance: int, total: int, valid: Optional[np.ndarray] = None):
         """`hashes`: uint64 [images, VARIANTS, 2]; `valid`: which images have hashes."""
+        import faiss
 
         self.distance, self.total = int(distance), int(total)
         hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(hashes), -1, 2)
         owner = np.repeat(np.arange(len(hashes), dtype=np.int64), hashes.shape[1])
         keep = np.repeat(np.ones(len(hashes), bool) if valid is None else np.asarray(valid, bool), hashes.shape[1])
         flat = hashes.reshape(-1, 2)[keep]
-        self.owner, self.values, self.second = owner[keep], flat[:, 0].copy(), flat[:, 1].copy()
-        self.bands = []
-        for lo, mask in band_masks(self.distance):
-            keys = (self.values >> np.uint64(lo)) & mask
-            order = np.argsort(keys, kind="stable")
-            self.bands.append((lo, mask, keys[order], order))
+        self.owner, self.second = owner[keep], flat[:, 1].copy()
+        self.index = faiss.IndexBinaryFlat(64)
+        if len(flat):
+            self.index.add(as_codes(flat[:, 0]))
 
     def match(self, query: np.ndarray, valid: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
         """Per pool row ((phash, dhash), uint64 [n, 2]): the evaluation image with the
         nearest matching variant (-1: none; ties: the smaller index) and the phash + dhash
         distance to it (129: none)."""
         query = np.asarray(query, dtype=np.uint64).reshape(-1, 2)
-        first, second = query[:, 0].copy(), query[:, 1].copy()
-        none = 129
-        best = np.full(len(query), none, dtype=np.int64)
+        best = np.full(len(query), 129, dtype=np.int64)
         owner = np.full(len(query), -1, dtype=np.int64)
-        rows_ok = np.ones(len(query), bool) if valid is None else np.asarray(valid, bool)
-        for lo, mask, keys, order in self.bands:
-            q = (first >> np.uint64(lo)) & mask
-            start = np.searchsorted(keys, q, side="left")
-            counts = np.where(rows_ok, np.searchsorted(keys, q, side="right") - start, 0)
-            if not counts.any():
-                continue
-            rows = np.repeat(np.arange(len(query)), counts)
-            offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-            candidates = order[np.repeat(start, counts) + offsets]
-            near = popcount(first[rows] ^ self.values[candidates]).astype(np.int64)
-            total = near + popcount(second[rows] ^ self.second[candidates]).astype(np.int64)
-            ok = (near <= self.distance) & (total <= self.total)
-            rows, total, who = rows[ok], total[ok], self.owner[candidates[ok]]
-            pick = np.lexsort((who, total, rows))   # the nearest per row, ties by owner
-            rows, total, who = rows[pick], total[pick], who[pick]
-            head = np.ones(len(rows), bool)
-            head[1:] = rows[1:] != rows[:-1]
-            rows, total, who = rows[head], total[head], who[head]
-            better = (total < best[rows]) | ((total == best[rows]) & (who < owner[rows]))
-            best[rows[better]], owner[rows[better]] = total[better], who[better]
+        rows_ok = np.flatnonzero(np.ones(len(query), bool) if valid is None else np.asarray(valid, bool))
+        if not len(rows_ok) or self.index.ntotal == 0:
+            return owner, best
+        lims, near, found = self.index.range_search(as_codes(query[rows_ok, 0]), self.distance + 1)
+        rows = rows_ok[np.repeat(np.arange(len(rows_ok)), np.diff(lims).astype(np.int64))]
+        found = found.astype(np.int64)
+        total = near.astype(np.int64) + popcount(query[rows, 1] ^ self.second[found]).astype(np.int64)
+        ok = total <= self.total
+        rows, total, who = rows[ok], total[ok], self.owner[found[ok]]
+        pick = np.lexsort((who, total, rows))   # the nearest per row, ties by owner
+        rows, total, who = rows[pick], total[pick], who[pick]
+        head = np.ones(len(rows), bool)
+        head[1:] = rows[1:] != rows[:-1]
+        best[rows[head]], owner[rows[head]] = total[head], who[head]
         return owner, best
+
+
+def as_codes(values: np.ndarray) -> np.ndarray:
+    """uint64 hashes as faiss binary codes (8 bytes a row)."""
+    return np.ascontiguousarray(np.asarray(values, dtype=np.uint64).astype(">u8")).view(np.uint8).reshape(-1, 8)
 
 
 def embedding_match(x: np.ndarray, eval_x: np.ndarray, threshold: float,
