@@ -227,3 +227,22 @@ def test_ray_and_spark_give_the_local_result(fakeweb, photos, tmp_path):
     assert kept_uids(runs["local"]) == kept_uids(runs["ray"]) == kept_uids(runs["spark"])
     assert ledger_rows(runs["local"]) == ledger_rows(runs["ray"]) == ledger_rows(runs["spark"])
     assert removed_by_set(runs["local"]) == removed_by_set(runs["ray"]) == removed_by_set(runs["spark"])
+
+
+@pytest.mark.slow
+def test_embeddings_come_from_clip_score_when_it_runs(fakeweb, photos, tmp_path, tiny_clip_checkpoint):
+    """With clip_score in the run, its model embeds the sets and its `image_embedding`
+    column is the pool's (nothing encoded twice); curate-tiny cannot tell real photos apart,
+    so its threshold is set out of reach here and the hashes alone decide."""
+    import json
+
+    config = pool_config(fakeweb, tmp_path, photos)
+    config["clip_score"] = {"model": "curate-tiny", "pretrained": str(tiny_clip_checkpoint), "device": "cpu",
+                            "precision": "fp32", "batch_size": 32, "filter": "none"}
+    config["decontaminate"] = {**config["decontaminate"], "embeddings": True, "embedding_threshold": 1.0}
+    run(config)
+    assert_run_invariants(tmp_path / "run")
+    stats = json.loads(next((tmp_path / "run" / "steps").glob("*_decontaminate/stats.json")).read_text())
+    assert stats["decontaminate"]["model"] == "curate-tiny"
+    assert removed_by_set(tmp_path / "run") == {"coco-like": 29, "wds-like": 10, "hf-like": 10}
+    assert "image_embedding" not in read_dataset(tmp_path / "run" / "kept").column_names
