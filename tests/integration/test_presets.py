@@ -103,6 +103,29 @@ def text_based(df) -> set:
     return set(df.uid[english(df.text) & df.text.apply(has_entity)])
 
 
+def fasttext_tokens(text: str) -> int:
+    """len(fasttext.tokenize(text)): fastText's Dictionary::readWord, written out (words split
+    on space, tab, newline, CR, VT, FF, NUL; each newline one more token, `</s>`)."""
+    count, word = 0, False
+    for char in text:
+        if char in " \t\n\r\x0b\x0c\x00":
+            count += word + (char == "\n")
+            word = False
+        else:
+            word = True
+    return count + word
+
+
+def image_based(df, l14: np.ndarray, centroids: np.ndarray, targets: np.ndarray) -> set:
+    def nearest(x):
+        return np.argmax(x.astype(np.float32) @ centroids.astype(np.float32).T, axis=1)
+
+    target_ids = set(np.unique(nearest(targets)).tolist())
+    in_target = np.array([c in target_ids for c in nearest(l14)])
+    captions = english(df.text) & (df.text.apply(fasttext_tokens) > 1) & (df.text.apply(len) > 5)
+    return set(df.uid[captions & in_target])
+
+
 def kept_with(folder: Path, name: str, preset: str, **params) -> set:
     settings = load_with_preset(None, preset, params, [str(folder / "pool")],
                                 [f"output={folder / name}", "processes=2", "input.part_rows=150"])
@@ -218,3 +241,51 @@ def test_presets_command_lists_every_preset_with_its_sections():
     for name in PRESETS:
         assert f"\n{name}: " in "\n" + result.stdout
     assert "min_side: 200" in result.stdout and "word_split: fasttext" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def clustered_pool(pool):
+    """The pool's L/14 image embeddings (npz beside each shard) near 12 centroids, and
+    targets near 4 of them."""
+    folder, table = pool
+    rng = np.random.default_rng(11)
+    centroids = rng.standard_normal((12, 64)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    l14 = (centroids[rng.integers(0, 12, table.num_rows)] + 0.05 * rng.standard_normal((table.num_rows, 64)))
+    l14 = l14.astype(np.float16)
+    for i, start in enumerate(range(0, table.num_rows, 400)):
+        np.savez(folder / "pool" / f"{i:08d}.npz", l14_img=l14[start:start + 400])
+    targets = (centroids[[0, 3, 5, 8]] + 0.05 * rng.standard_normal((4, 64))).astype(np.float32)
+    np.save(folder / "centroids.npy", centroids)
+    np.save(folder / "targets.npy", targets)
+    return folder, table, l14, centroids, targets
+
+
+def test_image_based_presets_keep_what_datacomp_keeps(clustered_pool):
+    folder, table, l14, centroids, targets = clustered_pool
+    df = table.to_pandas()
+    files = {"centroids": str(folder / "centroids.npy"), "targets": str(folder / "targets.npy")}
+    expected = image_based(df, l14, centroids, targets)
+    assert 0 < len(expected) < table.num_rows
+    assert kept_with(folder, "image_based", "datacomp:image_based", **files) == expected
+    both = expected & clip_score(df, "clip_l14_similarity_score", fraction=0.4)
+    assert 0 < len(both) < len(expected)
+    assert kept_with(folder, "image_based_clip", "datacomp:image_based_intersect_clip_score", fraction=0.4,
+                     **files) == both
+
+
+@pytest.mark.slow   # the Ray and Spark engines
+def test_presets_write_the_same_uids_on_every_engine(pool, tmp_path):
+    """The exact top fraction (a global step) and the text rules give one uids.npy everywhere."""
+    folder, table = pool
+    written = {}
+    for engine in ("local", "ray", "spark"):
+        settings = load_with_preset(None, "datacomp:clip_score", {"fraction": 0.3, "arch": "b32"},
+                                    [str(folder / "pool")],
+                                    [f"output={tmp_path / engine}", f"engine={engine}", "processes=2",
+                                     "input.part_rows=150", "ray.num_cpus=2", "spark.master=local[2]",
+                                     "caption_filter.min_words=3", "language.keep=[en]"])
+        run_pipeline(settings, settings.output, log=lambda *_: None)
+        written[engine] = np.load(tmp_path / engine / "uids.npy")
+    assert len(written["local"]) > 0
+    assert np.array_equal(written["local"], written["ray"]) and np.array_equal(written["local"], written["spark"])
