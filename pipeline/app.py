@@ -21,6 +21,7 @@ from pipeline.core.tasks import LEDGER_SCHEMA, peak_rss_bytes
 from pipeline.engines import make_engine
 from pipeline.errors import UserError
 from pipeline.stages.ingest import IngestStep, plan_input
+from pipeline.stages.pool_embeddings import npz_path
 
 TIMING_FILE = "timing.json"   # the run's wall time, finalize time, slots, driver memory (for `curate plan`)
 UIDS_FILE = "uids.npy"        # the kept uids in DataComp's format (`core.uid_arrays`)
@@ -88,7 +89,8 @@ def claimed(settings: RunSettings, run_dir: str | Path,
     with lease.held(run_dir):
         check_same_config(settings, run_dir)
         subset = [settings.input.uids] if settings.input.uids else []   # a changed uids.npy is a changed input
-        files = list(dict.fromkeys([piece.path for piece in planned] + subset))
+        embeddings = [npz_path(piece.path) for piece in planned] if settings.input.embeddings else []
+        files = list(dict.fromkeys([piece.path for piece in planned] + subset + embeddings))
         for change in fingerprint.check_inputs(run_dir, files, allow_changed_input):
             log(f"warning: {change} (going on: --allow-changed-input)")
         yield Claim(settings, run_dir, planned)

@@ -289,3 +289,20 @@ def test_presets_write_the_same_uids_on_every_engine(pool, tmp_path):
         written[engine] = np.load(tmp_path / engine / "uids.npy")
     assert len(written["local"]) > 0
     assert np.array_equal(written["local"], written["ray"]) and np.array_equal(written["local"], written["spark"])
+
+
+def test_a_changed_npz_is_a_changed_input(clustered_pool, tmp_path):
+    """Resuming after a pool's embeddings changed refuses, as for its parquet."""
+    folder, table, l14, centroids, targets = clustered_pool
+    files = {"centroids": str(folder / "centroids.npy"), "targets": str(folder / "targets.npy")}
+    kept_with(folder, "npz_changed", "datacomp:image_based", **files)
+    npz = folder / "pool" / "00000001.npz"
+    original = npz.read_bytes()
+    try:
+        np.savez(npz, l14_img=l14[400:800][::-1])
+        settings = load_with_preset(None, "datacomp:image_based", files, [str(folder / "pool")],
+                                    [f"output={folder / 'npz_changed'}", "processes=2", "input.part_rows=150"])
+        with pytest.raises(Exception, match="00000001.npz"):
+            run_pipeline(settings, settings.output, log=lambda *_: None)
+    finally:
+        npz.write_bytes(original)
