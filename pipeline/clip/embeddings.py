@@ -32,3 +32,38 @@ def embedding_rows(column) -> tuple[np.ndarray, np.ndarray]:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
     return x, valid & (norms[:, 0] > 0)
+
+
+# --- which embedding column a stage reads (clip_score's, or a pool's) -------------------------
+
+POOL_PREFIX = "pool_"   # pool_embeddings.PREFIX: a pool array `l14_img` is the column `pool_l14_img`
+
+
+def is_pool_column(column: str) -> bool:
+    return column.startswith(POOL_PREFIX) and len(column) > len(POOL_PREFIX)
+
+
+def check_embedding_name(key: str, column: str, own: tuple) -> None:
+    """`column` is one of clip_score's `own` columns or a pool column; a one-line UserError
+    naming the setting `key` otherwise."""
+    from pipeline.errors import UserError
+
+    if column in own or is_pool_column(column):
+        return
+    raise UserError(f"{key} must be {' or '.join(own)} (clip_score's) or a pool's column pool_<array> "
+                    f"(an array listed in input.embeddings, e.g. pool_l14_img), got {column!r}")
+
+
+def missing_hint(column: str) -> str:
+    """How a run gets the embedding column `column`."""
+    if is_pool_column(column):
+        return f"list {column[len(POOL_PREFIX):]} in input.embeddings: the pool's .npz arrays"
+    return "add a clip_score section before it"
+
+
+def embedding_width(fields: dict, column: str):
+    """The width of `column` where the run's column plan (`fields`: column -> (Arrow type,
+    step)) declares it as fixed-size lists, else None."""
+    type_ = fields.get(column, (None, ""))[0]
+    return type_.list_size if type_ is not None and pa.types.is_fixed_size_list(type_) else None
+

@@ -13,6 +13,9 @@ sigmoid` after the last one. Each head reads the L2-normalised `image_embedding`
 rows past it as `reason` (default: nsfw -> `nsfw`, watermark -> `watermark`, aesthetic ->
 `low_aesthetic`, else the name); a row past several heads goes with the first one's reason.
 A row without an embedding (null or zero) gets a null score and is never dropped here.
+With `embedding: pool_b32_img` (any `pool_<array>` of `input.embeddings`) a head reads a
+DataComp pool's precomputed embeddings instead (float16, converted to float32 and
+re-normalised): no clip_score section, no download (LAION's heads take 512-d, i.e. b32).
 
 The driver reads every head when the run starts, before download, and again before the
 step's tasks (a missing or corrupt file, a bad setting or an input size that does not match
@@ -34,7 +37,15 @@ from typing import Annotated, Literal, Optional
 import numpy as np
 import pyarrow as pa
 
-from pipeline.clip.embeddings import IMAGE_EMBEDDING, TEXT_EMBEDDING, embedding_rows
+from pipeline.clip.embeddings import (
+    IMAGE_EMBEDDING,
+    TEXT_EMBEDDING,
+    check_embedding_name,
+    embedding_rows,
+    embedding_width,
+    is_pool_column,
+    missing_hint,
+)
 from pipeline.core import parts, storage
 from pipeline.core.constraints import Finite, Invalid, NonEmpty
 from pipeline.core.parts import PartRef
@@ -55,6 +66,7 @@ class HeadSettings:
     activation: Literal["none", "sigmoid"] = "none"  # after the last layer
     hidden_activation: Literal["none", "relu"] = "none"   # between layers
     input: Literal["image", "text"] = "image"        # which clip_score embedding it reads
+    embedding: str = ""                              # or this column (a pool's: pool_b32_img, ...)
     reason: Optional[str] = None                     # default: nsfw, watermark, low_aesthetic, name
 
     def validate(self) -> None:
@@ -112,6 +124,11 @@ def check_settings(settings: HeadsSettings) -> None:
                              ("input", ("image", "text"))):
             if getattr(head, key) not in allowed:
                 raise fail(f"{key} must be one of {', '.join(allowed)}, got {getattr(head, key)!r}")
+        if head.embedding:
+            try:
+                check_embedding_name("embedding", head.embedding, (IMAGE_EMBEDDING, TEXT_EMBEDDING))
+            except UserError as exc:
+                raise fail(str(exc)) from None
         if reason_of(head) in ("", "kept"):
             raise fail(f"reason {reason_of(head)!r} cannot name a drop")
 
@@ -223,7 +240,14 @@ def load_head(head: HeadSettings, digest: Optional[str] = None) -> Head:
 # --- scoring ------------------------------------------------------------------------------
 
 def input_column(head: HeadSettings) -> str:
-    return IMAGE_EMBEDDING if head.input == "image" else TEXT_EMBEDDING
+    """The column it reads: `embedding` where set, else clip_score's by `input`."""
+    return head.embedding or (IMAGE_EMBEDDING if head.input == "image" else TEXT_EMBEDDING)
+
+
+def missing_column(head: HeadSettings) -> UserError:
+    column = input_column(head)
+    hint = missing_hint(column).replace("before it", "before heads")
+    return head_error(head, f"the rows have no {column!r} column ({hint})")
 
 
 def check_fits(head: Head, schema: pa.Schema) -> None:
@@ -231,10 +255,13 @@ def check_fits(head: Head, schema: pa.Schema) -> None:
     s = head.settings
     column = input_column(s)
     if column not in schema.names:
-        raise head_error(s, f"the rows have no {column!r} column (add a clip_score section before heads)")
-    dim = schema.field(column).type.list_size
-    if head.dim != dim:
-        raise dim_error(head, f"clip_score's {s.input} embeddings are {dim}-dim")
+        raise missing_column(s)
+    type_ = schema.field(column).type
+    if not pa.types.is_fixed_size_list(type_):
+        raise head_error(s, f"{column!r} is {type_}, not an embedding column (fixed-size lists of floats)")
+    if head.dim != type_.list_size:
+        raise dim_error(head, f"the pool's {column} is {type_.list_size}-dim" if is_pool_column(column)
+                        else f"clip_score's {s.input} embeddings are {type_.list_size}-dim")
     if score_column(s) in schema.names:
         raise head_error(s, f"the rows already have a {score_column(s)!r} column: rename the head")
 
@@ -316,11 +343,14 @@ class HeadsStep(Step):
         as its embedding column has where the run's plan knows that (`fields`: column ->
         (Arrow type, the step that adds it))."""
         for head in self.settings.heads:
+            column = input_column(head)
+            if fields is not None and column not in fields and is_pool_column(column):
+                raise missing_column(head)
             loaded = parse_head(head, read_head(head))
-            type_, step = (fields or {}).get(input_column(head), (None, ""))
-            dim = type_.list_size if type_ is not None and pa.types.is_fixed_size_list(type_) else None
+            dim = embedding_width(fields or {}, column)
             if dim is not None and loaded.dim != dim:
-                raise dim_error(loaded, f"{step}'s model gives {dim}-dim embeddings")
+                raise dim_error(loaded, f"the pool's {column} is {dim}-dim" if is_pool_column(column)
+                                else f"{fields[column][1]}'s model gives {dim}-dim embeddings")
 
     def check_inputs(self, fields: dict) -> None:
         self.check_files(fields)

@@ -28,7 +28,11 @@ assignment is in float64).
 
 It reads `image_embedding` (declared, so clip_score adds the embeddings for it); the run
 keeps the embedding columns in its result only where an output asks for them
-(`clip_score.keep_embeddings`).
+(`clip_score.keep_embeddings`). With `embedding: pool_l14_img` (any `pool_<array>` of
+`input.embeddings`) it reads a DataComp pool's precomputed embeddings instead (float16,
+converted to float32 and re-normalised): a metadata-only run, no clip_score, no download.
+The run's index then holds that column's embeddings; `exclude` compares them with earlier
+runs' (the same width is checked before the run; use the same CLIP model).
 """
 from __future__ import annotations
 
@@ -40,7 +44,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.clip.embeddings import IMAGE_EMBEDDING, embedding_rows
+from pipeline.clip.embeddings import (
+    IMAGE_EMBEDDING,
+    check_embedding_name,
+    embedding_rows,
+    embedding_width,
+    is_pool_column,
+    missing_hint,
+)
 from pipeline.core import parts, run_index
 from pipeline.core.constraints import AtLeast, Between
 from pipeline.core.hashing import splitmix64, uid_to_u64
@@ -60,6 +71,7 @@ class SemanticDedupSettings:
     sample_rows: Annotated[int, AtLeast(1)] = 100_000  # rows the k-means trains on (hash of seed, uid)
     keep: Literal["hard", "easy", "random"] = "hard"
     niter: Annotated[int, AtLeast(1)] = 20             # k-means iterations
+    embedding: str = IMAGE_EMBEDDING   # the column it reads: clip_score's, or a pool's (pool_l14_img, ...)
     enabled: bool = True
 
 
@@ -205,11 +217,12 @@ class ReadSample:
     refs: list
     rows: int
     seed: int
+    column: str = IMAGE_EMBEDDING
 
     def __call__(self) -> pa.Table:
         held = None
         for ref in parts.as_refs(self.refs):
-            table = parts.read_ref(ref, ["uid", POS, IMAGE_EMBEDDING])
+            table = parts.read_ref(ref, ["uid", POS, self.column])
             held = table if held is None else parts.concat([held, table])
             held = self.smallest(held)
         return held
@@ -241,9 +254,10 @@ class ReadPicked:
     refs: list
     cut: int
     seed: int
+    column: str = IMAGE_EMBEDDING
 
     def __call__(self) -> pa.Table:
-        return parts.concat([self.pick(parts.read_ref(ref, ["uid", POS, IMAGE_EMBEDDING]))
+        return parts.concat([self.pick(parts.read_ref(ref, ["uid", POS, self.column]))
                              for ref in parts.as_refs(self.refs)])
 
     def pick(self, table: pa.Table) -> pa.Table:
@@ -261,12 +275,13 @@ class TrainKMeans:
     clusters: int
     seed: int
     niter: int
+    column: str = IMAGE_EMBEDDING
 
     def __call__(self, table: pa.Table):
-        x = embeddings_of(table[IMAGE_EMBEDDING])
+        x = embeddings_of(table[self.column])
         x = x[np.linalg.norm(x, axis=1) > 0]
         if len(x) == 0:
-            x = np.zeros((1, table.schema.field(IMAGE_EMBEDDING).type.list_size), np.float32)
+            x = np.zeros((1, table.schema.field(self.column).type.list_size), np.float32)
         centroids = train_centroids(x, self.clusters, self.seed, self.niter)
         return table.select(["uid"]), {"centroids": centroids}
 
@@ -275,11 +290,12 @@ class TrainKMeans:
 class AssignClusters:
     """Op of `scatter`: nearest centroid (read from the `sample` phase), rows sorted by it."""
     sample_dir: str
+    column: str = IMAGE_EMBEDDING
 
     def __call__(self, table: pa.Table) -> pa.Table:
         centroids = built_once(("semantic_dedup.centroids", self.sample_dir),
                                lambda: load_extras(self.sample_dir, 0)["centroids"])
-        cluster, sim = nearest_centroid(embeddings_of(table[IMAGE_EMBEDDING]), centroids)
+        cluster, sim = nearest_centroid(embeddings_of(table[self.column]), centroids)
         table = table.append_column(CLUSTER, pa.array(cluster)).append_column(CENTROID_SIM, pa.array(sim))
         return table.sort_by([(CLUSTER, "ascending"), (POS, "ascending")])
 
@@ -305,26 +321,29 @@ class ReadClusters:
     refs: list
     earlier: list
     threshold: float
+    column: str = IMAGE_EMBEDDING
 
     def __call__(self) -> pa.Table:
         table = ReadParts(self.refs)()
         if not self.earlier:
             return table
-        old = parts.concat([parts.read_ref(ref, [CLUSTER, IMAGE_EMBEDDING]) for ref in parts.as_refs(self.earlier)])
-        found = earlier_matches(embeddings_of(table[IMAGE_EMBEDDING]), table[CLUSTER].to_numpy(),
-                                embeddings_of(old[IMAGE_EMBEDDING]), old[CLUSTER].to_numpy(), self.threshold)
+        old = parts.concat([parts.read_ref(ref, [CLUSTER, self.column]) for ref in parts.as_refs(self.earlier)])
+        found = earlier_matches(embeddings_of(table[self.column]), table[CLUSTER].to_numpy(),
+                                embeddings_of(old[self.column]), old[CLUSTER].to_numpy(), self.threshold)
         return table.append_column(IN_EARLIER, pa.array(found))
 
 
 @dataclass
 class ReadEarlierEmbeddings:
-    """Reader of `earlier`: the image embeddings of some earlier runs' index files."""
+    """Reader of `earlier`: the image embeddings of some earlier runs' index files (named
+    `column`, the one this run reads)."""
     refs: list
+    column: str = IMAGE_EMBEDDING
 
     def __call__(self) -> pa.Table:
-        tables = [parts.read_ref(ref, ["uid", IMAGE_EMBEDDING]) for ref in parts.as_refs(self.refs)]
-        table = parts.concat(tables)
-        table = table.filter(pc.is_valid(table[IMAGE_EMBEDDING]))
+        tables = [parts.read_ref(ref, ["uid", run_index.EMBEDDING]) for ref in parts.as_refs(self.refs)]
+        table = parts.concat(tables).rename_columns(["uid", self.column])
+        table = table.filter(pc.is_valid(table[self.column]))
         return table.append_column(POS, pa.array(np.full(table.num_rows, -1, np.int64)))
 
 
@@ -338,7 +357,8 @@ class DropSemanticDuplicates:
 
     def __call__(self, table: pa.Table):
         uids = table["uid"].to_pylist()
-        x = embeddings_of(table[IMAGE_EMBEDDING])
+        column = self.settings.embedding
+        x = embeddings_of(table[column])
         earlier = (table[IN_EARLIER].to_numpy(zero_copy_only=False) if IN_EARLIER in table.column_names
                    else np.zeros(table.num_rows, dtype=bool))
         x[earlier] = 0   # rows of an earlier run go as such, and are never compared here
@@ -346,7 +366,7 @@ class DropSemanticDuplicates:
                                      table[POS].to_numpy(), self.settings, self.seed)
         reasons = np.where(earlier, IN_EARLIER_RUN, np.where(of >= 0, SEMANTIC_DUPLICATE, None))
         table = table.drop_columns([c for c in (CENTROID_SIM, IN_EARLIER) if c in table.column_names])
-        table = table.append_column(INDEX_EMBEDDING, table[IMAGE_EMBEDDING])
+        table = table.append_column(INDEX_EMBEDDING, table[column])
         examples = example_pairs(uids, of, sim, EXAMPLES)
         return (table.append_column(REASON, pa.array(reasons.tolist(), pa.string())),
                 examples if len(examples["removed"]) else {})
@@ -361,6 +381,12 @@ class SemanticDedupStage(Stage):
     outputs = ()
     inputs_from = "clip_score"
 
+    @classmethod
+    def input_columns(cls, settings) -> tuple:
+        """uid, `_pos` and the embedding column it is set to read (so clip_score adds its
+        embeddings only when that is `image_embedding`)."""
+        return ("uid", POS, settings.embedding)
+
 
 class SemanticDedupStep(Step):
     def __init__(self, settings: SemanticDedupSettings, exclude: list[str] = ()):
@@ -372,6 +398,22 @@ class SemanticDedupStep(Step):
             raise UserError(f"semantic_dedup.keep must be hard, easy or random, got {settings.keep!r}")
         if settings.clusters < 0 or settings.sample_rows < 1:
             raise UserError("semantic_dedup.clusters must be >= 0 and sample_rows >= 1")
+        check_embedding_name("semantic_dedup.embedding", settings.embedding, (IMAGE_EMBEDDING,))
+
+    def check_inputs(self, fields: dict) -> None:
+        """Before any work: a pool column is one the input declares (`input.embeddings`), and
+        the excluded runs' index embeddings are as wide as the column read."""
+        column = self.settings.embedding
+        if column not in fields and is_pool_column(column):
+            raise UserError(f"semantic_dedup: the rows have no {column!r} column ({missing_hint(column)})")
+        width = embedding_width(fields, column)
+        if width is None or not self.exclude:
+            return
+        for path in run_index.with_embeddings(run_index.earlier_files(self.exclude)):
+            type_ = parts.read_schema(path).field(run_index.EMBEDDING).type
+            if pa.types.is_fixed_size_list(type_) and type_.list_size != width:
+                raise UserError(f"semantic_dedup: exclude: {path}: {type_.list_size}-dim image embeddings, this "
+                                f"run's {column!r} is {width}-dim (compare runs of the same CLIP model)")
 
     def clusters_for(self, rows: int) -> int:
         sample = min(rows, self.settings.sample_rows)
@@ -385,20 +427,21 @@ class SemanticDedupStep(Step):
         k = self.clusters_for(rows)
         groups = group_by_rows(inputs, ctx.task_rows, counts)
         cut = sample_cut(rows, self.settings.sample_rows)
-        ctx.run_phase("pick", [ReadPicked(g, cut, ctx.seed) for g in groups], keep_all, counted=False)
+        column = self.settings.embedding
+        ctx.run_phase("pick", [ReadPicked(g, cut, ctx.seed, column) for g in groups], keep_all, counted=False)
         picked = ctx.data_parts("pick", len(groups))
-        ctx.run_phase("sample", [ReadSample(picked, self.settings.sample_rows, ctx.seed)],
-                      TrainKMeans(k, ctx.seed, self.settings.niter), counted=False)
+        ctx.run_phase("sample", [ReadSample(picked, self.settings.sample_rows, ctx.seed, column)],
+                      TrainKMeans(k, ctx.seed, self.settings.niter, column), counted=False)
         ctx.record["semantic_dedup"] = {"clusters": k, "sample_rows": min(rows, self.settings.sample_rows),
                                         "centroids": "sample/done/part-00000.npz"}
         stats = ctx.run_phase("scatter", [ReadParts(g) for g in groups],
-                              AssignClusters(ctx.phase_dir("sample")), row_group_key=CLUSTER)
+                              AssignClusters(ctx.phase_dir("sample"), column), row_group_key=CLUSTER)
         scattered = ctx.data_parts("scatter", len(groups))
         ranges = bucket_ranges(k, -(-rows // ctx.task_rows))
         op = DropSemanticDuplicates(self.settings, ctx.seed)
         earlier = self.scatter_earlier(ctx)
         threshold = 1.0 - float(self.settings.eps)
-        reduced = ctx.run_phase("reduce", [ReadClusters(bucket_refs(scattered, stats, r), earlier(r), threshold)
+        reduced = ctx.run_phase("reduce", [ReadClusters(bucket_refs(scattered, stats, r), earlier(r), threshold, column)
                                            for r in ranges], op, row_group_key=CLUSTER)
         ctx.record["semantic_dedup"]["examples"] = examples(ctx.extras("reduce"), EXAMPLES)
         return ctx.keyed_parts("reduce", reduced, [list(r) for r in ranges])
@@ -409,8 +452,9 @@ class SemanticDedupStep(Step):
         if not files:
             return lambda clusters: []
         groups = group_by_rows(files, ctx.task_rows)
-        stats = ctx.run_phase("earlier", [ReadEarlierEmbeddings(g) for g in groups],
-                              AssignClusters(ctx.phase_dir("sample")), row_group_key=CLUSTER, counted=False)
+        column = self.settings.embedding
+        stats = ctx.run_phase("earlier", [ReadEarlierEmbeddings(g, column) for g in groups],
+                              AssignClusters(ctx.phase_dir("sample"), column), row_group_key=CLUSTER, counted=False)
         scattered = ctx.data_parts("earlier", len(groups))
         return lambda clusters: bucket_refs(scattered, stats, clusters)
 
