@@ -226,3 +226,19 @@ def test_same_semantic_dedup_on_ray_and_spark(pool, engine):
     assert_run_invariants(folder / f"engine_{engine}")
     assert kept_uids(folder / f"engine_{engine}") == kept_uids(reference)
     assert ledger_rows(folder / f"engine_{engine}") == ledger_rows(reference)
+
+
+def test_excluding_a_run_of_another_embedding_width_is_one_line_before_the_run(pool):
+    """A run's index holds the embeddings semantic_dedup read (here the pool's L/14); a later
+    run comparing its B/32 ones with them is refused before it starts."""
+    folder, _, _ = pool
+    earlier = folder / "semantic"
+    if not earlier.exists():
+        run(config(folder, earlier.name, semantic_dedup={"embedding": "pool_l14_img", "clusters": 1}))
+    with pytest.raises(UserError) as error:
+        run(config(folder, "exclude_b32", semantic_dedup={"embedding": "pool_b32_img", "clusters": 1},
+                   exclude=[str(earlier)]))
+    message = str(error.value)
+    assert message.startswith("semantic_dedup: exclude: ") and "768-dim image embeddings, this run's " \
+        "'pool_b32_img' is 512-dim" in message and "\n" not in message, message
+    assert not (folder / "exclude_b32").exists()
