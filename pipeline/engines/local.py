@@ -3,7 +3,13 @@
 The workers die with the driver: `stop` (a stop signal, a failed task) terminates them, and a
 driver killed outright leaves them orphans that end by themselves within a second
 (`pipeline.core.stopping.exit_with_parent`). They ignore SIGINT: Ctrl-C reaches the terminal's
-whole process group, and the driver stops them in order."""
+whole process group, and the driver stops them in order.
+
+A worker that dies under a task (killed for memory, a crash in native code) would leave
+`multiprocessing.Pool` waiting for that task forever: the driver watches its workers while
+it waits, and when one is gone it starts a fresh pool and runs the unfinished tasks again
+(a task is idempotent: a finished part is found by its marker), up to `LOST_WORKER_RETRIES`
+times, then fails naming how the worker died."""
 from __future__ import annotations
 
 import multiprocessing
@@ -15,6 +21,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pipeline.core.engine import Engine
+
+LOST_WORKER_RETRIES = 3
+WATCH_SECONDS = 1.0   # how often a waiting driver looks at its workers
+
+
+class LostWorker(Exception):
+    """A pool worker died while tasks were outstanding."""
 
 
 @dataclass
@@ -46,16 +59,25 @@ class LocalEngine(Engine):
                 if on_result is not None:
                     on_result(index, results[-1])
             return results
-        fn = self.prepared(fn)
-        if self._pool is None:  # workers live for the whole run, so models load once each
-            self._pool = self._start_pool()
-        if on_result is None:
-            return list(progress(self._pool.imap(fn, tasks, chunksize=1), len(tasks)))
-        results = [None] * len(tasks)
-        # started in order as imap does, each result taken as it comes
-        for index, result in self._pool.imap_unordered(Indexed(fn), enumerate(tasks), chunksize=1):
-            results[index] = result
-            on_result(index, result)
+        fn = Indexed(self.prepared(fn))
+        results: list = [None] * len(tasks)
+        pending = dict.fromkeys(range(len(tasks)))   # in order: started in order, as imap does
+        for attempt in range(LOST_WORKER_RETRIES + 1):
+            if self._pool is None:  # workers live for the whole run, so models load once each
+                self._pool = self._start_pool()
+            items = self._pool.imap_unordered(fn, [(i, tasks[i]) for i in pending], chunksize=1)
+            try:
+                for index, result in progress(_watched(items, list(self._pool._pool)), len(pending)):
+                    results[index] = result   # each result taken as it comes
+                    del pending[index]
+                    if on_result is not None:
+                        on_result(index, result)
+                return results
+            except LostWorker as lost:
+                self.stop()
+                if attempt == LOST_WORKER_RETRIES:
+                    raise RuntimeError(f"local: a worker process died {attempt + 1} times ({lost}); "
+                                       f"{len(pending)} task(s) not finished") from None
         return results
 
     def _start_pool(self):
@@ -80,6 +102,20 @@ class LocalEngine(Engine):
         if self._pool is not None:
             pool, self._pool = self._pool, None
             pool.terminate()
+
+
+def _watched(items, workers: list):
+    """The results of `items` (an `imap_unordered`); `LostWorker` once one of `workers` died."""
+    while True:
+        try:
+            yield items.next(timeout=WATCH_SECONDS)
+        except StopIteration:
+            return
+        except multiprocessing.TimeoutError:
+            dead = [w.exitcode for w in workers if w.exitcode is not None]
+            if dead:
+                code = dead[0]
+                raise LostWorker(f"killed by signal {-code}" if code < 0 else f"exit status {code}") from None
 
 
 def _start_worker(threads: int, driver_pid: int, created_on_main_thread: bool,
