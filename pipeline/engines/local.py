@@ -24,6 +24,7 @@ from pipeline.core.engine import Engine
 
 LOST_WORKER_RETRIES = 3
 WATCH_SECONDS = 1.0   # how often a waiting driver looks at its workers
+STOP_SECONDS = 30.0   # longest wait for the pool to end in order before its workers are killed
 
 
 class LostWorker(Exception):
@@ -46,6 +47,7 @@ class LocalEngine(Engine):
     def __init__(self, processes: int | None = None):
         self.processes = max(1, processes or os.cpu_count() or 1)
         self._pool = None
+        self._workers: list = []   # the pool's first workers: any of them gone, the pool is not trusted
 
     def parallelism(self) -> int:
         return self.processes
@@ -63,11 +65,14 @@ class LocalEngine(Engine):
         results: list = [None] * len(tasks)
         pending = dict.fromkeys(range(len(tasks)))   # in order: started in order, as imap does
         for attempt in range(LOST_WORKER_RETRIES + 1):
+            if self._pool is not None and _dead(self._workers):   # died while idle: maybe holding the queue
+                self.stop()
             if self._pool is None:  # workers live for the whole run, so models load once each
                 self._pool = self._start_pool()
+                self._workers = list(self._pool._pool)
             items = self._pool.imap_unordered(fn, [(i, tasks[i]) for i in pending], chunksize=1)
             try:
-                for index, result in progress(_watched(items, list(self._pool._pool)), len(pending)):
+                for index, result in progress(_watched(items, self._workers), len(pending)):
                     results[index] = result   # each result taken as it comes
                     del pending[index]
                     if on_result is not None:
@@ -98,10 +103,19 @@ class LocalEngine(Engine):
             self._pool = None
 
     def stop(self):
-        """Kill the workers where they are (SIGTERM; a part being written stays a temporary)."""
+        """Kill the workers where they are (SIGTERM; a part being written stays a temporary).
+        `Pool.terminate` waits for the lock of the pool's task queue, which a worker killed
+        while taking a task holds forever: after STOP_SECONDS the workers are killed outright."""
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            pool.terminate()
+            workers = list(pool._pool)
+            ender = threading.Thread(target=pool.terminate, name="curate-pool-terminate", daemon=True)
+            ender.start()
+            ender.join(STOP_SECONDS)
+            if ender.is_alive():
+                for worker in workers + list(pool._pool):
+                    if worker.exitcode is None:
+                        worker.kill()
 
 
 def _watched(items, workers: list):
@@ -112,10 +126,14 @@ def _watched(items, workers: list):
         except StopIteration:
             return
         except multiprocessing.TimeoutError:
-            dead = [w.exitcode for w in workers if w.exitcode is not None]
-            if dead:
-                code = dead[0]
+            code = _dead(workers)
+            if code is not None:
                 raise LostWorker(f"killed by signal {-code}" if code < 0 else f"exit status {code}") from None
+
+
+def _dead(workers: list):
+    """The exit code of the first of `workers` that has ended, else None."""
+    return next((w.exitcode for w in workers if w.exitcode is not None), None)
 
 
 def _start_worker(threads: int, driver_pid: int, created_on_main_thread: bool,

@@ -275,16 +275,20 @@ def test_image_based_presets_keep_what_datacomp_keeps(clustered_pool):
 
 
 @pytest.mark.slow   # the Ray and Spark engines
-def test_presets_write_the_same_uids_on_every_engine(pool, tmp_path):
-    """The exact top fraction (a global step) and the text rules give one uids.npy everywhere."""
-    folder, table = pool
+def test_every_preset_rule_writes_the_same_uids_on_every_engine(clustered_pool, tmp_path):
+    """Every rule the presets use at once (captions as fastText tokens, language, sizes, the
+    exact top fraction, WordNet entities, image clusters) gives one uids.npy everywhere."""
+    folder, table, l14, centroids, targets = clustered_pool
+    (folder / "entities.txt").write_text("\n".join(ENTITIES) + "\n")
+    files = {"centroids": str(folder / "centroids.npy"), "targets": str(folder / "targets.npy")}
+    rules = ["pool_filter.min_side=150", "pool_filter.max_aspect=3.0",
+             f"pool_filter.entities={folder / 'entities.txt'}"]
     written = {}
     for engine in ("local", "ray", "spark"):
-        settings = load_with_preset(None, "datacomp:clip_score", {"fraction": 0.3, "arch": "b32"},
+        settings = load_with_preset(None, "datacomp:image_based_intersect_clip_score", {"fraction": 0.6, **files},
                                     [str(folder / "pool")],
                                     [f"output={tmp_path / engine}", f"engine={engine}", "processes=2",
-                                     "input.part_rows=150", "ray.num_cpus=2", "spark.master=local[2]",
-                                     "caption_filter.min_words=3", "language.keep=[en]"])
+                                     "input.part_rows=150", "ray.num_cpus=2", "spark.master=local[2]", *rules])
         run_pipeline(settings, settings.output, log=lambda *_: None)
         written[engine] = np.load(tmp_path / engine / "uids.npy")
     assert len(written["local"]) > 0

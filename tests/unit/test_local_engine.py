@@ -43,3 +43,19 @@ def test_a_task_that_always_kills_its_worker_fails_naming_the_signal(monkeypatch
     with pytest.raises(RuntimeError, match=r"died 2 times \(killed by signal 9\)"):
         with LocalEngine(processes=2) as engine:
             engine.map(always_dies, range(4))
+
+
+def square(task: int) -> int:
+    return task * task
+
+
+def test_workers_killed_while_idle_do_not_stall_the_next_map(monkeypatch):
+    """An idle worker waits for its next task holding the pool's queue lock: killed there (the
+    kernel's OOM killer picks the largest process), no worker could take a task again and
+    `Pool.terminate` would wait forever. The next map starts a fresh pool instead."""
+    monkeypatch.setattr(local, "STOP_SECONDS", 2.0)
+    with LocalEngine(processes=2) as engine:
+        assert engine.map(square, range(4)) == [0, 1, 4, 9]
+        for worker in engine._workers:
+            os.kill(worker.pid, signal.SIGKILL)
+        assert engine.map(square, range(5)) == [0, 1, 4, 9, 16]
