@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline tests bench
 
 test: lint
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=25 tests
 
 test-fast: lint
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow" tests
