@@ -19,7 +19,9 @@ all kept, NaNs sort last. The rank is found exactly, without moving rows to the 
 radix select over the scores' 64-bit order keys, 16 bits per pass, each pass a map over the
 parts that reads only the score column and returns a 65,536-bin histogram (with each bin's
 smallest and largest key, so it stops as soon as the bin at the rank holds one value: three
-passes for float32 scores). The chosen threshold is written to the step's `threshold.json`.
+passes for float32 scores). Its tasks, and those of the cut after it, take consecutive parts
+up to `task_rows` rows (a step over 10x the parts runs as many tasks). The chosen threshold is
+written to the step's `threshold.json`.
 """
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ import pyarrow.compute as pc
 from pipeline.core import storage
 from pipeline.core.constraints import AtLeast, Between, Invalid
 from pipeline.core.stage import Stage, with_reason
-from pipeline.core.steps import Step, StepContext, part_readers
-from pipeline.core.tasks import ReadParts
+from pipeline.core.steps import Step, StepContext, group_by_rows
+from pipeline.core.tasks import ReadParts, StageOp
 
 SECTION = "pool_filter"
 DIGIT_BITS = 16
@@ -176,7 +178,7 @@ class DigitHistogram:
 
 def exact_rank_threshold(ctx: StepContext, inputs: list, column: str, fraction: float) -> tuple[float, int]:
     """The score at descending rank int(rows * fraction) over every input row, and rows."""
-    readers = [ReadParts(reader.refs, columns=[column]) for reader in part_readers(inputs)]
+    readers = [ReadParts(group, columns=[column]) for group in group_by_rows(inputs, ctx.task_rows)]
     known_bits, prefix, rank, rows = 0, 0, None, 0
     while True:
         phase = f"rank{known_bits // DIGIT_BITS}"
@@ -224,7 +226,7 @@ class PoolFilterStep(Step):
         storage.write_json({"score_col": s.score_col, "top_fraction": s.top_fraction, "rows": rows,
                             "threshold": None if threshold != threshold else threshold}, ctx.path("threshold.json"))
         cut = dataclasses.replace(s, top_fraction=None, min_score=threshold)
-        return Step(PoolFilterStage, cut).run(ctx, inputs)
+        return ctx.run_grouped("cut", inputs, StageOp(PoolFilterStage, cut, ctx.seed))
 
 
 def build_step(settings: PoolFilterSettings, run) -> Step:
