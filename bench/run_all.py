@@ -10,16 +10,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_text.py", "bench_download.py", "bench_crawl.py", "bench_phash.py",
            "bench_clip_score.py", "bench_shards.py", "bench_train.py", "bench_global_steps.py",
-           "bench_object_store.py", "bench_stragglers.py"]
+           "bench_object_store.py", "bench_stragglers.py", "bench_pool_filter.py --quick"]
 
 
 def main() -> int:
     failed = []
-    for name in BENCHES:
+    for entry in BENCHES:
+        name, *arguments = entry.split()   # a bench, and the arguments `make bench` gives it
         if not (HERE / name).exists():
             continue
-        print(f"\n### {name}", flush=True)
-        if subprocess.run([sys.executable, str(HERE / name)], cwd=HERE.parent).returncode:
+        print(f"\n### {entry}", flush=True)
+        if subprocess.run([sys.executable, str(HERE / name), *arguments], cwd=HERE.parent).returncode:
             failed.append(name)
     print("\n### results (bench/results/*.json)")
     for path in sorted((HERE / "results").glob("*.json")):
