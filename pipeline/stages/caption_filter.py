@@ -66,12 +66,12 @@ class CaptionFilterStage(Stage):
         text = pc.utf8_trim_whitespace(table["text"]) if s.strip else table["text"]
         chars = pc.utf8_length(text)
         words = count_words(text, s.word_split)
-        lowered = pc.utf8_lower(pc.replace_substring_regex(text, r"[\s_\-.:]+", " "))
-        lowered = pc.utf8_trim(lowered, " ")
         checks = [
             (pc.or_kleene(pc.is_null(text), pc.equal(chars, 0)), "empty_text"),
         ]
         if s.drop_junk:
+            lowered = pc.utf8_lower(pc.replace_substring_regex(text, r"[\s_\-.:]+", " "))
+            lowered = pc.utf8_trim(lowered, " ")
             checks += [
                 (pc.match_substring_regex(text, FILENAME), "filename_text"),
                 (pc.is_in(lowered, value_set=pa.array(PLACEHOLDERS)), "placeholder_text"),

@@ -196,17 +196,18 @@ class IngestStage(Stage):
         url = pc.utf8_trim_whitespace(table["url"])
         table = table.set_column(table.schema.get_field_index("url"), "url", url)
         malformed = table[MALFORMED] if MALFORMED in table.column_names else None
-        identity = malformed.to_pylist() if malformed is not None else None
-        urls, texts = url.to_pylist(), table["text"].to_pylist()
-        if identity is not None:  # a row we could not parse is known by its raw text
-            urls = [raw if raw is not None else u for u, raw in zip(urls, identity)]
-        uid = pa.array(uids_of(urls, texts), pa.string())
         reasons = pc.if_else(valid_url(url), pa.scalar(None, pa.string()), pa.scalar("invalid_url"))
         if POOL_UID in table.column_names:   # the input's own uids, where they are well formed
-            shaped = pc.fill_null(pc.match_substring_regex(table[POOL_UID], UID_SHAPE), False)
-            uid = pc.if_else(shaped, table[POOL_UID], uid)
+            own = table[POOL_UID].combine_chunks().cast(pa.string())
+            shaped = pc.fill_null(pc.match_substring_regex(own, UID_SHAPE), False)
+            unshaped = pc.invert(shaped).combine_chunks() if isinstance(shaped, pa.ChunkedArray) else pc.invert(shaped)
+            pick = (lambda column: None if column is None else pc.filter(column, unshaped))   # noqa: E731
+            hashed = hashed_uids(pick(url), pick(table["text"]), pick(malformed))   # only rows without one
+            uid = pc.replace_with_mask(own, unshaped, hashed)
             reasons = pc.if_else(shaped, reasons, pa.scalar(INVALID_UID))
             table = table.drop_columns([POOL_UID])
+        else:
+            uid = hashed_uids(url, table["text"], malformed)
         table = table.add_column(0, "uid", uid)
         reasons = pc.if_else(oversized(url, table["text"]), pa.scalar("oversized_field"), reasons)
         if malformed is not None:
@@ -222,6 +223,14 @@ class IngestStage(Stage):
         if self.earlier is not None:
             table = with_reason(table, matched_reasons(self.earlier.contains(uid)))
         return table
+
+
+def hashed_uids(url, text, malformed) -> pa.Array:
+    """The url+text uid of each row; a row that could not be parsed is known by its raw text."""
+    urls = url.to_pylist()
+    if malformed is not None:
+        urls = [raw if raw is not None else u for u, raw in zip(urls, malformed.to_pylist())]
+    return pa.array(uids_of(urls, text.to_pylist()), pa.string())
 
 
 def oversized(url, text) -> pa.ChunkedArray:
