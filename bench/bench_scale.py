@@ -112,9 +112,30 @@ def main(argv: list[str] | None = None) -> dict:
                                                           "worker_peak_bytes")} for s in predicted["steps"]]}}
     report("scale", results)
     Path(args.docs).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.docs).write_text(scaling_markdown(results, format_plan(predicted)))
+    docs = Path(args.docs)
+    written = scaling_markdown(results, format_plan(predicted))
+    docs.write_text(with_kept_sections(written, docs.read_text() if docs.exists() else ""))
     print(f"wrote {args.docs}")
     return results
+
+
+def sections(markdown: str) -> dict[str, str]:
+    """A document's `## ` sections by heading (the text before the first: key "")."""
+    found: dict[str, str] = {}
+    heading = ""
+    for line in markdown.splitlines(keepends=True):
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        found[heading] = found.get(heading, "") + line
+    return found
+
+
+def with_kept_sections(written: str, existing: str) -> str:
+    """`written`, plus the sections of `existing` it does not make (other benches' measured
+    sections, written by hand), kept at the end in their order."""
+    made = sections(written)
+    kept = [text for heading, text in sections(existing).items() if heading and heading not in made]
+    return written.rstrip("\n") + "\n\n" + "".join(kept) if kept else written
 
 
 def scaling_markdown(results: dict, plan_table: str) -> str:
