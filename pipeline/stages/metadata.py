@@ -8,6 +8,9 @@ spaces, and entry e matches when ` e ` occurs. Rows matching nothing: `no_entry`
 Balancing is global and two-phase: each part counts its matches per entry, the driver sums
 the counts, then each row is kept when any of its entries keeps it, entry e keeping a row
 with probability min(1, t / count[e]), drawn from (uid, e, seed). Dropped: `balanced`.
+
+Worldwide (MetaCLIP 2, `metadata_languages`): when `entries` names folders of one list per
+language, each row is matched against its language's list and balanced with its language's t.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage, with_reason
 from pipeline.core.steps import Step, StepContext
 from pipeline.core.tasks import built_once
+from pipeline.stages import metadata_languages as ml
 from pipeline.stages.metadata_entries import load_entries
 
 SECTION = "metadata"
@@ -39,7 +43,30 @@ class MetadataSettings:
     case_sensitive: bool = True
     wordfreq_top: Annotated[int, AtLeast(1)] = 1_000_000   # how many frequent words `wordfreq` contributes
     wordfreq_lang: str = "en"
+    languages: list[str] = field(default_factory=lambda: ["all"])   # with per-language lists
+    language_map: dict[str, str] = field(default_factory=dict)      # LID code -> list's code
+    t_per_language: dict[str, int] = field(default_factory=dict)    # a language's own t
     enabled: bool = True
+
+    def validate(self) -> None:
+        from pipeline.core.constraints import Invalid
+
+        for code, value in self.t_per_language.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise Invalid(f"t_per_language.{code}", "must be an integer of at least 1", value)
+        for code, value in self.language_map.items():
+            if not isinstance(value, str) or not value:
+                raise Invalid(f"language_map.{code}", "must be a language code", value)
+
+
+def per_language(settings: MetadataSettings) -> bool:
+    """Whether `entries` names folders of per-language lists (all of them must then be)."""
+    folders = [ml.is_language_folder(source) for source in settings.entries]
+    if any(folders) and not all(folders):
+        from pipeline.errors import UserError
+
+        raise UserError("metadata.entries: per-language list folders cannot be mixed with other sources")
+    return any(folders)
 
 
 SETTINGS = MetadataSettings
@@ -60,14 +87,15 @@ class EntryMatcher:
     """All entries in one automaton. `match(text)` gives the sorted ids of the entries found;
     `match_column(texts)` does a whole column in one pass over the joined, spaced captions."""
 
-    def __init__(self, entries: list[str], case_sensitive: bool = True):
+    def __init__(self, entries: list[str], case_sensitive: bool = True, key_of=None):
         import ahocorasick_rs
 
         self.case_sensitive = case_sensitive
         keys: dict[str, int] = {}
         key_entries: list[list[int]] = []
         for entry_id, entry in enumerate(entries):
-            key = f" {entry if case_sensitive else entry.lower()} "
+            entry = entry if case_sensitive else entry.lower()
+            key = key_of(entry) if key_of else f" {entry} "
             index = keys.setdefault(key, len(key_entries))
             if index == len(key_entries):
                 key_entries.append([entry_id])
@@ -98,7 +126,10 @@ class EntryMatcher:
 
     def match_column(self, texts: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """(rows, entry ids) of every match, sorted by row then entry, without repeats."""
-        spaced, lengths = spaced_column(texts, self.case_sensitive)
+        return self.match_spaced(*spaced_column(texts, self.case_sensitive))
+
+    def match_spaced(self, spaced: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`match_column` for captions already spaced (without the outer padding)."""
         if not len(spaced):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         # " t1 \n t2 \n ... ": no key contains a newline, so no match spans two captions
@@ -140,6 +171,10 @@ class MetadataStage(Stage):
     inputs = ("uid", "text")
     outputs = (("entry_ids", pa.list_(pa.int32())),)
 
+    @classmethod
+    def input_columns(cls, settings) -> tuple:
+        return cls.inputs + ("language",) if per_language(settings) else cls.inputs
+
 
 @dataclass
 class MatchEntries:
@@ -157,6 +192,47 @@ class MatchEntries:
         table = table.append_column("entry_ids", entry_ids)
         reason = pc.if_else(pa.array(lengths == 0), pa.scalar("no_entry"), pa.scalar(None, pa.string()))
         return with_reason(table, reason), sparse_counts(flat, "counts")
+
+
+@dataclass
+class MatchLanguages:
+    """Each row against its language's list; `entry_ids` are ids in the layout's one id space."""
+    lists_path: str
+    layout: dict
+    case_sensitive: bool
+    language_map: dict
+
+    def __call__(self, table: pa.Table):
+        layout = ml.LanguageLayout(self.layout["languages"], self.layout["offsets"])
+        codes = [ml.metadata_language(c, self.language_map) for c in table["language"].to_pylist()]
+
+        def matcher_of(code: str) -> EntryMatcher:
+            return built_once(("matcher", self.lists_path, code, self.case_sensitive), lambda: EntryMatcher(
+                storage.read_json(storage.join(self.lists_path, f"{code}.json")), self.case_sensitive,
+                key_of=ml.entry_key))
+
+        rows, flat, has_list = ml.match_languages(table, codes, matcher_of, layout, self.case_sensitive)
+        lengths = np.bincount(rows, minlength=table.num_rows)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        entry_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.int32)))
+        table = table.append_column("entry_ids", entry_ids)
+        reason = np.where(~has_list, "no_metadata_language", np.where(lengths == 0, "no_entry", ""))
+        reason = pc.if_else(pa.array(reason == ""), pa.scalar(None, pa.string()), pa.array(reason, pa.string()))
+        return with_reason(table, reason), sparse_counts(flat, "counts")
+
+
+@dataclass
+class BalanceLanguages:
+    probs_path: str
+    seed: int
+
+    def __call__(self, table: pa.Table):
+        probs = built_once(("probs", self.probs_path),
+                           lambda: np.load(io.BytesIO(storage.read_bytes(self.probs_path))))
+        kept = ml.keep_rows(table["uid"].to_pylist(), table["entry_ids"].combine_chunks(), probs, self.seed)
+        reason = pc.if_else(pa.array(kept), pa.scalar(None, pa.string()), pa.scalar("balanced"))
+        flat = pc.list_flatten(table["entry_ids"].filter(pa.array(kept))).to_numpy(zero_copy_only=False)
+        return with_reason(table, reason), sparse_counts(flat.astype(np.int64), "counts_after")
 
 
 def balance_keep(uids: list[str], entry_ids: pa.ListArray, counts: np.ndarray, t: int,
@@ -209,6 +285,8 @@ class MetadataStep(Step):
 
     def run(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         s = self.settings
+        if per_language(s):
+            return self.run_languages(ctx, inputs)
         entries_path = ctx.path("entries.json")
         entries = storage.read_marker(entries_path)
         if entries is None:
@@ -226,6 +304,41 @@ class MetadataStep(Step):
         return balanced
 
 
+    def run_languages(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
+        s = self.settings
+        lists_path, layout_path = ctx.path("entries"), ctx.path("languages.json")
+        layout_json = storage.read_marker(layout_path)
+        if layout_json is None:
+            lists = ml.load_language_entries(s.entries, s.languages)
+            ml.write_lists(lists, lists_path)
+            layout_json = ml.layout_of(lists).to_json()
+            storage.write_json(layout_json, layout_path)
+        layout = ml.LanguageLayout(layout_json["languages"], layout_json["offsets"])
+        match = MatchLanguages(lists_path, layout.to_json(), s.case_sensitive, dict(s.language_map))
+        matched = ctx.run_grouped("match", inputs, match)
+        before = sum_extras(ctx.extras("match"), "counts", layout.size)
+        thresholds = ml.language_thresholds(before, layout, s.t, dict(s.t_per_language))
+        probs_path = ctx.path("entry_probs.npy")
+        with storage.committing(probs_path) as tmp, open(tmp, "wb") as stream:
+            np.save(stream, ml.probabilities(before, layout, thresholds))
+        balanced = ctx.run_grouped("balance", matched, BalanceLanguages(probs_path, ctx.seed))
+        after = sum_extras(ctx.extras("balance"), "counts_after", layout.size)
+        for code, found in thresholds.items():
+            low, high = layout.span(code)
+            found["kept_matches"] = int(after[low:high].sum())
+        storage.write_json(thresholds, ctx.path("language_thresholds.json"))
+        entries = [e for code in layout.languages
+                   for e in storage.read_json(storage.join(lists_path, f"{code}.json"))]
+        write_entry_counts(ctx.path("entry_counts.parquet"), entries, before, after,
+                           language_of_ids(layout))
+        return balanced
+
+
+def language_of_ids(layout: "ml.LanguageLayout") -> np.ndarray:
+    sizes = np.diff(layout.offsets)
+    return np.repeat(np.array(layout.languages, dtype=object), sizes)
+
+
 def sum_extras(extras: Iterable[dict], name: str, size: int) -> np.ndarray:
     """The sum of every task's sparse counts `name` in a phase (a dense array of `size`)."""
     total = np.zeros(size, dtype=np.int64)
@@ -234,12 +347,17 @@ def sum_extras(extras: Iterable[dict], name: str, size: int) -> np.ndarray:
     return total
 
 
-def write_entry_counts(path: str, entries: list[str], before: np.ndarray, after: np.ndarray) -> None:
-    """Per matched entry: how many rows matched it before and after balancing."""
+def write_entry_counts(path: str, entries: list[str], before: np.ndarray, after: np.ndarray,
+                       languages: np.ndarray | None = None) -> None:
+    """Per matched entry: how many rows matched it before and after balancing (and, with
+    per-language lists, the entry's language)."""
     ids = np.flatnonzero(before)
-    table = pa.table({"entry_id": pa.array(ids, pa.int32()),
-                      "entry": pa.array([entries[i] for i in ids], pa.string()),
-                      "count_before": pa.array(before[ids]), "count_after": pa.array(after[ids])})
+    columns = {"entry_id": pa.array(ids, pa.int32()),
+               "entry": pa.array([entries[i] for i in ids], pa.string()),
+               "count_before": pa.array(before[ids]), "count_after": pa.array(after[ids])}
+    if languages is not None:
+        columns["language"] = pa.array(languages[ids].tolist(), pa.string())
+    table = pa.table(columns)
     parts.write_parquet(table, path)
 
 
