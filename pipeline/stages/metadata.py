@@ -43,7 +43,7 @@ class MetadataSettings:
     case_sensitive: bool = True
     wordfreq_top: Annotated[int, AtLeast(1)] = 1_000_000   # how many frequent words `wordfreq` contributes
     wordfreq_lang: str = "en"
-    languages: list[str] = field(default_factory=lambda: ["all"])   # with per-language lists
+    languages: list[str] = field(default_factory=list)   # per-language lists: [] or [all]: every one
     language_map: dict[str, str] = field(default_factory=dict)      # LID code -> list's code
     t_per_language: dict[str, int] = field(default_factory=dict)    # a language's own t
     enabled: bool = True
@@ -60,13 +60,18 @@ class MetadataSettings:
 
 
 def per_language(settings: MetadataSettings) -> bool:
-    """Whether `entries` names folders of per-language lists (all of them must then be)."""
+    """Whether the lists are per language: `entries` names folders of per-language lists, or
+    `languages` is given (the built-in sources then give one list per language)."""
     folders = [ml.is_language_folder(source) for source in settings.entries]
-    if any(folders) and not all(folders):
+    if not (any(folders) or settings.languages):
+        return False
+    other = [s for s, folder in zip(settings.entries, folders) if not folder and not ml.builtin_source(s)]
+    if other:
         from pipeline.errors import UserError
 
-        raise UserError("metadata.entries: per-language list folders cannot be mixed with other sources")
-    return any(folders)
+        raise UserError(f"metadata.entries: with per-language lists, a source is a folder of lists, "
+                        f"wordfreq or wordnet, not {other[0]}")
+    return True
 
 
 SETTINGS = MetadataSettings
@@ -309,7 +314,7 @@ class MetadataStep(Step):
         lists_path, layout_path = ctx.path("entries"), ctx.path("languages.json")
         layout_json = storage.read_marker(layout_path)
         if layout_json is None:
-            lists = ml.load_language_entries(s.entries, s.languages)
+            lists = ml.load_language_entries(s.entries, s.languages, s.wordfreq_top)
             ml.write_lists(lists, lists_path)
             layout_json = ml.layout_of(lists).to_json()
             storage.write_json(layout_json, layout_path)

@@ -106,28 +106,59 @@ def list_files(folders: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def load_language_entries(folders: list[str], languages: list[str]) -> dict[str, list[str]]:
-    """Per chosen language (`all`: every list found), its entries, duplicates removed."""
-    from pipeline.stages.metadata_entries import entries_file
+def wordfreq_languages() -> dict[str, str]:
+    """Metadata code -> the `wordfreq` code of every language `wordfreq` has a list for."""
+    from wordfreq import available_languages
 
-    files = list_files(folders)
-    chosen = sorted(files) if not languages or "all" in languages else languages
-    missing = [code for code in chosen if code not in files]
+    return {metadata_language(code): code for code in sorted(available_languages())}
+
+
+def builtin_source(source: str) -> bool:
+    return source == "wordnet" or source == "wordfreq" or source.startswith("wordfreq:")
+
+
+def source_readers(sources: list[str], wordfreq_top: int) -> dict[str, list]:
+    """Language code -> the readers (no-argument functions giving entries) of its lists, in
+    the order of `sources`: folders' `<code>.json`/`<code>.txt`, `wordfreq[:N]` (each
+    language `wordfreq` has), `wordnet` (English)."""
+    from pipeline.stages.metadata_entries import entries_file, frequent_words, wordnet_lemmas
+
+    readers: dict[str, list] = {}
+    for source in sources:
+        if source == "wordnet":
+            readers.setdefault(REFERENCE_LANGUAGE, []).append(wordnet_lemmas)
+        elif builtin_source(source):
+            arg = source.partition(":")[2]
+            top = int(arg) if arg.isdigit() else wordfreq_top
+            for code, wordfreq_code in wordfreq_languages().items():
+                readers.setdefault(code, []).append(lambda c=wordfreq_code, n=top: frequent_words(n, c))
+        else:
+            for code, paths in list_files([source]).items():
+                readers.setdefault(code, []).extend(lambda p=p: entries_file(p) for p in paths)
+    return readers
+
+
+def load_language_entries(sources: list[str], languages: list[str],
+                          wordfreq_top: int = 1_000_000) -> dict[str, list[str]]:
+    """Per chosen language (`[]` or `all`: every list found), its entries, duplicates removed."""
+    readers = source_readers(sources, wordfreq_top)
+    chosen = sorted(readers) if not languages or "all" in languages else list(dict.fromkeys(languages))
+    missing = [code for code in chosen if code not in readers]
     if missing:
-        raise UserError(f"metadata.languages: no list for {', '.join(missing)} in {', '.join(folders)} "
-                        f"(lists: {', '.join(sorted(files))})")
+        raise UserError(f"metadata.languages: no list for {', '.join(missing)} in {', '.join(sources)} "
+                        f"(lists: {', '.join(sorted(readers))})")
     result = {}
     for code in chosen:
         entries: dict[str, None] = {}
-        for path in files[code]:
-            for entry in entries_file(path):
+        for read in readers[code]:
+            for entry in read():
                 entry = entry.strip()
                 if entry and not any(c in entry for c in "\t\n\r"):   # never in a spaced caption
                     entries.setdefault(entry, None)
         if entries:
             result[code] = list(entries)
     if not result:
-        raise UserError(f"metadata.entries: the lists in {', '.join(folders)} gave no entries")
+        raise UserError(f"metadata.entries: the lists in {', '.join(sources)} gave no entries")
     return result
 
 

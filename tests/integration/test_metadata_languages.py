@@ -129,8 +129,9 @@ def world(tmp_path):
 
 
 def curate(tmp_path, folder, path, name, t, part_rows=10_000, seed=0, **extra):
+    metadata = {"entries": [str(folder)], "t": t, **extra}
     config = {"input": {"path": [str(path)], "part_rows": part_rows}, "output": str(tmp_path / name),
-              "seed": seed, "processes": 1, "metadata": {"entries": [str(folder)], "t": t, **extra}}
+              "seed": seed, "processes": 1, "metadata": metadata}
     run(config)
     return tmp_path / name
 
@@ -199,3 +200,41 @@ def test_given_t_and_chosen_languages(tmp_path, world):
     assert set(found) == {"en", "fr"} and found["fr"]["t"] == 2 and found["en"]["t"] == 20
     drops = {s["name"]: s["dropped"] for s in read_summary(run_dir)["stages"]}["metadata"]
     assert drops["no_metadata_language"] == sum(1 for r in data if r["language"] not in ("en", "fr"))
+
+
+def test_builtin_per_language_sources_and_errors(tmp_path, world):
+    from pipeline.config import settings_from_dict
+    from pipeline.errors import UserError
+    from pipeline.stages import metadata_languages as ml
+
+    folder, path, data = world
+    lists = ml.load_language_entries(["wordfreq:300", "wordnet", str(folder)], ["en", "ja", "th"], 1000)
+    assert set(lists) == {"en", "ja", "th"} and lists["th"] == LISTS["th"]
+    assert len(lists["ja"]) == 300 + len(set(LISTS["ja"]) - set(lists["ja"][:300]))
+    assert "hot dog" in lists["en"] and lists["en"][:3] == ["the", "to", "and"]
+    assert ml.load_language_entries([str(folder)], ["all"]) == LISTS
+    run_dir = curate(tmp_path, "wordfreq:300", path, "wf", 20, languages=["en", "fr", "de"])
+    found = json.loads((step_dir(run_dir) / "language_thresholds.json").read_text())
+    assert set(found) == {"en", "fr", "de"} and found["en"]["t"] == 20
+    with pytest.raises(UserError, match="no list for ko"):
+        ml.load_language_entries([str(folder)], ["en", "ko"])
+    with pytest.raises(UserError, match="a source is a folder of lists, wordfreq or wordnet, not "):
+        curate(tmp_path, folder, path, "mixed", 20, entries=[str(folder), str(tmp_path / "x.txt")])
+    for bad, message in [({"t_per_language": {"fr": 0}}, "t_per_language.fr: must be an integer"),
+                         ({"language_map": {"xx": ""}}, "language_map.xx: must be a language code")]:
+        with pytest.raises(UserError, match=message):
+            settings_from_dict({"input": {"path": [str(path)]}, "output": str(tmp_path / "o"),
+                                "metadata": {"entries": [str(folder)], **bad}}, "t.yaml")
+
+
+def test_p_to_t_and_t_to_p_equal_the_reference():
+    from pipeline.stages import metadata_languages as ml
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        counts = rng.zipf(1.6, size=200) * (rng.random(200) < 0.8)
+        for p in (0.0, 0.01, 0.1, 0.37, 0.9, 1.0):
+            assert ml.p_to_t(counts, p) == ref_p_to_t(counts, p)
+        for t in (1, 2, 5, 50, 10**6):
+            assert ml.t_to_p(counts, t) == ref_t_to_p(counts, t)
+            np.testing.assert_allclose(ml.entry_probabilities(counts, t), ref_count_to_prob(counts, t))
