@@ -223,21 +223,39 @@ class MatchLanguages:
         table = table.append_column("entry_ids", entry_ids)
         reason = np.where(~has_list, "no_metadata_language", np.where(lengths == 0, "no_entry", ""))
         reason = pc.if_else(pa.array(reason == ""), pa.scalar(None, pa.string()), pa.array(reason, pa.string()))
-        return with_reason(table, reason), sparse_counts(flat, "counts")
+        index = {code: i for i, code in enumerate(layout.languages)}
+        listed = np.array([index[c] for c, has in zip(codes, has_list) if has], dtype=np.int64)
+        return with_reason(table, reason), {**sparse_counts(flat, "counts"),
+                                            **sparse_counts(listed, "lang_rows"),
+                                            **sparse_counts(layout.language_of(flat[first_of(rows)]),
+                                                            "lang_matched")}
 
 
 @dataclass
 class BalanceLanguages:
     probs_path: str
     seed: int
+    offsets: list
 
     def __call__(self, table: pa.Table):
         probs = built_once(("probs", self.probs_path),
                            lambda: np.load(io.BytesIO(storage.read_bytes(self.probs_path))))
         kept = ml.keep_rows(table["uid"].to_pylist(), table["entry_ids"].combine_chunks(), probs, self.seed)
         reason = pc.if_else(pa.array(kept), pa.scalar(None, pa.string()), pa.scalar("balanced"))
-        flat = pc.list_flatten(table["entry_ids"].filter(pa.array(kept))).to_numpy(zero_copy_only=False)
-        return with_reason(table, reason), sparse_counts(flat.astype(np.int64), "counts_after")
+        kept_ids = table["entry_ids"].filter(pa.array(kept))
+        flat = pc.list_flatten(kept_ids).to_numpy(zero_copy_only=False).astype(np.int64)
+        firsts = pc.list_element(kept_ids, 0).to_numpy(zero_copy_only=False).astype(np.int64) \
+            if len(kept_ids) else np.zeros(0, np.int64)
+        return with_reason(table, reason), {**sparse_counts(flat, "counts_after"),
+                                            **sparse_counts(self.language_of(firsts), "lang_kept")}
+
+    def language_of(self, entry_ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self.offsets), entry_ids, side="right") - 1
+
+
+def first_of(rows: np.ndarray) -> np.ndarray:
+    """The index of each row's first match, in (row-sorted) matches."""
+    return np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]])) if len(rows) else rows
 
 
 def balance_keep(uids: list[str], entry_ids: pa.ListArray, counts: np.ndarray, t: int,
@@ -326,12 +344,19 @@ class MetadataStep(Step):
         probs_path = ctx.path("entry_probs.npy")
         with storage.committing(probs_path) as tmp, open(tmp, "wb") as stream:
             np.save(stream, ml.probabilities(before, layout, thresholds))
-        balanced = ctx.run_grouped("balance", matched, BalanceLanguages(probs_path, ctx.seed))
+        balanced = ctx.run_grouped("balance", matched, BalanceLanguages(probs_path, ctx.seed, layout.offsets))
         after = sum_extras(ctx.extras("balance"), "counts_after", layout.size)
-        for code, found in thresholds.items():
+        count = len(layout.languages)
+        rows_in, matched = (sum_extras(ctx.extras("match"), name, count) for name in ("lang_rows", "lang_matched"))
+        kept = sum_extras(ctx.extras("balance"), "lang_kept", count)
+        table = {}
+        for i, code in enumerate(layout.languages):
             low, high = layout.span(code)
-            found["kept_matches"] = int(after[low:high].sum())
-        storage.write_json(thresholds, ctx.path("language_thresholds.json"))
+            found = thresholds.get(code, {"t": None, "tail_share": None, "matches": 0})
+            table[code] = {"rows": int(rows_in[i]), "matched_rows": int(matched[i]), "kept_rows": int(kept[i]),
+                           **found, "kept_matches": int(after[low:high].sum())}
+        storage.write_json(table, ctx.path("language_thresholds.json"))
+        ctx.record["metadata_languages"] = table
         entries = [e for code in layout.languages
                    for e in storage.read_json(storage.join(lists_path, f"{code}.json"))]
         write_entry_counts(ctx.path("entry_counts.parquet"), entries, before, after,

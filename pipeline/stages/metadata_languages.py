@@ -177,6 +177,10 @@ class LanguageLayout:
         i = self.languages.index(language)
         return self.offsets[i], self.offsets[i + 1]
 
+    def language_of(self, entry_ids: np.ndarray) -> np.ndarray:
+        """The index (in `languages`) of each global entry id's language."""
+        return np.searchsorted(np.asarray(self.offsets), entry_ids, side="right") - 1
+
     def to_json(self) -> dict:
         return {"languages": self.languages, "offsets": self.offsets}
 

@@ -124,14 +124,14 @@ def world(tmp_path):
     data = rows()
     path = tmp_path / "in" / "captions.parquet"
     path.parent.mkdir()
-    pq.write_table(pa.Table.from_pylist(data), path)
+    pq.write_table(pa.Table.from_pylist(data), path, row_group_size=37)
     return folder, path, data
 
 
-def curate(tmp_path, folder, path, name, t, part_rows=10_000, seed=0, **extra):
+def curate(tmp_path, folder, path, name, t, part_rows=10_000, seed=0, task_rows=1_000_000, **extra):
     metadata = {"entries": [str(folder)], "t": t, **extra}
     config = {"input": {"path": [str(path)], "part_rows": part_rows}, "output": str(tmp_path / name),
-              "seed": seed, "processes": 1, "metadata": metadata}
+              "seed": seed, "processes": 1, "task_rows": task_rows, "metadata": metadata}
     run(config)
     return tmp_path / name
 
@@ -165,6 +165,12 @@ def test_thresholds_probabilities_and_kept_rows_equal_metaclip2(tmp_path, world,
         assert ids == [low + i for i in local]
     drops = {s["name"]: s["dropped"] for s in read_summary(run_dir)["stages"]}["metadata"]
     assert drops["no_metadata_language"] == 5 and drops["no_entry"] == 4 + 5  # ko; "nothing", hotdogs
+    for code in LISTS:   # the per-language table (also in the step's stats.json record)
+        mine = [(r["uid"], ids) for r, (c, ids) in zip(data, matched) if c == code]
+        assert (found[code]["rows"], found[code]["matched_rows"], found[code]["kept_rows"]) == \
+            (len(mine), sum(1 for _, ids in mine if ids), sum(1 for uid, _ in mine if uid in expected))
+    record = json.loads((step_dir(run_dir) / "stats.json").read_text())
+    assert record["metadata_languages"] == found
 
 
 def test_languages_without_spaces_match_inside_captions(world):
@@ -187,8 +193,15 @@ def test_languages_without_spaces_match_inside_captions(world):
 def test_one_part_and_many_parts_keep_the_same_rows(tmp_path, world):
     folder, path, _ = world
     one = read_dataset(curate(tmp_path, folder, path, "one", 30) / "kept")
-    many = read_dataset(curate(tmp_path, folder, path, "many", 30, part_rows=37) / "kept")
+    many = read_dataset(curate(tmp_path, folder, path, "many", 30, part_rows=37, task_rows=80) / "kept")
     assert sorted(one["uid"].to_pylist()) == sorted(many["uid"].to_pylist())
+    tables = [json.loads((step_dir(tmp_path / name) / "language_thresholds.json").read_text())
+              for name in ("one", "many")]
+    assert tables[0] == tables[1]
+    record = json.loads((step_dir(tmp_path / "many") / "stats.json").read_text())
+    assert record["parts_in"] > 5 and all(phase["tasks"] > 5 for phase in record["phases"])
+    record = json.loads((step_dir(tmp_path / "one") / "stats.json").read_text())
+    assert record["parts_in"] == 1
     other = read_dataset(curate(tmp_path, folder, path, "seed", 30, seed=3) / "kept")
     assert sorted(one["uid"].to_pylist()) != sorted(other["uid"].to_pylist())
 
