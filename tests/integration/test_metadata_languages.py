@@ -128,10 +128,12 @@ def world(tmp_path):
     return folder, path, data
 
 
-def curate(tmp_path, folder, path, name, t, part_rows=10_000, seed=0, task_rows=1_000_000, **extra):
+def curate(tmp_path, folder, path, name, t, part_rows=10_000, seed=0, task_rows=1_000_000, engine="local",
+           ray=None, spark=None, **extra):
     metadata = {"entries": [str(folder)], "t": t, **extra}
     config = {"input": {"path": [str(path)], "part_rows": part_rows}, "output": str(tmp_path / name),
-              "seed": seed, "processes": 1, "task_rows": task_rows, "metadata": metadata}
+              "seed": seed, "processes": 1, "task_rows": task_rows, "engine": engine, "metadata": metadata}
+    config.update({k: v for k, v in (("ray", ray), ("spark", spark)) if v})
     run(config)
     return tmp_path / name
 
