@@ -209,24 +209,22 @@ class MatchLanguages:
 
     def __call__(self, table: pa.Table):
         layout = ml.LanguageLayout(self.layout["languages"], self.layout["offsets"])
-        codes = [ml.metadata_language(c, self.language_map) for c in table["language"].to_pylist()]
+        lists = ml.list_index(table["language"], layout, self.language_map)
 
         def matcher_of(code: str) -> EntryMatcher:
             return built_once(("matcher", self.lists_path, code, self.case_sensitive), lambda: EntryMatcher(
                 storage.read_json(storage.join(self.lists_path, f"{code}.json")), self.case_sensitive,
                 key_of=ml.entry_key))
 
-        rows, flat, has_list = ml.match_languages(table, codes, matcher_of, layout, self.case_sensitive)
+        rows, flat = ml.match_languages(table, lists, matcher_of, layout, self.case_sensitive)
         lengths = np.bincount(rows, minlength=table.num_rows)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
         entry_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.int32)))
         table = table.append_column("entry_ids", entry_ids)
-        reason = np.where(~has_list, "no_metadata_language", np.where(lengths == 0, "no_entry", ""))
-        reason = pc.if_else(pa.array(reason == ""), pa.scalar(None, pa.string()), pa.array(reason, pa.string()))
-        index = {code: i for i, code in enumerate(layout.languages)}
-        listed = np.array([index[c] for c, has in zip(codes, has_list) if has], dtype=np.int64)
+        reason = pc.if_else(pa.array(lengths == 0), pa.scalar("no_entry"), pa.scalar(None, pa.string()))
+        reason = pc.if_else(pa.array(lists < 0), pa.scalar("no_metadata_language"), reason)
         return with_reason(table, reason), {**sparse_counts(flat, "counts"),
-                                            **sparse_counts(listed, "lang_rows"),
+                                            **sparse_counts(lists[lists >= 0], "lang_rows"),
                                             **sparse_counts(layout.language_of(flat[first_of(rows)]),
                                                             "lang_matched")}
 

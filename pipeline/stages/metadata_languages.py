@@ -204,22 +204,49 @@ def spaced_texts(texts, case_sensitive: bool) -> tuple[list[str], np.ndarray]:
     return column.to_pylist(), pc.utf8_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def match_languages(table: pa.Table, languages: list[str | None], matcher_of, layout: LanguageLayout,
-                    case_sensitive: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, global entry ids) of every match, sorted by row then entry, and per row whether
-    its language has a list. `matcher_of(code)` gives the language's (cached) matcher."""
-    codes = np.array([code if code in layout.languages else "" for code in languages], dtype=object)
-    has_list = codes != ""
+def list_index(language: pa.ChunkedArray | pa.Array, layout: LanguageLayout,
+               extra: dict[str, str] | None = None) -> np.ndarray:
+    """Per row, the index in `layout.languages` of its language's list, -1 where none (the
+    mapping runs once per distinct LID code, not per row)."""
+    encoded = pc.dictionary_encode(language.combine_chunks() if isinstance(language, pa.ChunkedArray)
+                                   else language)
+    index = {code: i for i, code in enumerate(layout.languages)}
+    mapped = np.array([index.get(metadata_language(code, extra), -1)
+                       for code in encoded.dictionary.to_pylist()] + [-1], dtype=np.int64)
+    positions = pc.fill_null(encoded.indices, len(encoded.dictionary))
+    return mapped[positions.to_numpy(zero_copy_only=False).astype(np.int64)]
+
+
+def match_languages(table: pa.Table, lists: np.ndarray, matcher_of, layout: LanguageLayout,
+                    case_sensitive: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, global entry ids) of every match, sorted by row then entry; `lists` is each row's
+    `list_index`, `matcher_of(code)` the language's (cached) matcher."""
+    order = np.argsort(lists, kind="stable")
+    bounds = np.searchsorted(lists[order], np.arange(-1, len(layout.languages) + 1))
     all_rows, all_ids = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for code in sorted(set(codes[has_list].tolist())):
-        rows = np.flatnonzero(codes == code)
+    for i, code in enumerate(layout.languages):
+        rows = order[bounds[i + 1]:bounds[i + 2]]
+        if not len(rows):
+            continue
         spaced, lengths = spaced_texts(table["text"].take(pa.array(rows)), case_sensitive)
         found_rows, ids = matcher_of(code).match_spaced(spaced, lengths)
         all_rows.append(rows[found_rows])
-        all_ids.append(ids + layout.span(code)[0])
-    rows, ids = np.concatenate(all_rows), np.concatenate(all_ids)
-    order = np.lexsort((ids, rows))
-    return rows[order], ids[order], has_list
+        all_ids.append(ids + layout.offsets[i])
+    return row_major(np.concatenate(all_rows), np.concatenate(all_ids), table.num_rows)
+
+
+def row_major(rows: np.ndarray, ids: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The matches in row order, without a sort: each row's matches are one run already."""
+    if not len(rows):
+        return rows, ids
+    lengths = np.bincount(rows, minlength=count)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    run_starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+    run_of = np.repeat(np.arange(len(run_starts)), np.diff(np.append(run_starts, len(rows))))
+    positions = offsets[rows] + np.arange(len(rows)) - run_starts[run_of]
+    ordered = np.empty_like(ids)
+    ordered[positions] = ids
+    return np.repeat(np.arange(count), lengths), ordered
 
 
 def t_to_p(counts: np.ndarray, t: float) -> float:

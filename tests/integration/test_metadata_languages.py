@@ -253,3 +253,25 @@ def test_p_to_t_and_t_to_p_equal_the_reference():
         for t in (1, 2, 5, 50, 10**6):
             assert ml.t_to_p(counts, t) == ref_t_to_p(counts, t)
             np.testing.assert_allclose(ml.entry_probabilities(counts, t), ref_count_to_prob(counts, t))
+
+
+def test_list_index_and_row_order():
+    from pipeline.stages import metadata_languages as ml
+
+    layout = ml.layout_of({"en": ["a"], "ja": ["b"], "zh": ["c", "d"]})
+    language = pa.chunked_array([["en", None, "yue"], ["ko", "ja", "xx", "zh"]])
+    assert ml.list_index(language, layout).tolist() == [0, -1, 2, -1, 1, -1, 2]
+    assert ml.list_index(language, layout, {"xx": "ja", "yue": "en"}).tolist() == [0, -1, 0, -1, 1, 1, 2]
+    rng = np.random.default_rng(1)
+    rows_of = rng.permutation(50)
+    groups = [np.sort(rows_of[i:i + 10]) for i in range(0, 50, 10)]
+    rows, ids = [], []
+    for group in groups:   # per language: its rows ascending, each with a sorted run of entries
+        for row in group:
+            found = np.sort(rng.choice(100, rng.integers(0, 4), replace=False))
+            rows += [row] * len(found)
+            ids += found.tolist()
+    rows, ids = np.array(rows, np.int64), np.array(ids, np.int64)
+    order = np.lexsort((ids, rows))
+    got = ml.row_major(rows, ids, 50)
+    assert got[0].tolist() == rows[order].tolist() and got[1].tolist() == ids[order].tolist()
