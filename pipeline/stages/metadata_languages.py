@@ -91,7 +91,11 @@ def metadata_language(lid_code: str | None, extra: dict[str, str] | None = None)
 
 
 def is_language_folder(source: str) -> bool:
-    return source.endswith("/") or storage.isdir(source)
+    """A folder of per-language lists: a path ending in `/`, or a local directory (a bucket or
+    URL folder needs the `/`, so planning a run asks no remote store)."""
+    if builtin_source(source):
+        return False
+    return source.endswith("/") or (storage.is_local(source) and os.path.isdir(storage.normalize(source)))
 
 
 def list_files(folders: list[str]) -> dict[str, list[str]]:
