@@ -209,7 +209,8 @@ class MatchLanguages:
 
     def __call__(self, table: pa.Table):
         layout = ml.LanguageLayout(self.layout["languages"], self.layout["offsets"])
-        lists = ml.list_index(table["language"], layout, self.language_map)
+        language = table["language"].cast(pa.string())
+        lists = ml.list_index(language, layout, self.language_map)
 
         def matcher_of(code: str) -> EntryMatcher:
             return built_once(("matcher", self.lists_path, code, self.case_sensitive), lambda: EntryMatcher(
@@ -223,7 +224,10 @@ class MatchLanguages:
         table = table.append_column("entry_ids", entry_ids)
         reason = pc.if_else(pa.array(lengths == 0), pa.scalar("no_entry"), pa.scalar(None, pa.string()))
         reason = pc.if_else(pa.array(lists < 0), pa.scalar("no_metadata_language"), reason)
+        unlisted = pc.fill_null(language.filter(pa.array(lists < 0)), "").to_numpy(zero_copy_only=False)
+        codes, code_rows = np.unique(unlisted.astype(str), return_counts=True)
         return with_reason(table, reason), {**sparse_counts(flat, "counts"),
+                                            "unlisted_codes": codes, "unlisted_rows": code_rows.astype(np.int64),
                                             **sparse_counts(lists[lists >= 0], "lang_rows"),
                                             **sparse_counts(layout.language_of(flat[first_of(rows)]),
                                                             "lang_matched")}
@@ -355,6 +359,11 @@ class MetadataStep(Step):
                            **found, "kept_matches": int(after[low:high].sum())}
         storage.write_json(table, ctx.path("language_thresholds.json"))
         ctx.record["metadata_languages"] = table
+        unlisted: dict[str, int] = {}
+        for task in ctx.extras("match"):
+            for code, rows in zip(task["unlisted_codes"].tolist(), task["unlisted_rows"].tolist()):
+                unlisted[code or "(none)"] = unlisted.get(code or "(none)", 0) + int(rows)
+        ctx.record["metadata_unlisted_languages"] = dict(sorted(unlisted.items(), key=lambda kv: -kv[1]))
         entries = [e for code in layout.languages
                    for e in storage.read_json(storage.join(lists_path, f"{code}.json"))]
         write_entry_counts(ctx.path("entry_counts.parquet"), entries, before, after,

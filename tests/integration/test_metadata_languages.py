@@ -173,6 +173,7 @@ def test_thresholds_probabilities_and_kept_rows_equal_metaclip2(tmp_path, world,
             (len(mine), sum(1 for _, ids in mine if ids), sum(1 for uid, _ in mine if uid in expected))
     record = json.loads((step_dir(run_dir) / "stats.json").read_text())
     assert record["metadata_languages"] == found
+    assert record["metadata_unlisted_languages"] == {"ko": 5}
 
 
 def test_languages_without_spaces_match_inside_captions(world):
@@ -215,6 +216,8 @@ def test_given_t_and_chosen_languages(tmp_path, world):
     assert set(found) == {"en", "fr"} and found["fr"]["t"] == 2 and found["en"]["t"] == 20
     drops = {s["name"]: s["dropped"] for s in read_summary(run_dir)["stages"]}["metadata"]
     assert drops["no_metadata_language"] == sum(1 for r in data if r["language"] not in ("en", "fr"))
+    record = json.loads((step_dir(run_dir) / "stats.json").read_text())
+    assert record["metadata_unlisted_languages"] == {"ja": 49, "zh": 46, "de": 41, "th": 31, "ko": 5, "yue": 3}
 
 
 def test_builtin_per_language_sources_and_errors(tmp_path, world):
