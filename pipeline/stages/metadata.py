@@ -10,7 +10,8 @@ the counts, then each row is kept when any of its entries keeps it, entry e keep
 with probability min(1, t / count[e]), drawn from (uid, e, seed). Dropped: `balanced`.
 
 Worldwide (MetaCLIP 2, `metadata_languages`): when `entries` names folders of one list per
-language, each row is matched against its language's list and balanced with its language's t.
+language (or `languages` is given), each row is matched against its language's list and
+balanced with its language's t.
 """
 from __future__ import annotations
 
@@ -249,10 +250,7 @@ class BalanceLanguages:
         firsts = pc.list_element(kept_ids, 0).to_numpy(zero_copy_only=False).astype(np.int64) \
             if len(kept_ids) else np.zeros(0, np.int64)
         return with_reason(table, reason), {**sparse_counts(flat, "counts_after"),
-                                            **sparse_counts(self.language_of(firsts), "lang_kept")}
-
-    def language_of(self, entry_ids: np.ndarray) -> np.ndarray:
-        return np.searchsorted(np.asarray(self.offsets), entry_ids, side="right") - 1
+                                            **sparse_counts(ml.language_of(self.offsets, firsts), "lang_kept")}
 
 
 def first_of(rows: np.ndarray) -> np.ndarray:
@@ -328,7 +326,6 @@ class MetadataStep(Step):
         write_entry_counts(ctx.path("entry_counts.parquet"), entries, before, after)
         return balanced
 
-
     def run_languages(self, ctx: StepContext, inputs: list[PartRef]) -> list[PartRef]:
         s = self.settings
         lists_path, layout_path = ctx.path("entries"), ctx.path("languages.json")
@@ -349,13 +346,13 @@ class MetadataStep(Step):
         balanced = ctx.run_grouped("balance", matched, BalanceLanguages(probs_path, ctx.seed, layout.offsets))
         after = sum_extras(ctx.extras("balance"), "counts_after", layout.size)
         count = len(layout.languages)
-        rows_in, matched = (sum_extras(ctx.extras("match"), name, count) for name in ("lang_rows", "lang_matched"))
+        rows_in, with_match = (sum_extras(ctx.extras("match"), name, count) for name in ("lang_rows", "lang_matched"))
         kept = sum_extras(ctx.extras("balance"), "lang_kept", count)
         table = {}
         for i, code in enumerate(layout.languages):
             low, high = layout.span(code)
             found = thresholds.get(code, {"t": None, "tail_share": None, "matches": 0})
-            table[code] = {"rows": int(rows_in[i]), "matched_rows": int(matched[i]), "kept_rows": int(kept[i]),
+            table[code] = {"rows": int(rows_in[i]), "matched_rows": int(with_match[i]), "kept_rows": int(kept[i]),
                            **found, "kept_matches": int(after[low:high].sum())}
         storage.write_json(table, ctx.path("language_thresholds.json"))
         ctx.record["metadata_languages"] = table

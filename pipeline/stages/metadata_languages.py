@@ -182,11 +182,15 @@ class LanguageLayout:
         return self.offsets[i], self.offsets[i + 1]
 
     def language_of(self, entry_ids: np.ndarray) -> np.ndarray:
-        """The index (in `languages`) of each global entry id's language."""
-        return np.searchsorted(np.asarray(self.offsets), entry_ids, side="right") - 1
+        return language_of(self.offsets, entry_ids)
 
     def to_json(self) -> dict:
         return {"languages": self.languages, "offsets": self.offsets}
+
+
+def language_of(offsets: list[int], entry_ids: np.ndarray) -> np.ndarray:
+    """The index (in the layout's `languages`) of each global entry id's language."""
+    return np.searchsorted(np.asarray(offsets), entry_ids, side="right") - 1
 
 
 def layout_of(lists: dict[str, list[str]]) -> LanguageLayout:
