@@ -229,9 +229,9 @@ class MatchLanguages:
         codes, code_rows = np.unique(unlisted.astype(str), return_counts=True)
         return with_reason(table, reason), {**sparse_counts(flat, "counts"),
                                             "unlisted_codes": codes, "unlisted_rows": code_rows.astype(np.int64),
-                                            **sparse_counts(lists[lists >= 0], "lang_rows"),
-                                            **sparse_counts(layout.language_of(flat[first_of(rows)]),
-                                                            "lang_matched")}
+                                            **language_counts(lists[lists >= 0], layout, "lang_rows"),
+                                            **language_counts(layout.language_of(flat[first_of(rows)]), layout,
+                                                              "lang_matched")}
 
 
 @dataclass
@@ -250,7 +250,14 @@ class BalanceLanguages:
         firsts = pc.list_element(kept_ids, 0).to_numpy(zero_copy_only=False).astype(np.int64) \
             if len(kept_ids) else np.zeros(0, np.int64)
         return with_reason(table, reason), {**sparse_counts(flat, "counts_after"),
-                                            **sparse_counts(ml.language_of(self.offsets, firsts), "lang_kept")}
+                                            **language_counts(ml.language_of(self.offsets, firsts),
+                                                              ml.LanguageLayout([], self.offsets), "lang_kept")}
+
+
+def language_counts(index: np.ndarray, layout: "ml.LanguageLayout", name: str) -> dict[str, np.ndarray]:
+    """`sparse_counts` of language indexes (a few hundred at most: bincount, no sort)."""
+    counts = np.bincount(index, minlength=len(layout.offsets) - 1).astype(np.int64)
+    return {f"{name}_ids": np.arange(len(counts), dtype=np.int64), name: counts}
 
 
 def first_of(rows: np.ndarray) -> np.ndarray:
