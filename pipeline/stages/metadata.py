@@ -146,7 +146,9 @@ class EntryMatcher:
         rows = np.searchsorted(starts, found[:, 1], side="right") - 1
         entry_ids, rows = self._expand(keys, rows)
         width = np.int64(self.entry_count)
-        pairs = np.sort(rows * width + entry_ids)   # sort + diff: faster than np.unique here
+        # sort + diff: faster than np.unique here; the matches come by end position, so their rows
+        # are already in order and a stable (adaptive) sort is several times faster than quicksort
+        pairs = np.sort(rows * width + entry_ids, kind="stable")
         pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs
         return pairs // width, pairs % width
 
@@ -218,10 +220,10 @@ class MatchLanguages:
                 storage.read_json(storage.join(self.lists_path, f"{code}.json")), self.case_sensitive,
                 key_of=ml.entry_key))
 
-        rows, flat = ml.match_languages(table, lists, matcher_of, layout, self.case_sensitive)
-        lengths = np.bincount(rows, minlength=table.num_rows)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        entry_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.int32)))
+        entry_ids = ml.match_languages(table, lists, matcher_of, layout, self.case_sensitive)
+        lengths = pc.list_value_length(entry_ids).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat = pc.list_flatten(entry_ids).to_numpy(zero_copy_only=False).astype(np.int64)
+        firsts = flat[(np.cumsum(lengths) - lengths)[lengths > 0]]
         table = table.append_column("entry_ids", entry_ids)
         reason = pc.if_else(pa.array(lengths == 0), pa.scalar("no_entry"), pa.scalar(None, pa.string()))
         reason = pc.if_else(pa.array(lists < 0), pa.scalar("no_metadata_language"), reason)
@@ -230,7 +232,7 @@ class MatchLanguages:
         return with_reason(table, reason), {**sparse_counts(flat, "counts"),
                                             "unlisted_codes": codes, "unlisted_rows": code_rows.astype(np.int64),
                                             **language_counts(lists[lists >= 0], layout, "lang_rows"),
-                                            **language_counts(layout.language_of(flat[first_of(rows)]), layout,
+                                            **language_counts(layout.language_of(firsts), layout,
                                                               "lang_matched")}
 
 
@@ -258,11 +260,6 @@ def language_counts(index: np.ndarray, layout: "ml.LanguageLayout", name: str) -
     """`sparse_counts` of language indexes (a few hundred at most: bincount, no sort)."""
     counts = np.bincount(index, minlength=len(layout.offsets) - 1).astype(np.int64)
     return {f"{name}_ids": np.arange(len(counts), dtype=np.int64), name: counts}
-
-
-def first_of(rows: np.ndarray) -> np.ndarray:
-    """The index of each row's first match, in (row-sorted) matches."""
-    return np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]])) if len(rows) else rows
 
 
 def balance_keep(uids: list[str], entry_ids: pa.ListArray, counts: np.ndarray, t: int,

@@ -25,6 +25,7 @@ draw from (uid, seed).
 """
 from __future__ import annotations
 
+import functools
 import os
 import string
 from dataclasses import dataclass
@@ -199,15 +200,22 @@ def layout_of(lists: dict[str, list[str]]) -> LanguageLayout:
     return LanguageLayout(languages, [0] + np.cumsum(sizes).astype(int).tolist())
 
 
+@functools.cache
+def strip_pattern() -> str:
+    """A regex (RE2) for what Python's `str.strip()` removes: `isspace()` characters at either end."""
+    spaces = "".join(f"\\x{{{ord(c):x}}}" for c in map(chr, range(0x3001)) if c.isspace())
+    return f"^[{spaces}]+|[{spaces}]+$"
+
+
 def spaced_texts(texts, case_sensitive: bool) -> tuple[list[str], np.ndarray]:
-    """MetaCLIP 2's caption spacing without the outer padding (the matcher adds it), and each
-    spaced caption's length in characters."""
+    """MetaCLIP 2's caption spacing (of the stripped caption) without the outer padding (the
+    matcher adds it), and each spaced caption's length in characters."""
     from pipeline.stages.metadata import WRAPPED_PATTERN
 
-    stripped = pa.array([(t or "").strip() for t in texts.to_pylist()], pa.string())
+    column = pc.replace_substring_regex(pc.fill_null(texts, ""), strip_pattern(), "")
     if not case_sensitive:
-        stripped = pc.utf8_lower(stripped)
-    column = pc.replace_substring_regex(stripped, WRAPPED_PATTERN, r" \1 ")
+        column = pc.utf8_lower(column)
+    column = pc.replace_substring_regex(column, WRAPPED_PATTERN, r" \1 ")
     column = pc.replace_substring_regex(column, r"[\t\n\r]", " ")
     return column.to_pylist(), pc.utf8_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -226,35 +234,26 @@ def list_index(language: pa.ChunkedArray | pa.Array, layout: LanguageLayout,
 
 
 def match_languages(table: pa.Table, lists: np.ndarray, matcher_of, layout: LanguageLayout,
-                    case_sensitive: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, global entry ids) of every match, sorted by row then entry; `lists` is each row's
-    `list_index`, `matcher_of(code)` the language's (cached) matcher."""
+                    case_sensitive: bool) -> pa.ListArray:
+    """Per row, the global ids of the entries it matches, in order (a list array); `lists` is
+    each row's `list_index`, `matcher_of(code)` the language's (cached) matcher. The rows are
+    matched grouped by language, then put back in their order with one `take`."""
     order = np.argsort(lists, kind="stable")
     bounds = np.searchsorted(lists[order], np.arange(-1, len(layout.languages) + 1))
-    all_rows, all_ids = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    lengths, ids = [np.zeros(bounds[1], np.int64)], [np.zeros(0, np.int64)]   # rows without a list
     for i, code in enumerate(layout.languages):
         rows = order[bounds[i + 1]:bounds[i + 2]]
         if not len(rows):
             continue
-        spaced, lengths = spaced_texts(table["text"].take(pa.array(rows)), case_sensitive)
-        found_rows, ids = matcher_of(code).match_spaced(spaced, lengths)
-        all_rows.append(rows[found_rows])
-        all_ids.append(ids + layout.offsets[i])
-    return row_major(np.concatenate(all_rows), np.concatenate(all_ids), table.num_rows)
-
-
-def row_major(rows: np.ndarray, ids: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The matches in row order, without a sort: each row's matches are one run already."""
-    if not len(rows):
-        return rows, ids
-    lengths = np.bincount(rows, minlength=count)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    run_starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
-    run_of = np.repeat(np.arange(len(run_starts)), np.diff(np.append(run_starts, len(rows))))
-    positions = offsets[rows] + np.arange(len(rows)) - run_starts[run_of]
-    ordered = np.empty_like(ids)
-    ordered[positions] = ids
-    return np.repeat(np.arange(count), lengths), ordered
+        spaced, spaced_lengths = spaced_texts(table["text"].take(pa.array(rows)), case_sensitive)
+        found_rows, found = matcher_of(code).match_spaced(spaced, spaced_lengths)
+        lengths.append(np.bincount(found_rows, minlength=len(rows)))
+        ids.append(found + layout.offsets[i])
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int32)
+    grouped = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(ids).astype(np.int32)))
+    back = np.empty(len(order), dtype=np.int64)
+    back[order] = np.arange(len(order))
+    return grouped.take(pa.array(back))
 
 
 def t_to_p(counts: np.ndarray, t: float) -> float:

@@ -265,16 +265,26 @@ def test_list_index_and_row_order():
     language = pa.chunked_array([["en", None, "yue"], ["ko", "ja", "xx", "zh"]])
     assert ml.list_index(language, layout).tolist() == [0, -1, 2, -1, 1, -1, 2]
     assert ml.list_index(language, layout, {"xx": "ja", "yue": "en"}).tolist() == [0, -1, 0, -1, 1, 1, 2]
+    spaces = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+    texts = [f"{spaces}a dog{spaces}", spaces, "", None, "\u3000猫\x1c", f"x{spaces}y"]
+    spaced, lengths = ml.spaced_texts(pa.array(texts, pa.string()), True)
+    expected = [spaced_text(t or "")[1:-1] for t in texts]   # without the outer padding
+    assert spaced == expected and lengths.tolist() == [len(t) for t in expected]
+
+
+def test_rows_in_many_languages_keep_their_order():
+    from pipeline.stages import metadata_languages as ml
+    from pipeline.stages.metadata import EntryMatcher
+
+    layout = ml.layout_of(LISTS)
     rng = np.random.default_rng(1)
-    rows_of = rng.permutation(50)
-    groups = [np.sort(rows_of[i:i + 10]) for i in range(0, 50, 10)]
-    rows, ids = [], []
-    for group in groups:   # per language: its rows ascending, each with a sorted run of entries
-        for row in group:
-            found = np.sort(rng.choice(100, rng.integers(0, 4), replace=False))
-            rows += [row] * len(found)
-            ids += found.tolist()
-    rows, ids = np.array(rows, np.int64), np.array(ids, np.int64)
-    order = np.lexsort((ids, rows))
-    got = ml.row_major(rows, ids, 50)
-    assert got[0].tolist() == rows[order].tolist() and got[1].tolist() == ids[order].tolist()
+    picked = [CAPTIONS[i] for i in rng.integers(0, len(CAPTIONS), 300)]
+    table = pa.table({"text": [text for _, text, _ in picked], "language": [code for code, _, _ in picked]})
+    lists = ml.list_index(table["language"], layout)
+    got = ml.match_languages(table, lists, lambda code: EntryMatcher(LISTS[code], key_of=ml.entry_key),
+                             layout, True).to_pylist()
+    lang_of = {"yue": "zh"}
+    for (code, text, _), ids in zip(picked, got):
+        code = lang_of.get(code, code)
+        low = layout.offsets[layout.languages.index(code)] if code in LISTS else 0
+        assert ids == ([low + i for i in ref_match(text, LISTS[code])] if code in LISTS else [])
