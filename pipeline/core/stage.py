@@ -141,3 +141,14 @@ def with_reason(table: pa.Table, reasons: pa.Array) -> pa.Table:
         reasons = pc.coalesce(table[REASON], reasons)
         return table.set_column(table.schema.get_field_index(REASON), REASON, reasons)
     return table.append_column(REASON, reasons)
+
+
+def first_reason(checks: list, rows: int) -> pa.Array:
+    """The reason of the first check that is true for each row (null when none is):
+    `checks` are (condition, reason) pairs in order."""
+    import pyarrow.compute as pc
+
+    reason = pa.nulls(rows, pa.string())
+    for condition, name in reversed(checks):
+        reason = pc.if_else(pc.fill_null(condition, False), pa.scalar(name), reason)
+    return reason

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.constraints import AtLeast, Invalid
-from pipeline.core.stage import Stage, with_reason
+from pipeline.core.stage import Stage, first_reason, with_reason
 from pipeline.core.steps import Step
 
 FILENAME = r"(?i)^\S*\.(jpe?g|png|gif|webp|bmp|tiff?|heic|svg|avif)$"
@@ -89,15 +89,6 @@ def count_words(text, word_split: str):
     if word_split == "fasttext":
         return pc.add(pc.count_substring_regex(text, f"[^{FASTTEXT_SPACE}]+"), pc.count_substring(text, "\n"))
     return pc.count_substring_regex(text, f"[^{PYTHON_SPACE}]+")
-
-
-def first_reason(checks: list, rows: int) -> pa.Array:
-    """The reason of the first check that is true for each row (null when none is)."""
-    reason = pa.nulls(rows, pa.string())
-    for condition, name in reversed(checks):
-        condition = pc.fill_null(condition, False)
-        reason = pc.if_else(condition, pa.scalar(name), reason)
-    return reason
 
 
 def build_step(settings: CaptionFilterSettings, run) -> Step:

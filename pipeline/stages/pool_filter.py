@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from pipeline.core import storage
 from pipeline.core.constraints import AtLeast, Between, Invalid
-from pipeline.core.stage import Stage, with_reason
+from pipeline.core.stage import Stage, first_reason, with_reason
 from pipeline.core.steps import Step, StepContext, group_by_rows
 from pipeline.core.tasks import ReadParts, StageOp
 
@@ -129,14 +129,6 @@ def at_least(scores, threshold: float):
     if not pa.types.is_floating(scores.type):
         scores = pc.cast(scores, pa.float64())
     return pc.greater_equal(scores, pa.scalar(threshold, pa.float64()).cast(scores.type))
-
-
-def first_reason(checks: list, rows: int) -> pa.Array:
-    """The reason of the first check that is true for each row (null when none is)."""
-    reason = pa.nulls(rows, pa.string())
-    for condition, name in reversed(checks):
-        reason = pc.if_else(pc.fill_null(condition, False), pa.scalar(name), reason)
-    return reason
 
 
 # --- the exact top fraction: a radix select over the parts ------------------------------
