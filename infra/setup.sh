@@ -18,5 +18,8 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e ".[all]"
+# PP-OCR's text detector (text_mask). Its wheel asks for opencv-python, which would shadow the
+# headless OpenCV everything else uses; its other requirements are in pyproject.toml.
+.venv/bin/pip install -q --no-deps "rapidocr-onnxruntime>=1.3"
 touch .venv/.installed
 echo "setup: ready (.venv)"
