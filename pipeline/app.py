@@ -275,8 +275,10 @@ def empty_detail(source: dict) -> str:
 
 
 def make_summary(records: list[dict]) -> dict:
-    stages = [{k: r[k] for k in ("name", "rows_in", "rows_out", "dropped", "seconds")}
-              for r in records]
+    """The funnel (DESIGN.md's contract); a step that records a `summary` (metadata's
+    per-language table) adds it to its stage as `details`."""
+    stages = [{**{k: r[k] for k in ("name", "rows_in", "rows_out", "dropped", "seconds")},
+               **({"details": r["summary"]} if r.get("summary") else {})} for r in records]
     sources = [s for r in records for s in r.get("sources", [])]
     return {"input_rows": stages[0]["rows_in"], "kept_rows": stages[-1]["rows_out"],
             "stages": stages, "sources": sources,

@@ -161,12 +161,14 @@ def bin_edges(arrays: list[pa.Array], marks: list[float], bins: int = 40) -> lis
     return [lo + (hi - lo) * i / bins for i in range(bins + 1)]
 
 
-def entry_counts(run_dir: str, points: int = 300) -> dict[str, list[tuple[int, int]]] | None:
+def entry_counts(run_dir: str, points: int = 300, language: str | None = None
+                 ) -> dict[str, list[tuple[int, int]]] | None:
     """Rank vs count (descending, zeros left out) before and after balancing, thinned to
-    about `points` log-spaced ranks per series."""
+    about `points` log-spaced ranks per series; with `language`, that language's entries only."""
     paths = [storage.join(d, "entry_counts.parquet") for d, _ in step_records(run_dir, "metadata")]
-    table = read_columns(paths[-1:], ["count_before", "count_after"])
-    if table is None or table.num_columns < 2:
+    only, columns = (None, []) if language is None else (pc.field("language") == language, ["language"])
+    table = read_columns(paths[-1:], ["count_before", "count_after", *columns], filter=only)
+    if table is None or table.num_columns < 2 + len(columns):
         return None
     series = {}
     for name, column in (("before", "count_before"), ("after", "count_after")):

@@ -359,12 +359,12 @@ class MetadataStep(Step):
             table[code] = {"rows": int(rows_in[i]), "matched_rows": int(with_match[i]), "kept_rows": int(kept[i]),
                            **found, "kept_matches": int(after[low:high].sum())}
         storage.write_json(table, ctx.path("language_thresholds.json"))
-        ctx.record["metadata_languages"] = table
         unlisted: dict[str, int] = {}
         for task in ctx.extras("match"):
             for code, rows in zip(task["unlisted_codes"].tolist(), task["unlisted_rows"].tolist()):
                 unlisted[code or "(none)"] = unlisted.get(code or "(none)", 0) + int(rows)
-        ctx.record["metadata_unlisted_languages"] = dict(sorted(unlisted.items(), key=lambda kv: -kv[1]))
+        ctx.record["summary"] = {"languages": table,
+                                 "unlisted_languages": dict(sorted(unlisted.items(), key=lambda kv: -kv[1]))}
         entries = [e for code in layout.languages
                    for e in storage.read_json(storage.join(lists_path, f"{code}.json"))]
         write_entry_counts(ctx.path("entry_counts.parquet"), entries, before, after,

@@ -172,8 +172,19 @@ def test_thresholds_probabilities_and_kept_rows_equal_metaclip2(tmp_path, world,
         assert (found[code]["rows"], found[code]["matched_rows"], found[code]["kept_rows"]) == \
             (len(mine), sum(1 for _, ids in mine if ids), sum(1 for uid, _ in mine if uid in expected))
     record = json.loads((step_dir(run_dir) / "stats.json").read_text())
-    assert record["metadata_languages"] == found
-    assert record["metadata_unlisted_languages"] == {"ko": 5}
+    assert record["summary"]["languages"] == found
+    assert record["summary"]["unlisted_languages"] == {"ko": 5}
+    stage = next(s for s in read_summary(run_dir)["stages"] if s["name"] == "metadata")
+    assert stage["details"]["languages"] == found   # summary.json carries the per-language numbers
+    from pipeline.report.languages import CURVES, languages_section
+
+    html = languages_section(str(run_dir))
+    largest = sorted(found, key=lambda code: (-found[code]["rows"], code))
+    for code in largest:
+        assert f'<td class="text">{code}</td><td>{found[code]["rows"]:,}</td>' in html
+    charted = [code for code in largest if f"{code}: entry counts" in html]
+    assert charted == largest[:CURVES]
+    assert 'id="languages"' in (run_dir / "report.html").read_text()
 
 
 def test_languages_without_spaces_match_inside_captions(world):
@@ -217,7 +228,7 @@ def test_given_t_and_chosen_languages(tmp_path, world):
     drops = {s["name"]: s["dropped"] for s in read_summary(run_dir)["stages"]}["metadata"]
     assert drops["no_metadata_language"] == sum(1 for r in data if r["language"] not in ("en", "fr"))
     record = json.loads((step_dir(run_dir) / "stats.json").read_text())
-    assert record["metadata_unlisted_languages"] == {"ja": 49, "zh": 46, "de": 41, "th": 31, "ko": 5, "yue": 3}
+    assert record["summary"]["unlisted_languages"] == {"ja": 49, "zh": 46, "de": 41, "th": 31, "ko": 5, "yue": 3}
 
 
 def test_builtin_per_language_sources_and_errors(tmp_path, world):
