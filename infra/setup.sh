@@ -21,5 +21,8 @@ PYTHON="${PYTHON:-python3}"
 # PP-OCR's text detector (text_mask). Its wheel asks for opencv-python, which would shadow the
 # headless OpenCV everything else uses; its other requirements are in pyproject.toml.
 .venv/bin/pip install -q --no-deps "rapidocr-onnxruntime>=1.3"
+# MTCNN face detector (face_blur.detector: mtcnn), weights inside the wheel; its pins on torch and
+# numpy are older than ours, and it needs nothing else.
+.venv/bin/pip install -q --no-deps "facenet-pytorch>=2.6"
 touch .venv/.installed
 echo "setup: ready (.venv)"
