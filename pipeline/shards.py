@@ -108,15 +108,52 @@ def _concat_placed(placed: list[pa.Table]) -> pa.Table:
                      "key": pa.array([], pa.string())})
 
 
-def write_tar(path: str, rows: pa.Table, keys: list[str]) -> None:
-    """Write one shard atomically (through `core.storage`: renamed, or uploaded whole)."""
+def write_tar(path: str, rows: pa.Table, keys: list[str]) -> str:
+    """Write one shard atomically (through `core.storage`: renamed, or uploaded whole);
+    returns its sha256."""
+    return write_samples(path, samples_of(rows, keys))
+
+
+def write_samples(path: str, samples: Iterable[dict[str, Any]]) -> str:
+    """Write webdataset samples as one tar atomically, with fixed mtime, owner and mode (the
+    same samples give the same bytes); returns the tar's sha256."""
     import webdataset as wds
 
-    with storage.committing(path, durable=True) as tmp, open(tmp, "wb") as stream:
-        writer = wds.TarWriter(stream, encoder=False, mtime=MTIME, user="", group="", mode=0o444)
-        for sample in samples_of(rows, keys):
-            writer.write(sample)
-        writer.close()
+    with storage.committing(path, durable=True) as tmp:
+        with open(tmp, "wb") as stream:
+            writer = wds.TarWriter(stream, encoder=False, mtime=MTIME, user="", group="", mode=0o444)
+            for sample in samples:
+                writer.write(sample)
+            writer.close()
+        return file_sha256(tmp)
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_samples(path: str) -> Iterable[dict[str, Any]]:
+    """The samples of a tar as `write_samples` takes them (`__key__`, extension -> bytes), in
+    their order; a member's key is its name up to the first dot (webdataset's rule)."""
+    import tarfile
+
+    with storage.open_input(path, sequential=True) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        sample: dict[str, Any] = {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, extension = member.name.partition(".")
+            if sample and sample["__key__"] != key:
+                yield sample
+                sample = {}
+            sample.setdefault("__key__", key)
+            sample[extension] = tar.extractfile(member).read()
+        if sample:
+            yield sample
 
 
 def samples_of(rows: pa.Table, keys: list[str]) -> Iterable[dict[str, Any]]:
