@@ -37,9 +37,10 @@ from pipeline.errors import UserError
 BLOCKLISTED = "blocklisted"   # the reason
 
 KINDS = ("urls", "domains", "md5", "sha256")
-HEX = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{64}$")}
+HEX = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{64}$"),
+       "uids": re.compile(r"^[0-9a-f]{32}$")}   # uids: takedown lists (`pipeline.takedown`)
 COLUMN_NAMES = {"urls": ("url", "urls"), "domains": ("domain", "domains", "host"),
-                "md5": ("md5",), "sha256": ("sha256",)}
+                "md5": ("md5",), "sha256": ("sha256",), "uids": ("uid", "uids")}
 
 
 @dataclass
@@ -100,23 +101,23 @@ def under_blocked_domain(host: Optional[str], domains: set) -> bool:
     return any(".".join(labels[i:]) in domains for i in range(1, len(labels)))
 
 
-def read_entries(path: str, kind: str) -> list[str]:
+def read_entries(path: str, kind: str, label: str = "blocklist") -> list[str]:
     """The entries of one list file (text or parquet), normalised; a bad file or entry is a
-    one-line UserError naming the file (and line)."""
+    one-line UserError naming `label.kind`, the file (and line)."""
     try:
         if path.endswith(".parquet"):
-            values = parquet_column(path, kind)
+            values = parquet_column(path, kind, label)
             lines = [(i + 1, v) for i, v in enumerate(values) if v is not None]
         else:
             with storage.open_input(path) as stream:
                 text = stream.read().decode("utf-8")
             lines = [(i + 1, line) for i, line in enumerate(text.splitlines())]
     except FileNotFoundError:
-        raise UserError(f"blocklist.{kind}: {path}: no such file") from None
+        raise UserError(f"{label}.{kind}: {path}: no such file") from None
     except UnicodeDecodeError:
-        raise UserError(f"blocklist.{kind}: {path}: not UTF-8 text (or name it .parquet)") from None
+        raise UserError(f"{label}.{kind}: {path}: not UTF-8 text (or name it .parquet)") from None
     except (OSError, pa.ArrowException) as error:
-        raise UserError(f"blocklist.{kind}: {path}: cannot be read ({error})") from None
+        raise UserError(f"{label}.{kind}: {path}: cannot be read ({error})") from None
     entries = []
     for number, line in lines:
         value = line.split("#", 1)[0].strip() if kind != "urls" else line.strip()
@@ -125,18 +126,18 @@ def read_entries(path: str, kind: str) -> list[str]:
         if kind in HEX:
             value = value.lower()
             if not HEX[kind].match(value):
-                raise UserError(f"blocklist.{kind}: {path}:{number}: not a {kind} hex digest: {value[:80]!r}")
+                raise UserError(f"{label}.{kind}: {path}:{number}: not a {kind} hex digest: {value[:80]!r}")
         elif kind == "domains":
             value = domain_entry(value)
             if not value or "/" in value:
-                raise UserError(f"blocklist.domains: {path}:{number}: not a domain: {line.strip()[:80]!r}")
+                raise UserError(f"{label}.domains: {path}:{number}: not a domain: {line.strip()[:80]!r}")
         elif not host_of(value):
-            raise UserError(f"blocklist.urls: {path}:{number}: not a URL with a host: {value[:80]!r}")
+            raise UserError(f"{label}.urls: {path}:{number}: not a URL with a host: {value[:80]!r}")
         entries.append(value)
     return entries
 
 
-def parquet_column(path: str, kind: str) -> list:
+def parquet_column(path: str, kind: str, label: str = "blocklist") -> list:
     import pyarrow.parquet as pq
 
     with storage.open_input(path) as stream:
@@ -145,7 +146,7 @@ def parquet_column(path: str, kind: str) -> list:
     if not names:
         names = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         if len(names) != 1:
-            raise UserError(f"blocklist.{kind}: {path}: no column named {COLUMN_NAMES[kind][0]!r} "
+            raise UserError(f"{label}.{kind}: {path}: no column named {COLUMN_NAMES[kind][0]!r} "
                             f"and not exactly one text column ({table.column_names})")
     return table[names[0]].to_pylist()
 
