@@ -78,8 +78,7 @@ def per_language(settings: MetadataSettings) -> bool:
 SETTINGS = MetadataSettings
 
 
-WRAPPED = [",", ".", ";", ":", "?", "!", "`"]
-WRAPPED_PATTERN = "([" + "".join(WRAPPED) + "])"
+WRAPPED, WRAPPED_PATTERN = ml.WRAPPED, ml.WRAPPED_PATTERN
 
 
 def spacing(text: str) -> str:

@@ -68,6 +68,9 @@ NO_SPACE_RANGES = (
 ASCII_PUNCTUATION = frozenset(string.punctuation)
 
 
+WRAPPED = [",", ".", ";", ":", "?", "!", "`"]   # MetaCLIP's punctuation, spaced apart before matching
+WRAPPED_PATTERN = "([" + "".join(WRAPPED) + "])"
+
 def no_space_char(char: str) -> bool:
     """MetaCLIP 2's "CJK or similar" (with kana): no space is needed on this side of an entry."""
     if char in ASCII_PUNCTUATION or char in CJK_PUNCTUATION:
@@ -210,8 +213,6 @@ def strip_pattern() -> str:
 def spaced_texts(texts, case_sensitive: bool) -> tuple[list[str], np.ndarray]:
     """MetaCLIP 2's caption spacing (of the stripped caption) without the outer padding (the
     matcher adds it), and each spaced caption's length in characters."""
-    from pipeline.stages.metadata import WRAPPED_PATTERN
-
     column = pc.replace_substring_regex(pc.fill_null(texts, ""), strip_pattern(), "")
     if not case_sensitive:
         column = pc.utf8_lower(column)
