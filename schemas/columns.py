@@ -36,6 +36,10 @@ STAGE_COLUMNS_V1 = {
         ('image_embedding', pa.list_(pa.float16())),
         ('text_embedding', pa.list_(pa.float16())),
     ]),
+    'recaption': pa.schema([
+        ('captions', pa.list_(pa.struct([('text', pa.string()), ('model', pa.string()), ('prompt', pa.string()), ('seconds', pa.float32())]))),
+        ('caption_error', pa.string()),
+    ]),
     'shard': pa.schema([
         ('shard', pa.string()),
         ('key', pa.string()),

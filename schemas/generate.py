@@ -55,6 +55,8 @@ def _type(type_) -> str:
 
     if pa.types.is_list(type_):
         return f"pa.list_({_type(type_.value_type)})"
+    if pa.types.is_struct(type_):
+        return "pa.struct([" + ", ".join(f"({f.name!r}, {_type(f.type)})" for f in type_) + "])"
     names = {pa.string(): "pa.string()", pa.float32(): "pa.float32()", pa.float16(): "pa.float16()",
              pa.int32(): "pa.int32()", pa.int64(): "pa.int64()", pa.binary(): "pa.binary()"}
     return names[type_]

@@ -37,12 +37,13 @@ from pipeline.stages import (
     language,
     metadata,
     pool_filter,
+    recaption,
     semantic_dedup,
     shard,
 )
 
 REGISTRY = [crawl_step, dedup, pool_filter, caption_filter, language, metadata, image_based, download, image_dedup,
-            clip_score, heads, semantic_dedup, decontaminate, shard, face_blur]
+            clip_score, heads, semantic_dedup, decontaminate, recaption, shard, face_blur]
 
 
 
