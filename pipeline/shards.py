@@ -4,7 +4,8 @@ Samples are ordered by a hash of `(uid, seed)`, so shards come out shuffled and 
 input gives byte-identical tars on every run and engine: members have a fixed mtime, owner
 and mode, and within a sample they come in webdataset's (sorted) order. Each sample has
 `<key>.jpg`, `<key>.txt` (the caption), `<key>.json` (every other column that is not binary
-or an embedding) and, when embeddings are present, `<key>.npy` (float16, shape `(k, dim)`,
+or an embedding; recaption's `captions` without their `seconds`), `<key>.syn.txt` (the first synthetic
+caption, when there is one) and, when embeddings are present, `<key>.npy` (float16, shape `(k, dim)`,
 rows in the order `image_embedding, text_embedding`). Keys are digits only (no dots):
 shard index then position. Each tar is committed through `core.storage` (temporary name,
 fsync, rename).
@@ -29,6 +30,7 @@ from pipeline.core import storage
 MTIME = 0
 IMAGE_COLUMN, TEXT_COLUMN, UID_COLUMN = "jpg", "text", "uid"
 EMBEDDING_COLUMNS = (IMAGE_EMBEDDING, TEXT_EMBEDDING)
+CAPTIONS_COLUMN = "captions"   # recaption's synthetic captions: the first also goes in as `<key>.syn.txt`
 MIN_SHARDS = 8  # open_clip hangs when shards < dataloader workers x processes
 SIZES_FILE = "sizes.json"
 log = logging.getLogger(__name__)
@@ -165,8 +167,13 @@ def samples_of(rows: pa.Table, keys: list[str]) -> Iterable[dict[str, Any]]:
     metas = rows.select(meta_columns).to_pylist()
     embeddings = [_embedding_matrix(rows[c]) for c in embedding_columns]
     for i, (key, image, text, meta) in enumerate(zip(keys, images, texts, metas)):
+        captions = meta.get(CAPTIONS_COLUMN)
+        if captions is not None:   # provenance without the timings (they differ between reruns)
+            meta = {**meta, CAPTIONS_COLUMN: [{k: v for k, v in c.items() if k != "seconds"} for c in captions]}
         sample = {"__key__": key, "jpg": image or b"", "txt": (text or "").encode("utf-8"),
                   "json": json_bytes({**meta, "key": key})}
+        if captions:
+            sample["syn.txt"] = (captions[0]["text"] or "").encode("utf-8")
         if embeddings:
             sample["npy"] = npy_bytes(np.stack([matrix[i] for matrix in embeddings]))
         yield sample
