@@ -1,0 +1,242 @@
+"""PDQ perceptual hashes (Meta's 256-bit image hash) and a Hamming-distance matcher for lists of them.
+
+- `hash_image(data)`: the PDQ hash of an image's ORIGINAL bytes (decoded as they are, EXIF
+  orientation ignored, alpha dropped, as PIL's `convert("RGB")` and the reference hasher do),
+  with `pdqhash` (the reference C++ code): 64 lowercase hex digits, most significant bit
+  first (ThreatExchange's layout), and PDQ's quality (0-100). (None, None) when the bytes do
+  not decode.
+- `read_pdq_list(files)`: the hashes of list files, one a line (text; `#` comments; the hash is
+  the first field of a line split on commas, tabs or spaces, so `pdq-photo-hasher`'s
+  `hash,quality,filename` lines and ThreatExchange's `pdq <hash> ...` signal lines read as
+  they are; a CSV header row names the column: `pdq`, `hash`, `signal_value` or
+  `indicator`) or parquet (such a column, or its only text column). A bad entry is one line
+  naming the file and line.
+- `PdqIndex(hashes).matches(queries, distance)`: per query, is a list hash within `distance`
+  bits? Multi-index hashing: the 256 bits are 16 bands of 16 bits, and a hash within d bits
+  of the query has, by pigeonhole, a band within floor(d / 16) bits of the query's band
+  (16 x (r + 1) > d). Each band is a counting-sorted table (65,536 buckets), probed with the
+  query's band and its r-bit flips (17 probes a band at d = 31), and the candidates are
+  verified by exact popcount: the same answer as comparing with every list hash (the unit
+  tests check it), at 1/240th of the comparisons on uniform hashes. Memory: 32 bytes of hash
+  and 64 bytes of band tables per list hash (about 1 GB for 10M). Beyond d = 47 (r = 3) the
+  probes cost more than a scan, and it scans.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.core import storage
+from pipeline.errors import UserError
+
+DISTANCE = 31        # the PDQ authors' match threshold (bits of 256)
+MIN_QUALITY = 50     # PDQ's own advice: below it a hash is too unreliable to match on
+BITS, BYTES = 256, 32
+BANDS, BAND_BITS = 16, 16
+SCAN_FROM_RADIUS = 3        # a band radius from which a full scan is cheaper than the probes
+HEX = re.compile(r"^[0-9a-f]{64}$")
+COLUMN_NAMES = ("pdq", "hash", "signal_value", "indicator")
+SPLIT = re.compile(r"[,\t ;]+")
+
+
+def hash_image(data: bytes) -> tuple[Optional[str], Optional[int]]:
+    """The PDQ hash (64 hex digits) and quality of an image's bytes; (None, None) when they
+    do not decode (the caller's own decode reports why)."""
+    import cv2
+    import pdqhash
+
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        return None, None
+    if image is None or image.size == 0:
+        return None, None
+    bits, quality = pdqhash.compute(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return np.packbits(np.asarray(bits, dtype=bool)).tobytes().hex(), int(quality)
+
+
+def codes_of(values: Iterable[Optional[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Hex hashes (or None, or anything else) as (n, 32) uint8 codes, and which were valid."""
+    values = values.to_pylist() if hasattr(values, "to_pylist") else list(values)
+    valid = np.array([isinstance(v, str) and len(v) == 64 and HEX.match(v.lower()) is not None for v in values],
+                     dtype=bool)
+    joined = "".join(v if ok else "0" * 64 for v, ok in zip(values, valid))
+    return np.frombuffer(bytes.fromhex(joined), np.uint8).reshape(len(values), BYTES).copy(), valid
+
+
+def as_codes(hashes) -> np.ndarray:
+    """(n, 32) uint8 codes from codes, (n, 4) uint64 words (big-endian bit order, as hex) or hex strings."""
+    if isinstance(hashes, np.ndarray) and hashes.ndim == 2:
+        if hashes.dtype == np.uint8 and hashes.shape[1] == BYTES:
+            return np.ascontiguousarray(hashes)
+        if hashes.dtype == np.uint64 and hashes.shape[1] == 4:
+            return np.ascontiguousarray(hashes.astype(">u8")).view(np.uint8).reshape(-1, BYTES)
+    codes, valid = codes_of(hashes)
+    if not valid.all():
+        raise ValueError(f"not a PDQ hash (64 hex digits): {list(hashes)[int(np.argmin(valid))]!r}")
+    return codes
+
+
+def words(codes: np.ndarray) -> np.ndarray:
+    """(n, 32) uint8 codes as (n, 4) uint64 (for popcounts; byte order does not matter there)."""
+    return np.ascontiguousarray(codes).view(np.uint64).reshape(-1, 4)
+
+
+def distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Hamming distances of (n, 32) codes to one (32,) code, or row by row to (n, 32)."""
+    return np.bitwise_count(words(codes) ^ words(query.reshape(-1, BYTES))).sum(axis=1, dtype=np.int32)
+
+
+def brute_force_matches(list_codes: np.ndarray, query_codes: np.ndarray, distance: int,
+                        block: int = 1 << 20) -> np.ndarray:
+    """Per query code: is a list code within `distance` bits? (every pair compared)"""
+    list_words = words(as_codes(list_codes))
+    found = np.zeros(len(query_codes), dtype=bool)
+    for i, query in enumerate(words(as_codes(query_codes))):
+        for start in range(0, len(list_words), block):
+            if (np.bitwise_count(list_words[start:start + block] ^ query).sum(axis=1) <= distance).any():
+                found[i] = True
+                break
+    return found
+
+
+def flip_masks(radius: int) -> np.ndarray:
+    """Every 16-bit mask of at most `radius` set bits (the probes of one band)."""
+    masks = [0]
+    ones = [1 << i for i in range(BAND_BITS)]
+    if radius >= 1:
+        masks += ones
+    if radius >= 2:
+        masks += [a | b for i, a in enumerate(ones) for b in ones[i + 1:]]
+    return np.array(masks, dtype=np.int64)
+
+
+def expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of range(start, start + length) for each pair."""
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    ends = np.cumsum(lengths)
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
+
+
+class PdqIndex:
+    """Exact Hamming-distance matching of PDQ hashes against a list (see the module's docstring)."""
+
+    def __init__(self, hashes):
+        codes = as_codes(hashes)
+        if len(codes):
+            codes = np.unique(codes.view(f"V{BYTES}").ravel()).view(np.uint8).reshape(-1, BYTES)
+        self.codes = np.ascontiguousarray(codes)
+        n = len(self.codes)
+        bands = self.codes.view(">u2").reshape(n, BANDS)
+        self.order = np.empty((BANDS, n), dtype=np.int32)      # rows, bucket by bucket, per band
+        self.offsets = np.empty((BANDS, (1 << BAND_BITS) + 1), dtype=np.int64)   # into order.ravel()
+        for band in range(BANDS):
+            keys = bands[:, band].astype(np.uint16)
+            self.order[band] = np.argsort(keys, kind="stable")
+            counts = np.bincount(keys, minlength=1 << BAND_BITS)
+            self.offsets[band, 0] = band * n
+            np.cumsum(counts, out=self.offsets[band, 1:])
+            self.offsets[band, 1:] += band * n
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def matches(self, queries: Sequence[Optional[str]], distance: int = DISTANCE) -> np.ndarray:
+        """Per query (hex hash, or None: never a match): is a list hash within `distance` bits?"""
+        codes, valid = codes_of(queries)
+        found = np.zeros(len(codes), dtype=bool)
+        if valid.any() and len(self.codes) and distance >= 0:
+            found[valid] = self.match_codes(codes[valid], int(distance))
+        return found
+
+    def match_codes(self, queries: np.ndarray, distance: int) -> np.ndarray:
+        radius = distance // BANDS
+        if radius >= SCAN_FROM_RADIUS:
+            return brute_force_matches(self.codes, queries, distance)
+        masks = flip_masks(radius)
+        bands = queries.view(">u2").reshape(len(queries), BANDS).astype(np.int64)
+        probes = bands[:, :, None] ^ masks[None, None, :]                       # (q, band, probe)
+        which = np.broadcast_to(np.arange(BANDS)[None, :, None], probes.shape)
+        starts = self.offsets[which, probes].ravel()
+        lengths = self.offsets[which, probes + 1].ravel() - starts
+        rows = self.order.ravel()[expand_ranges(starts, lengths)]
+        owners = np.repeat(np.repeat(np.arange(len(queries)), BANDS * len(masks)), lengths)
+        near = distances(self.codes[rows], queries[owners]) <= distance
+        return np.bincount(owners[near], minlength=len(queries)) > 0
+
+
+def read_pdq_file(path: str) -> np.ndarray:
+    """The hashes of one list file as (n, 32) uint8 codes; a bad file or entry is a one-line
+    UserError naming the file (and line)."""
+    try:
+        if path.endswith(".parquet"):
+            lines = [(i + 1, v) for i, v in enumerate(parquet_values(path)) if v is not None]
+        else:
+            with storage.open_input(path) as stream:
+                text = stream.read().decode("utf-8")
+            lines = text_values(path, text)
+    except FileNotFoundError:
+        raise UserError(f"blocklist.pdq: {path}: no such file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"blocklist.pdq: {path}: not UTF-8 text (or name it .parquet)") from None
+    except (OSError, pa.ArrowException) as error:
+        raise UserError(f"blocklist.pdq: {path}: cannot be read ({error})") from None
+    values = []
+    for number, value in lines:
+        value = value.strip().lower()
+        if not HEX.match(value):
+            raise UserError(f"blocklist.pdq: {path}:{number}: not a PDQ hash (64 hex digits): {value[:80]!r}")
+        values.append(value)
+    return codes_of(values)[0]
+
+
+def text_values(path: str, text: str) -> list[tuple[int, str]]:
+    """(line number, hash field) of a text list: the first field, or the header's named column."""
+    column = None
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = [f.strip().strip('"') for f in SPLIT.split(line)]
+        if column is None and not found:
+            names = [f.lower() for f in fields]
+            named = next((names.index(n) for n in COLUMN_NAMES if n in names), None)
+            if named is not None and not any(HEX.match(f.lower()) for f in fields):
+                column = named
+                continue
+        if column is None and fields[0].lower() == "pdq" and len(fields) > 1:   # `pdq <hash> ...`
+            found.append((number, fields[1]))
+        else:
+            at = column or 0
+            found.append((number, fields[at] if at < len(fields) else ""))
+    return found
+
+
+def parquet_values(path: str) -> list:
+    import pyarrow.parquet as pq
+
+    with storage.open_input(path) as stream:
+        table = pq.read_table(stream)
+    names = [n for n in table.column_names if n.lower() in COLUMN_NAMES]
+    if not names:
+        names = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        if len(names) != 1:
+            raise UserError(f"blocklist.pdq: {path}: no column named 'pdq' and not exactly one text column "
+                            f"({table.column_names})")
+    return table[names[0]].to_pylist()
+
+
+def read_pdq_list(files: Iterable[str], storage_options: Optional[dict] = None) -> np.ndarray:
+    """Every hash of some list files as (n, 32) uint8 codes (in file order, duplicates kept);
+    `storage_options` (the config's) when the files are on an object store and this process
+    was not configured yet."""
+    if storage_options is not None:
+        storage.configure(storage_options)
+    codes = [read_pdq_file(path) for path in files]
+    return np.concatenate(codes) if codes else np.zeros((0, BYTES), np.uint8)
