@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from pipeline import blocklist, stages
+from pipeline import blocklist, datacard, stages
 from pipeline.config import RunSettings
 from pipeline.core import fingerprint, images, lease, parts, run_index, storage, uid_arrays
 from pipeline.core.columns import ColumnPlan, plan_columns
@@ -149,6 +149,7 @@ def execute(claim: Claim, log=print) -> dict:
         if result.get("eval"):
             summary["train"]["top1"] = result["eval"]["top1"]
         storage.write_json(summary, storage.join(run_dir, "summary.json"))
+    datacard.write_datacard(run_dir)
     write_report_quietly(run_dir, log)
     return summary
 

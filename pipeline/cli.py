@@ -106,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", default="cpu", help="where the query is embedded (default cpu)")
     search.set_defaults(handler=cmd_search)
 
+    takedown = commands.add_parser("takedown", help="remove listed samples from finished runs' tars (releases.md)")
+    takedown.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    takedown.add_argument("--list", action="append", required=True, dest="lists", metavar="[KIND:]FILE",
+                          help="urls:, uids:, sha256:, md5: or pdq: a list file (repeatable)")
+    takedown.add_argument("--pdq-distance", type=int, default=31, help="bits (of 256) for a PDQ match")
+    takedown.set_defaults(handler=cmd_takedown)
+
+    diff = commands.add_parser("diff", help="what changed between two releases")
+    diff.add_argument("run_a")
+    diff.add_argument("run_b")
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(handler=cmd_diff)
+
     metadata = commands.add_parser("metadata", help="query entries")
     meta_commands = metadata.add_subparsers(dest="metadata_command", required=True)
     build = meta_commands.add_parser("build", help="write the entry list to a JSON file")
@@ -232,6 +245,23 @@ def cmd_search(args) -> int:
     for hit in hits:
         caption = " ".join(str(hit.caption or "").split())   # one line per hit
         print(f"{hit.uid}\t{hit.url}\t{caption}\t{hit.similarity:.4f}")
+    return 0
+
+
+def cmd_takedown(args) -> int:
+    from pipeline.takedown import parse_list, takedown
+
+    takedown(args.runs, [parse_list(v) for v in args.lists], args.pdq_distance, log=_log)
+    return 0
+
+
+def cmd_diff(args) -> int:
+    import json
+
+    from pipeline.release_diff import diff_runs, format_diff
+
+    result = diff_runs(args.run_a, args.run_b)
+    print(json.dumps(result, indent=1) if args.json else format_diff(result), flush=True)
     return 0
 
 

@@ -1,0 +1,227 @@
+"""`curate takedown`: listed samples leave the tars of two releases (the second excluding the
+first); untouched tars keep their bytes, the ledger, summary and data card account for every
+removal, a rerun changes nothing, a killed takedown rerun finishes the same way, and open_clip
+still reads the shards; locally and in a bucket."""
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.core import storage
+from pipeline.testing.fakeweb import FakeWeb
+from pipeline.testing.world import make_world
+from tests.support import assert_run_invariants, read_dataset, run, serve_world, tar_digests
+
+A_ROWS = 24
+
+
+def config(pairs, output, **extra) -> dict:
+    return {"input": {"path": [str(pairs)], "part_rows": 10}, "output": str(output), "processes": 1,
+            "allow_networks": ["127.0.0.1/32"],
+            "download": {"image_size": 64, "threads": 4, "timeout": 5, "part_rows": 8},
+            "image_dedup": {"phash_distance": 2}, "shard": {"samples_per_shard": 4, "start_index": "auto"},
+            **extra}
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    """Release A (24 world images) and release B (A's first 6 rows again, 8 new images),
+    B excluding A: their folders, to be copied by each test."""
+    folder = tmp_path_factory.mktemp("takedown")
+    with FakeWeb() as web:
+        urls, texts = serve_world(web, A_ROWS)
+        pq.write_table(pa.table({"url": urls, "text": texts}), folder / "a.parquet")
+        run(config(folder / "a.parquet", folder / "a"))
+        rows = list(zip(urls[:6], texts[:6]))
+        for i, sample in enumerate(make_world(8, seed=11, image_size=64)):
+            web.add_image(f"/b/new/{i}.jpg", sample.jpg)
+            rows.append((web.url(f"/b/new/{i}.jpg"), sample.caption))
+        pq.write_table(pa.table({"url": [r[0] for r in rows], "text": [r[1] for r in rows]}), folder / "b.parquet")
+        run(config(folder / "b.parquet", folder / "b", exclude=[str(folder / "a")]))
+    return folder
+
+
+def copies(releases, tmp_path):
+    for name in ("a", "b"):
+        shutil.copytree(releases / name, tmp_path / name)
+    return tmp_path / "a", tmp_path / "b"
+
+
+def tar_samples(run_dir) -> list[dict]:
+    """Every sample of a run's tars: key, uid, url, sha256 of the image."""
+    found = []
+    for name in sorted(storage.read_json(Path(run_dir) / "shards" / "sizes.json")):
+        with tarfile.open(Path(run_dir) / "shards" / name) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar}
+        for member, data in members.items():
+            if member.endswith(".json"):
+                import json
+                meta = json.loads(data)
+                jpg = members[member[:-5] + ".jpg"]
+                found.append({"tar": name, "key": meta["key"], "uid": meta["uid"], "url": meta["url"],
+                              "sha256": hashlib.sha256(jpg).hexdigest(), "md5": hashlib.md5(jpg).hexdigest()})
+    return found
+
+
+def write_lists(folder: Path, a, b) -> dict:
+    """One sample of each release by URL, one of A by uid, one of B by sha256, one of A by
+    MD5 of its image; returns the lists' files and the uids they name."""
+    in_a, in_b = tar_samples(a), tar_samples(b)
+    picks = {"urls": [in_a[0], in_b[0]], "uids": [in_a[5]], "sha256": [in_b[3]], "md5": [in_a[9]]}
+    (folder / "urls.txt").write_text("# takedown request 1\n" + "\n".join(p["url"] for p in picks["urls"]) + "\n")
+    (folder / "uids.txt").write_text("\n".join(p["uid"] for p in picks["uids"]) + "\n")
+    (folder / "sha.txt").write_text("\n".join(p["sha256"] for p in picks["sha256"]) + "\n")
+    pq.write_table(pa.table({"md5": [p["md5"] for p in picks["md5"]]}), folder / "md5.parquet")
+    lists = ["--list", str(folder / "urls.txt"), "--list", f"uids:{folder / 'uids.txt'}",
+             "--list", f"sha256:{folder / 'sha.txt'}", "--list", str(folder / "md5.parquet")]
+    return {"args": lists, "uids": {p["uid"] for group in picks.values() for p in group},
+            "by_run": {"a": {p["uid"] for p in (in_a[0], in_a[5], in_a[9])}, "b": {in_b[0]["uid"], in_b[3]["uid"]}}}
+
+
+def folder_digests(run_dir) -> dict:
+    """sha256 of every file under a run folder but its lease and log."""
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(run_dir).rglob("*")) if p.is_file() and "_lease" not in p.parts}
+
+
+def assert_taken_down(run_dir, listed: set, removed: set, before: dict) -> dict:
+    """The listed samples are nowhere in the release; everything else is as it was."""
+    from pipeline import datacard
+
+    after = tar_digests(run_dir)
+    samples = tar_samples(run_dir)
+    assert not {s["uid"] for s in samples} & listed
+    records = [storage.read_json(p) for p in sorted((Path(run_dir) / "takedowns").glob("*.json"))]
+    assert len(records) == 1 and records[0]["matched"] == len(removed)
+    record = records[0]
+    changed = set(record["tars"])
+    assert changed and {n: after[n] for n in after if n not in changed} == \
+        {n: before[n] for n in before if n not in changed}, "untouched tars keep their bytes"
+    for name, tar in record["tars"].items():
+        assert (tar["old_sha256"], tar["new_sha256"]) == (before[name], after[name]) and before[name] != after[name]
+    sizes = storage.read_json(Path(run_dir) / "shards" / "sizes.json")
+    assert sizes == {n: sum(s["tar"] == n for s in samples) for n in sizes}
+    summary = assert_run_invariants(run_dir)   # conservation, ledger == summary, kept == ledger's kept
+    assert summary["stages"][-1] == {"name": "takedown", "rows_in": summary["kept_rows"] + len(removed),
+                                     "rows_out": summary["kept_rows"], "dropped": {"taken_down": len(removed)},
+                                     "seconds": 0.0}
+    ledger = read_dataset(Path(run_dir) / "ledger")
+    taken = ledger.filter(pa.compute.equal(ledger["reason"], "taken_down"))
+    assert set(taken["uid"].to_pylist()) == removed and taken["url"].null_count == taken.num_rows
+    kept = read_dataset(Path(run_dir) / "kept")
+    assert not set(kept["uid"].to_pylist()) & listed and kept.num_rows == len(samples)
+    uids = np.load(Path(run_dir) / "uids.npy")
+    assert {f"{int(h):016x}{int(lo):016x}" for h, lo in zip(uids["f0"], uids["f1"])} == set(kept["uid"].to_pylist())
+    card = datacard.read_datacard(str(run_dir))
+    assert card["safety"]["taken_down"] == len(removed) and card["rows"]["kept"] == kept.num_rows
+    assert card["safety"]["takedowns"][0]["matched"] == len(removed)
+    assert {n: t["sha256"] for n, t in card["shards"]["tars"].items()} == after
+    return record
+
+
+def open_clip_reads(run_dir) -> int:
+    import open_clip
+    from open_clip_train.data import get_wds_dataset
+
+    from pipeline.clip.wds_compat import patch_open_clip_webdataset
+
+    patch_open_clip_webdataset()
+    names = sorted(storage.read_json(Path(run_dir) / "shards" / "sizes.json"))
+    pattern = str(Path(run_dir) / "shards" / f"{{{names[0][:5]}..{names[-1][:5]}}}.tar")
+    args = Namespace(train_data=pattern, val_data=pattern, train_num_samples=None, val_num_samples=None,
+                     dataset_resampled=False, train_data_upsampling_factors=None, seed=0,
+                     batch_size=1, workers=0, world_size=1)
+    info = get_wds_dataset(args, open_clip.image_transform(64, is_train=False), is_train=True,
+                           tokenizer=open_clip.get_tokenizer("RN50"))
+    return sum(images.shape[0] for images, _ in info.dataloader)
+
+
+@pytest.mark.slow
+def test_takedown_on_two_releases(releases, tmp_path):
+    a, b = copies(releases, tmp_path)
+    lists = write_lists(tmp_path, a, b)
+    before = {r: tar_digests(r) for r in (a, b)}
+    kept_before = {r: assert_run_invariants(r)["kept_rows"] for r in (a, b)}
+    assert main(["takedown", str(a), str(b), *lists["args"]]) == 0
+
+    for run_dir, name in ((a, "a"), (b, "b")):
+        removed = lists["by_run"][name]
+        assert_taken_down(run_dir, lists["uids"], removed, before[run_dir])
+        assert open_clip_reads(run_dir) == kept_before[run_dir] - len(removed)
+        assert not (run_dir / "takedowns" / "_pending.json").exists()
+
+    # the same lists again: nothing matches, nothing changes
+    after = {r: folder_digests(r) for r in (a, b)}
+    assert main(["takedown", str(a), str(b), *lists["args"]]) == 0
+    assert {r: folder_digests(r) for r in (a, b)} == after
+
+    # curate diff: B's rows and tars against a copy of B from before the takedown
+    from pipeline.release_diff import diff_runs, format_diff
+
+    result = diff_runs(str(releases / "b"), str(b))
+    assert result["removed"] == 2 and result["removed_by_reason"] == {"takedown/taken_down": 2}
+    assert result["added"] == 0 and result["tars"]["changed"] == sorted(
+        storage.read_json(next((b / "takedowns").glob("*.json")))["tars"])
+    assert "takedown/taken_down: 2" in format_diff(result)
+
+
+@pytest.mark.slow
+def test_a_killed_takedown_finishes_the_same_way(releases, tmp_path):
+    reference = copies(releases, tmp_path / "ref")
+    lists = write_lists(tmp_path, *reference)
+    assert main(["takedown", *map(str, reference), *lists["args"]]) == 0
+
+    a, b = copies(releases, tmp_path / "killed")
+    plan = a / "takedowns" / "_pending.json"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "takedown", str(a), str(b), *lists["args"]],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not plan.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    # and a state a kill after the first tar was replaced leaves (each step commits whole)
+    from pipeline import takedown as td
+
+    if plan.exists():
+        state = storage.read_json(plan)
+        first = next(iter(state["tars"]))
+        td.rewrite_tar(str(a), first, state["tars"][first])
+
+    assert main(["takedown", str(a), str(b), *lists["args"]]) == 0
+    for run_dir, ref in zip((a, b), reference):
+        assert tar_digests(run_dir) == tar_digests(ref)
+        assert sorted(read_dataset(run_dir / "kept")["uid"].to_pylist()) == \
+            sorted(read_dataset(ref / "kept")["uid"].to_pylist())
+        assert sorted(read_dataset(run_dir / "ledger")["uid"].to_pylist()) == \
+            sorted(read_dataset(ref / "ledger")["uid"].to_pylist())
+        assert (run_dir / "uids.npy").read_bytes() == (ref / "uids.npy").read_bytes()
+        assert storage.read_json(run_dir / "shards" / "sizes.json") == storage.read_json(ref / "shards" / "sizes.json")
+        assert len(list((run_dir / "takedowns").glob("*.json"))) == 1
+        assert not (run_dir / "takedowns" / "_pending").exists() or \
+            not list((run_dir / "takedowns" / "_pending").iterdir())
+        assert_run_invariants(run_dir)
+
+
+def test_a_bad_list_is_one_line(tmp_path, capsys):
+    (tmp_path / "uids.txt").write_text("not-a-uid\n")
+    (tmp_path / "run").mkdir()
+    assert main(["takedown", str(tmp_path / "run"), "--list", f"uids:{tmp_path / 'uids.txt'}"]) == 2
+    err = capsys.readouterr().err
+    assert "takedown.uids:" in err and "uids.txt:1" in err and len(err.splitlines()) == 1
+    (tmp_path / "mixed.txt").write_text("0" * 32 + "\n")
+    assert main(["takedown", str(tmp_path / "run"), "--list", str(tmp_path / "mixed.txt")]) == 2
+    assert "name its kind" in capsys.readouterr().err
