@@ -35,21 +35,26 @@ def config(pairs, output, **extra) -> dict:
             **extra}
 
 
-@pytest.fixture(scope="module")
-def releases(tmp_path_factory):
+def make_releases(folder: Path, out_a: str, out_b: str) -> None:
     """Release A (24 world images) and release B (A's first 6 rows again, 8 new images),
-    B excluding A: their folders, to be copied by each test."""
-    folder = tmp_path_factory.mktemp("takedown")
+    B excluding A."""
     with FakeWeb() as web:
         urls, texts = serve_world(web, A_ROWS)
         pq.write_table(pa.table({"url": urls, "text": texts}), folder / "a.parquet")
-        run(config(folder / "a.parquet", folder / "a"))
+        run(config(folder / "a.parquet", out_a))
         rows = list(zip(urls[:6], texts[:6]))
         for i, sample in enumerate(make_world(8, seed=11, image_size=64)):
             web.add_image(f"/b/new/{i}.jpg", sample.jpg)
             rows.append((web.url(f"/b/new/{i}.jpg"), sample.caption))
         pq.write_table(pa.table({"url": [r[0] for r in rows], "text": [r[1] for r in rows]}), folder / "b.parquet")
-        run(config(folder / "b.parquet", folder / "b", exclude=[str(folder / "a")]))
+        run(config(folder / "b.parquet", out_b, exclude=[out_a]))
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    """The two releases' folders, to be copied by each test."""
+    folder = tmp_path_factory.mktemp("takedown")
+    make_releases(folder, str(folder / "a"), str(folder / "b"))
     return folder
 
 
@@ -225,3 +230,62 @@ def test_a_bad_list_is_one_line(tmp_path, capsys):
     (tmp_path / "mixed.txt").write_text("0" * 32 + "\n")
     assert main(["takedown", str(tmp_path / "run"), "--list", str(tmp_path / "mixed.txt")]) == 2
     assert "name its kind" in capsys.readouterr().err
+
+
+def bucket_samples(run_dir: str) -> list[dict]:
+    import json
+
+    from pipeline.shards import read_samples
+
+    sizes = storage.read_json(storage.join(run_dir, "shards", "sizes.json"))
+    return [{"tar": name, **json.loads(sample["json"])}
+            for name in sorted(sizes) for sample in read_samples(storage.join(run_dir, "shards", name))]
+
+
+@pytest.mark.slow
+def test_takedown_in_a_bucket(object_store, tmp_path, monkeypatch):
+    """Both releases in a bucket of a real S3 server; a takedown killed after its first tar
+    (the state it leaves: plan, one tar replaced) finishes on rerun; then nothing changes."""
+    from pipeline import takedown as td
+
+    object_store.create_bucket("takedown")
+    for key, value in object_store.env().items():
+        monkeypatch.setenv(key, value)
+    storage.configure({})
+    a, b = "s3://takedown/a", "s3://takedown/b"
+    make_releases(tmp_path, a, b)
+    before = {r: tar_digests(r) for r in (a, b)}
+    in_a, in_b = bucket_samples(a), bucket_samples(b)
+    listed = {in_a[2]["uid"], in_b[1]["uid"]}
+    (tmp_path / "urls.txt").write_text(in_a[2]["url"] + "\n")
+    (tmp_path / "uids.txt").write_text(in_b[1]["uid"] + "\n")
+    args = ["--list", str(tmp_path / "urls.txt"), "--list", f"uids:{tmp_path / 'uids.txt'}"]
+
+    matcher = td.Matcher.load([td.parse_list(v) for v in args[1::2]])
+    plan = td.make_plan(a, matcher)
+    storage.write_json(plan, storage.join(a, "takedowns", td.PLAN))
+    first = next(iter(plan["tars"]))
+    td.rewrite_tar(a, first, plan["tars"][first])
+    assert main(["takedown", a, b, *args]) == 0
+
+    for run_dir, gone in ((a, in_a[2]), (b, in_b[1])):
+        removed = gone["uid"]
+        samples = bucket_samples(run_dir)
+        assert not {s["uid"] for s in samples} & listed
+        after = tar_digests(run_dir)
+        assert {n for n in after if after[n] != before[run_dir][n]} == {gone["tar"]}, "only its tar changed"
+        assert storage.read_json(storage.join(run_dir, "shards", "sizes.json")) == \
+            {n: sum(s["tar"] == n for s in samples) for n in after}
+        ledger = read_dataset(f"{run_dir}/ledger")
+        taken = ledger.filter(pa.compute.equal(ledger["reason"], "taken_down"))
+        assert taken["uid"].to_pylist() == [removed]
+        assert ledger.num_rows == storage.read_json(storage.join(run_dir, "summary.json"))["input_rows"]
+        assert set(read_dataset(f"{run_dir}/kept")["uid"].to_pylist()) == {s["uid"] for s in samples}
+        card = storage.read_json(storage.join(run_dir, "datacard.json"))
+        assert card["safety"]["taken_down"] == 1
+        assert {n: t["sha256"] for n, t in card["shards"]["tars"].items()} == after
+        assert not storage.marker_exists(storage.join(run_dir, "takedowns", td.PLAN))
+    digests = {r: tar_digests(r) for r in (a, b)}
+    assert main(["takedown", a, b, *args]) == 0
+    assert {r: tar_digests(r) for r in (a, b)} == digests
+    storage.configure({})
