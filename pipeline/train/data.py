@@ -14,10 +14,17 @@ Each (rank, dataloader worker) pair is a *slot*. How the slots share the data:
   reads every shard and keeps samples `i, i + slots, ...` of the common order.
 - `resampled` (`resample: true`): each slot draws shards with replacement
   (`wds.ResampledShards`, seeded per slot), as open_clip's `--dataset-resampled`.
+
+With a caption mix (`StreamConfig.synthetic_fraction`), each sample trains on its synthetic
+caption (`syn.txt`, recaption's first) or its alt-text (`txt`) as a hash of (seed, epoch, key)
+says (`use_synthetic`): the same choice in every process and rerun, a new one each epoch (a
+resampled slot's epoch: its draws over the number of shards); batches then carry a third
+element, which samples trained on a synthetic caption (the loop logs the realized mix).
 """
 from __future__ import annotations
 
 import glob
+import hashlib
 import itertools
 import os
 import random
@@ -47,6 +54,7 @@ class StreamConfig:
     seed: int = 0
     resample: bool = False
     shuffle_buffer: int = SHUFFLE_BUFFER
+    synthetic_fraction: Optional[float] = None   # a caption mix: the share of samples on `syn.txt`
 
 
 def find_shards(data: str) -> ShardSet:
@@ -123,11 +131,12 @@ class ShardSamples(torch.utils.data.IterableDataset):
         slot, slots = self.slot()
         mode = split_mode(len(self.urls), slots, self.config.resample)
         if mode == "resampled":
-            shards = wds.ResampledShards(self.urls, seed=self.config.seed + self.start_epoch,
-                                         worker_seed=lambda: slot, deterministic=True)
+            drawn = wds.ResampledShards(self.urls, seed=self.config.seed + self.start_epoch,
+                                        worker_seed=lambda: slot, deterministic=True)
+            shards = ({**shard, "epoch": self.start_epoch + i // len(self.urls)} for i, shard in enumerate(drawn))
         else:
             shards = self._epochs(slot, slots, mode)
-        samples = wds.tarfile_samples(shards, handler=wds.warn_and_continue)
+        samples = samples_with_epoch(shards)
         if mode == "samples":
             samples = itertools.islice(samples, slot, None, slots)
         shuffle = wds.shuffle(bufsize=self.config.shuffle_buffer, rng=_rng(self.config.seed, self.start_epoch, slot),
@@ -141,7 +150,40 @@ class ShardSamples(torch.utils.data.IterableDataset):
             _rng(self.config.seed, epoch).shuffle(order)
             mine = order[slot::slots] if mode == "shards" else order
             for url in mine:
-                yield {"url": url}
+                yield {"url": url, "epoch": epoch}
+
+
+def samples_with_epoch(shards: Iterator[dict]) -> Iterator[dict]:
+    """The samples of each shard, each with `__epoch__`, the epoch its shard was read in."""
+    import webdataset as wds
+
+    for shard in shards:
+        for sample in wds.tarfile_samples([{"url": shard["url"]}], handler=wds.warn_and_continue):
+            sample["__epoch__"] = shard.get("epoch", 0)
+            yield sample
+
+
+def use_synthetic(seed: int, epoch: int, key: str, fraction: float) -> bool:
+    """Whether a sample trains on its synthetic caption this epoch: a 64-bit hash of
+    (seed, epoch, key) below `fraction` of the range."""
+    digest = hashlib.blake2b(f"{seed}\x00{epoch}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2.0 ** 64
+
+
+@dataclass(frozen=True)
+class MixCaptions:
+    """Map: `txt` becomes the synthetic caption where `use_synthetic` says so and the sample
+    has one; `__synthetic__` says which it got."""
+    seed: int
+    fraction: float
+
+    def __call__(self, sample: dict) -> dict:
+        chosen = "syn.txt" in sample and use_synthetic(self.seed, sample.get("__epoch__", 0), sample["__key__"],
+                                                        self.fraction)
+        if chosen:
+            sample["txt"] = sample["syn.txt"]
+        sample["__synthetic__"] = chosen
+        return sample
 
 
 def open_urls_through_storage() -> None:
@@ -166,18 +208,20 @@ def _rng(*parts) -> random.Random:
 
 def batch_stream(shards: ShardSet, preprocess: Callable, tokenizer: Callable, config: StreamConfig,
                  rank: int = 0, world_size: int = 1, start_epoch: int = 0) -> Iterator:
-    """Endless `(images [B,3,H,W], tokens [B,L])` batches for `rank` (workers batch in parallel)."""
+    """Endless `(images [B,3,H,W], tokens [B,L])` batches for `rank` (workers batch in parallel);
+    with a caption mix, `(images, tokens, synthetic [B])`."""
     import webdataset as wds
 
     raw = ShardSamples(shards.urls, rank, world_size, config, start_epoch)
-    dataset = wds.DataPipeline(
-        raw,
-        wds.select(lambda s: "jpg" in s and "txt" in s),
-        wds.decode("pilrgb", handler=wds.warn_and_continue),
-        wds.to_tuple("jpg", "txt"),
-        wds.map_tuple(preprocess, lambda text: tokenizer(text)[0]),
-        wds.batched(config.batch_size, partial=False),
-    )
+    mixed = config.synthetic_fraction is not None
+    stages = [raw, wds.select(lambda s: "jpg" in s and "txt" in s)]
+    if mixed:
+        stages.append(wds.map(MixCaptions(config.seed, config.synthetic_fraction)))
+    stages += [wds.decode("pilrgb", handler=wds.warn_and_continue),
+               wds.to_tuple("jpg", "txt", "__synthetic__") if mixed else wds.to_tuple("jpg", "txt"),
+               wds.map_tuple(preprocess, lambda text: tokenizer(text)[0], *([bool] if mixed else [])),
+               wds.batched(config.batch_size, partial=False)]
+    dataset = wds.DataPipeline(*stages)
     loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=config.workers,
                            persistent_workers=config.workers > 0)
     return iter(loader)

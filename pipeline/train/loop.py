@@ -192,13 +192,20 @@ def _train(s: TrainSettings, data: str, train_dir: str, place: Dist) -> dict:
         print(f"train: {s.model} on {place.world_size} process(es), {state.precision}, "
               f"{'resuming from step ' + str(state.step) if state.step else 'from scratch'}",
               file=sys.stderr, flush=True)
-    stream = batch_stream(shards, preprocess, tokenizer, StreamConfig(s.batch_size, s.workers, s.seed, s.resample),
+    fraction = s.caption_mix.synthetic_fraction if s.caption_mix is not None else None
+    if fraction is not None and place.rank == 0:
+        print(f"train: caption mix: original {1 - fraction:.2f}, synthetic {fraction:.2f} "
+              f"(syn.txt where a sample has it)", file=sys.stderr, flush=True)
+    stream = batch_stream(shards, preprocess, tokenizer,
+                          StreamConfig(s.batch_size, s.workers, s.seed, s.resample, synthetic_fraction=fraction),
                           place.rank, place.world_size, start_epoch=state.step)
     samples_per_step = s.batch_size * s.accum_steps * place.world_size
     log = StepLog(storage.join(train_dir, "log.jsonl") if place.rank == 0 else None, log_every(s.steps),
                   samples_per_step, s.steps)
     save = checkpoint_saver(checkpoints, state, s.model, samples_per_step, shards.num_samples, place.rank == 0)
     loss = train_steps(state, s, stream, place, log, save)
+    if fraction is not None:
+        result["caption_mix"] = {"asked_synthetic": round(fraction, 4), **log.mix.summary()}
     return _finish(result, checkpoints, place, loss, log.steady_rate())
 
 
@@ -227,7 +234,7 @@ def train_steps(state: TrainState, s: TrainSettings, stream, place: Dist, log: S
     for step in range(state.step + 1, s.steps + 1):
         lr = schedule(step - 1)
         waited = time.perf_counter()
-        batches = [_to_device(next(stream), place.device) for _ in range(s.accum_steps)]
+        batches = [_to_device(log.mix.counted(next(stream)), place.device) for _ in range(s.accum_steps)]
         waited = time.perf_counter() - waited
         loss = accumulated_backward(model, loss_fn, batches, cast, state.scaler)
         state.scaler.step(state.optimizer)

@@ -4,7 +4,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal, Optional
 
-from pipeline.core.constraints import Above, AtLeast
+from pipeline.core.constraints import Above, AtLeast, Invalid
+
+
+@dataclass
+class CaptionMix:
+    """Which caption a sample trains on: the alt-text (`txt`) or recaption's first synthetic
+    caption (`syn.txt`), in these proportions (normalised), drawn per sample and epoch from a
+    hash of (seed, epoch, key); a sample without a synthetic caption uses its alt-text."""
+    original: Annotated[float, AtLeast(0)] = 1.0
+    synthetic: Annotated[float, AtLeast(0)] = 0.0
+
+    def validate(self) -> None:
+        if self.original + self.synthetic <= 0:
+            raise Invalid("synthetic", "original + synthetic must be above 0", self.synthetic)
+
+    @property
+    def synthetic_fraction(self) -> float:
+        return self.synthetic / (self.original + self.synthetic)
 
 
 @dataclass
@@ -26,4 +43,5 @@ class TrainSettings:
     eval_data: Optional[str] = None
     output: Optional[str] = None
     seed: Annotated[int, AtLeast(0)] = 0
+    caption_mix: Optional[CaptionMix] = None   # {original: 0.2, synthetic: 0.8}; none: the alt-text only
     enabled: bool = True
