@@ -5,6 +5,9 @@
       domains: [lists/domains.txt]      # a host and every host under it (example.com: a.example.com)
       md5: [s3://lists/md5.parquet]     # hex digests of the ORIGINAL image bytes, as such lists
       sha256: [lists/sha256.txt]        #   are distributed (not of our resized copy)
+      pdq: [lists/pdq.txt]              # PDQ perceptual hashes (64 hex digits) of images
+      pdq_distance: 31                  # bits of 256: the PDQ authors' match threshold
+      pdq_min_quality: 50               # images whose PDQ quality is lower are not matched
 
 Each file is plain text (one entry a line; blank lines and `#` comments skipped) or parquet
 (the column named after the kind, `url`/`domain`/`md5`/`sha256`, or its only string column),
@@ -13,6 +16,14 @@ tell: URLs and domains at ingest, hashes in the download task right after the fe
 the image is decoded or any byte stored. Those stages declare the reason among their
 `withheld_reasons`, so the ledger keeps such a row's uid and reason only (never its URL), and
 the report counts them, never shows them.
+
+PDQ (`pipeline.pdq`): the download task hashes every image's original bytes (decoded) and
+drops it as `blocklisted` when a listed hash is within `pdq_distance` bits, before the image
+is resized or stored; an image whose PDQ quality is under `pdq_min_quality` (flat or tiny
+images, whose hashes are unreliable) is never matched. PDQ lists are text (the hash the first
+field of a line: `pdq-photo-hasher`'s `hash,quality,name` lines and ThreatExchange's `pdq
+<hash> ...` lines read as they are; or a CSV header naming a `pdq`/`hash`/`signal_value`
+column) or parquet, and are held per worker as a multi-index (about 96 bytes a hash).
 
 Every list is checked on the driver before any work (a bad entry is one line naming the file
 and line) and loaded once per worker: URLs and hashes as sorted 16-byte keys
@@ -23,20 +34,24 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Annotated, Iterable, Optional
 from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.core import storage
+from pipeline.core.constraints import Between
 from pipeline.core.run_index import KeySet
 from pipeline.core.tasks import built_once
 from pipeline.errors import UserError
+from pipeline.pdq import DISTANCE as PDQ_DISTANCE
+from pipeline.pdq import MIN_QUALITY as PDQ_MIN_QUALITY
+from pipeline.pdq import PdqIndex, read_pdq_file, read_pdq_list
 
 BLOCKLISTED = "blocklisted"   # the reason
 
-KINDS = ("urls", "domains", "md5", "sha256")
+KINDS = ("urls", "domains", "md5", "sha256", "pdq")
 HEX = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{64}$"),
        "uids": re.compile(r"^[0-9a-f]{32}$")}   # uids: takedown lists (`pipeline.takedown`)
 COLUMN_NAMES = {"urls": ("url", "urls"), "domains": ("domain", "domains", "host"),
@@ -51,6 +66,9 @@ class BlocklistSettings:
     domains: list[str] = field(default_factory=list)
     md5: list[str] = field(default_factory=list)       # of the original image bytes
     sha256: list[str] = field(default_factory=list)    # of the original image bytes
+    pdq: list[str] = field(default_factory=list)       # PDQ hashes of images (`pipeline.pdq`)
+    pdq_distance: Annotated[int, Between(0, 128)] = PDQ_DISTANCE      # bits (of 256) for a match
+    pdq_min_quality: Annotated[int, Between(0, 100)] = PDQ_MIN_QUALITY   # lower-quality images never match
 
     def any(self, *kinds: str) -> bool:
         return any(getattr(self, kind) for kind in (kinds or KINDS))
@@ -155,7 +173,10 @@ def check(settings: Optional[BlocklistSettings]) -> None:
     """Read every list once on the driver: a bad file fails the run before any work."""
     for kind in KINDS:
         for path in getattr(settings, kind, None) or ():
-            read_entries(path, kind)
+            if kind == "pdq":
+                read_pdq_file(path)
+            else:
+                read_entries(path, kind)
 
 
 @dataclass
@@ -165,6 +186,9 @@ class Matcher:
     domains: set
     md5: Optional[KeySet]
     sha256: Optional[KeySet]
+    pdq: Optional[PdqIndex] = None
+    pdq_distance: int = PDQ_DISTANCE
+    pdq_min_quality: int = PDQ_MIN_QUALITY
 
     @classmethod
     def load(cls, settings: BlocklistSettings) -> "Matcher":
@@ -176,7 +200,9 @@ class Matcher:
 
         return cls(urls=keys("urls", (url_key(u) for u in entries("urls"))),
                    domains=set(entries("domains")),
-                   md5=keys("md5", entries("md5")), sha256=keys("sha256", entries("sha256")))
+                   md5=keys("md5", entries("md5")), sha256=keys("sha256", entries("sha256")),
+                   pdq=PdqIndex(read_pdq_list(settings.pdq)) if settings.pdq else None,
+                   pdq_distance=int(settings.pdq_distance), pdq_min_quality=int(settings.pdq_min_quality))
 
     def urls_blocked(self, urls: list) -> np.ndarray:
         """Per URL (or None): listed itself, or on a listed domain?"""
@@ -194,14 +220,26 @@ class Matcher:
             return True
         return self.sha256 is not None and bool(self.sha256.contains([hashlib.sha256(data).hexdigest()])[0])
 
+    def image_blocked(self, pdq_hex: Optional[str], quality: Optional[int]) -> bool:
+        """A listed PDQ hash is within `pdq_distance` bits of this image's (one of at least
+        `pdq_min_quality`)?"""
+        if self.pdq is None or pdq_hex is None or quality is None or quality < self.pdq_min_quality:
+            return False
+        return bool(self.pdq.matches([pdq_hex], self.pdq_distance)[0])
+
     @property
     def checks_bytes(self) -> bool:
         return self.md5 is not None or self.sha256 is not None
+
+    @property
+    def checks_pdq(self) -> bool:
+        return self.pdq is not None
 
 
 def matcher(settings: Optional[BlocklistSettings]) -> Optional[Matcher]:
     """This worker's matcher for `settings` (loaded once per process), or None without lists."""
     if settings is None or not settings.any():
         return None
-    key = ("blocklist",) + tuple(tuple(getattr(settings, kind)) for kind in KINDS)
+    key = ("blocklist", settings.pdq_distance, settings.pdq_min_quality) + tuple(
+        tuple(getattr(settings, kind)) for kind in KINDS)
     return built_once(key, lambda: Matcher.load(settings))

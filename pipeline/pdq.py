@@ -91,15 +91,17 @@ def distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def brute_force_matches(list_codes: np.ndarray, query_codes: np.ndarray, distance: int,
-                        block: int = 1 << 20) -> np.ndarray:
-    """Per query code: is a list code within `distance` bits? (every pair compared)"""
+                        block: int = 1 << 15, queries: int = 32) -> np.ndarray:
+    """Per query code: is a list code within `distance` bits? (every pair compared, `queries`
+    queries by `block` list codes at a time)"""
     list_words = words(as_codes(list_codes))
-    found = np.zeros(len(query_codes), dtype=bool)
-    for i, query in enumerate(words(as_codes(query_codes))):
+    query_words = words(as_codes(query_codes))
+    found = np.zeros(len(query_words), dtype=bool)
+    for first in range(0, len(query_words), queries):
+        chunk = query_words[first:first + queries, None, :]
         for start in range(0, len(list_words), block):
-            if (np.bitwise_count(list_words[start:start + block] ^ query).sum(axis=1) <= distance).any():
-                found[i] = True
-                break
+            near = np.bitwise_count(list_words[None, start:start + block] ^ chunk).sum(axis=2) <= distance
+            found[first:first + queries] |= near.any(axis=1)
     return found
 
 

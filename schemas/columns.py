@@ -27,6 +27,8 @@ STAGE_COLUMNS_V1 = {
         ('original_width', pa.int32()),
         ('original_height', pa.int32()),
         ('sha256', pa.string()),
+        ('pdq', pa.string()),
+        ('pdq_quality', pa.int32()),
     ]),
     'image_dedup': pa.schema([
         ('phash', pa.string()),

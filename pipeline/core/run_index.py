@@ -1,9 +1,11 @@
 """A run's index (what it holds), and the key sets later runs exclude with it.
 
 Every run writes `<run>/index/` when it finalizes: one parquet file per kept part with the
-kept rows' `uid`, `sha256` (of the stored image) and `phash` (16 hex digits), null where a
-stage did not run: about 60 bytes per kept row once compressed, and never an image byte
-(plus the image embedding where semantic_dedup ran).
+kept rows' `uid`, `sha256` (of the stored image), `phash` (16 hex digits) and `pdq`,
+`pdq_quality` (the download's PDQ hash of the original image, 64 hex digits, for checking
+later PDQ lists without downloading again), null where a stage did not run: about 100 bytes
+per kept row once compressed, and never an image byte (plus the image embedding where
+semantic_dedup ran).
 A later run with `exclude: [RUN_DIR, ...]` drops every row whose uid, sha256 or phash (within
 `image_dedup.phash_distance`) one of those runs holds, as `in_earlier_run`, at the earliest
 step that can tell, reading only these indexes:
@@ -32,9 +34,9 @@ from pipeline.core import parts, storage
 from pipeline.errors import UserError
 
 INDEX = "index"
-COLUMNS = ("uid", "sha256", "phash")
+COLUMNS = ("uid", "sha256", "phash", "pdq")
 IN_EARLIER_RUN = "in_earlier_run"
-SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
+SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS] + [("pdq_quality", pa.int32())])
 EMBEDDING = "image_embedding"           # float16, L2-normalised (where semantic_dedup ran)
 INDEX_EMBEDDING = "_index_embedding"    # the same, carried to the index only (not in kept/)
 
@@ -42,8 +44,8 @@ INDEX_EMBEDDING = "_index_embedding"    # the same, carried to the index only (n
 def index_table(kept: pa.Table) -> pa.Table:
     """The index rows of some kept rows (columns a run lacks are null), with the image
     embedding where the rows carry one (semantic_dedup's, or clip_score's kept ones)."""
-    columns = [kept[name].cast(pa.string()) if name in kept.column_names
-               else pa.nulls(kept.num_rows, pa.string()) for name in COLUMNS]
+    columns = [kept[field.name].cast(field.type) if field.name in kept.column_names
+               else pa.nulls(kept.num_rows, field.type) for field in SCHEMA]
     table = pa.table(columns, schema=SCHEMA)
     embedding = next((c for c in (INDEX_EMBEDDING, EMBEDDING) if c in kept.column_names), None)
     return table if embedding is None else table.append_column(EMBEDDING, kept[embedding])

@@ -24,6 +24,13 @@ image whose sha256 one of them holds is dropped as `in_earlier_run` in the task 
 it, so its bytes are never stored (the earlier sha256s are loaded once per worker from their
 indexes, `core.run_index`: 16 bytes per earlier image). An image whose original bytes' MD5 or
 SHA-256 is on a `blocklist` goes as `blocklisted` right after the fetch, never decoded or stored.
+
+PDQ: with `pdq: true` (the default) every image's original bytes (decoded, before the resize)
+are PDQ-hashed (`pipeline.pdq`): `pdq` (64 hex digits) and `pdq_quality` (0-100) go with the
+row into `kept/` and the run's index, so later lists can be checked against the release
+without downloading again. With `blocklist.pdq` lists (which hash whatever `pdq` says), an
+image within `blocklist.pdq_distance` bits of a listed hash goes as `blocklisted` before it is
+resized or stored (one under `blocklist.pdq_min_quality` is never matched).
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import pyarrow as pa
 
-from pipeline import blocklist
+from pipeline import blocklist, pdq
 from pipeline.core.constraints import Above, AtLeast, Between
 from pipeline.core.run_index import KeySet, earlier_files, matched_reasons
 from pipeline.core.stage import DEFERRED, REASON, Resources, Stage, set_column, with_reason
@@ -83,6 +90,7 @@ class DownloadSettings:
                                          # as smaller tasks (null: no fixed deadline)
     straggler_factor: Optional[Annotated[float, Above(0)]] = 1.5  # x the worker's median time for this many rows
                                          # (null: no adaptive deadline)
+    pdq: bool = True    # PDQ-hash every image (its original bytes); always with `blocklist.pdq` lists
     enabled: bool = True
 
 
@@ -95,6 +103,7 @@ DEFAULTS = {**{k: v for k, v in dataclasses.asdict(DownloadSettings()).items()
 OUTPUT_SCHEMA = pa.schema([
     ("jpg", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
     ("original_width", pa.int32()), ("original_height", pa.int32()), ("sha256", pa.string()),
+    ("pdq", pa.string()), ("pdq_quality", pa.int32()),
 ])
 
 
@@ -108,6 +117,8 @@ class Outcome:
     height: int | None = None
     original_width: int | None = None
     original_height: int | None = None
+    pdq: str | None = None              # of the original bytes (decoded)
+    pdq_quality: int | None = None
 
     @property
     def sha256(self) -> str | None:
@@ -285,12 +296,17 @@ class DownloadStage(Stage):
             refused = header_check(stream, int(self.options["max_pixels"]))
             if refused:
                 return Outcome(reason=refused)
+            hashed, quality = None, None
+            if self.options["pdq"] or (blocked is not None and blocked.checks_pdq):
+                hashed, quality = pdq.hash_image(stream.getvalue())
+                if blocked is not None and blocked.image_blocked(hashed, quality):
+                    return Outcome(reason=blocklist.BLOCKLISTED)   # never resized, never stored
             jpg, width, height, original_width, original_height, error = self._resizer(stream)
         finally:
             stream.close()
         if error is not None:
             return Outcome(reason=classify_message(error, default=DECODE_ERROR))
-        return Outcome(None, jpg, width, height, original_width, original_height)
+        return Outcome(None, jpg, width, height, original_width, original_height, hashed, quality)
 
 
 def attach_outcomes(table: pa.Table, outcomes: list[Outcome]) -> pa.Table:
@@ -301,6 +317,8 @@ def attach_outcomes(table: pa.Table, outcomes: list[Outcome]) -> pa.Table:
         "original_width": [o.original_width for o in outcomes],
         "original_height": [o.original_height for o in outcomes],
         "sha256": [o.sha256 for o in outcomes],
+        "pdq": [o.pdq for o in outcomes],
+        "pdq_quality": [o.pdq_quality for o in outcomes],
     }
     for column in OUTPUT_SCHEMA:
         table = set_column(table, column.name, pa.array(columns[column.name], type=column.type))
@@ -311,7 +329,7 @@ def build_step(settings: DownloadSettings, run) -> Step:
     """Tasks of `part_rows` rows; the stage gets its options and the run's `allow_networks`
     and `exclude`, and the hash blocklists."""
     options = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("enabled", "part_rows")}
-    lists = run.blocklist if run.blocklist.any("md5", "sha256") else None
+    lists = run.blocklist if run.blocklist.any("md5", "sha256", "pdq") else None
     return Step(DownloadStage, {**options, "allow_networks": list(run.allow_networks),
                                 "exclude": list(run.exclude), "blocklist": lists},
                 rows_per_task=settings.part_rows)

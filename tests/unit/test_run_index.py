@@ -28,7 +28,7 @@ def test_key_set_finds_exactly_its_keys():
 
 def test_index_table_has_null_columns_for_stages_that_did_not_run(tmp_path):
     table = index_table(pa.table({"uid": ["a", "b"], "text": ["x", "y"], "sha256": [sha(1), None]}))
-    assert table.column_names == ["uid", "sha256", "phash"] and table["phash"].null_count == 2
+    assert table.column_names == ["uid", "sha256", "phash", "pdq", "pdq_quality"] and table["phash"].null_count == 2
     pq.write_table(table, tmp_path / "part-0.parquet")
     pq.write_table(pa.table({"uid": ["c"]}), tmp_path / "part-1.parquet")   # no sha256 column
     files = [str(tmp_path / "part-0.parquet"), str(tmp_path / "part-1.parquet")]
