@@ -55,7 +55,7 @@ def build_datacard(run_dir: str, known: Optional[dict] = None) -> dict:
         "metadata": metadata_counts(run_dir, summary),
         "safety": {
             "blocklisted": drops.get("blocklisted", 0),
-            "blocklists": {k: v for k, v in (config.get("blocklist") or {}).items() if v},
+            "blocklists": {k: v for k, v in (config.get("blocklist") or {}).items() if isinstance(v, list) and v},
             "heads": dict(sorted(next((s["dropped"] for s in stages if s["name"] == "heads"), {}).items())),
             "faces_blurred": faces(kept),
             "taken_down": drops.get("taken_down", 0),
@@ -96,16 +96,17 @@ def faces(table: Optional[pa.Table]) -> Optional[dict]:
 
 
 def metadata_counts(run_dir: str, summary: dict) -> Optional[dict]:
-    """Entries in the list, entries matched before and after balancing, and matches."""
+    """Entries matched before and after balancing, matches, the 10 entries most kept."""
     for index, stage in enumerate(summary["stages"]):
         if stage["name"] != "metadata":
             continue
         path = storage.join(run_dir, "steps", f"{index:02d}_metadata", "entry_counts.parquet")
         if not storage.exists(path):
             return None
-        table = parts.read_ref(path, ["count_before", "count_after"])
+        table = parts.read_ref(path, ["entry", "count_before", "count_after"])
         before, after = table["count_before"], table["count_after"]
-        return {"entries": table.num_rows,
+        top = table.take(pc.sort_indices(table, [("count_after", "descending"), ("entry", "ascending")])[:10])
+        return {"top_entries": [{"entry": r["entry"], "count": r["count_after"]} for r in top.to_pylist()],
                 "matched_entries": int(pc.sum(pc.greater(before, 0).cast(pa.int64())).as_py() or 0),
                 "kept_entries": int(pc.sum(pc.greater(after, 0).cast(pa.int64())).as_py() or 0),
                 "matches_before": int(pc.sum(before).as_py() or 0),

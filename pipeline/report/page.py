@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.core import storage
 from pipeline.errors import UserError
-from pipeline.report import data, decontam, languages, samples, svg
+from pipeline.report import data, datacard, decontam, languages, samples, svg
 
 KEPT, DROPPED, OTHER = "#2e86de", "#e67e22", "#8e44ad"
 CSS = """
@@ -107,7 +107,7 @@ def render(run_dir: str, summary: dict, status: dict | None = None) -> str:
                              samples.dropped_samples(run_dir, names)),
                 pairs_section("semantic", "Semantic duplicates removed, beside the pair kept",
                               samples.duplicate_pairs(run_dir)),
-                decontam.decontaminate_section(run_dir),
+                decontam.decontaminate_section(run_dir), datacard.datacard_section(run_dir),
                 train_section(summary), ablation_section(run_dir), config_section(run_dir)]
     kept, total = summary.get("kept_rows", 0), summary.get("input_rows", 0)
     share = f" ({kept / total:.1%})" if total else ""

@@ -22,6 +22,7 @@ from pipeline.cli import main
 from pipeline.core import storage
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import make_world
+from tests.integration.test_datacard import assert_valid
 from tests.support import assert_run_invariants, read_dataset, run, serve_world, tar_digests
 
 A_ROWS = 24
@@ -130,6 +131,7 @@ def assert_taken_down(run_dir, listed: set, removed: set, before: dict) -> dict:
     uids = np.load(Path(run_dir) / "uids.npy")
     assert {f"{int(h):016x}{int(lo):016x}" for h, lo in zip(uids["f0"], uids["f1"])} == set(kept["uid"].to_pylist())
     card = datacard.read_datacard(str(run_dir))
+    assert_valid(card)
     assert card["safety"]["taken_down"] == len(removed) and card["rows"]["kept"] == kept.num_rows
     assert card["safety"]["takedowns"][0]["matched"] == len(removed)
     assert {n: t["sha256"] for n, t in card["shards"]["tars"].items()} == after
