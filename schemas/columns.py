@@ -38,6 +38,11 @@ STAGE_COLUMNS_V1 = {
         ('image_embedding', pa.list_(pa.float16())),
         ('text_embedding', pa.list_(pa.float16())),
     ]),
+    'text_mask': pa.schema([
+        ('text_area', pa.float32()),
+        ('text_boxes', pa.list_(pa.list_(pa.int32()))),
+        ('masked_clip_score', pa.float32()),
+    ]),
     'recaption': pa.schema([
         ('captions', pa.list_(pa.struct([('text', pa.string()), ('model', pa.string()), ('prompt', pa.string()), ('seconds', pa.float32())]))),
         ('caption_error', pa.string()),

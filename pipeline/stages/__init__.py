@@ -40,10 +40,11 @@ from pipeline.stages import (
     recaption,
     semantic_dedup,
     shard,
+    text_mask,
 )
 
 REGISTRY = [crawl_step, dedup, pool_filter, caption_filter, language, metadata, image_based, download, image_dedup,
-            clip_score, heads, semantic_dedup, decontaminate, recaption, shard, face_blur]
+            clip_score, text_mask, heads, semantic_dedup, decontaminate, recaption, shard, face_blur]
 
 
 
