@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     takedown.add_argument("runs", nargs="+", metavar="RUN_DIR")
     takedown.add_argument("--list", action="append", required=True, dest="lists", metavar="[KIND:]FILE",
                           help="urls:, uids:, sha256:, md5: or pdq: a list file (repeatable)")
-    takedown.add_argument("--pdq-distance", type=int, default=31, help="bits (of 256) for a PDQ match")
+    takedown.add_argument("--pdq-distance", type=int, default=31, help="bits (of 256) for a PDQ match (default 31)")
     takedown.set_defaults(handler=cmd_takedown)
 
     diff = commands.add_parser("diff", help="what changed between two releases")

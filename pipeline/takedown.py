@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import blocklist, datacard, shards
+from pipeline import blocklist, datacard, pdq, shards
 from pipeline.core import lease, parts, storage, uid_arrays
 from pipeline.core.tasks import LEDGER_SCHEMA
 from pipeline.errors import UserError
@@ -47,7 +47,7 @@ FOLDER = "takedowns"
 PLAN = "_pending.json"
 MARKERS = "_pending"
 STAGE, REASON = "takedown", "taken_down"
-PDQ_DISTANCE = 31   # bits of 256: PDQ's recommended match threshold
+PDQ_DISTANCE = pdq.DISTANCE   # bits of 256: PDQ's recommended match threshold
 
 
 @dataclass
@@ -79,9 +79,7 @@ def parse_list(value: str) -> TakedownList:
 
 def read_list(item: TakedownList) -> list[str]:
     if item.kind == "pdq":
-        from pipeline.pdq import read_pdq_list
-
-        return list(read_pdq_list([item.path], storage.worker_settings()))
+        return [bytes(code).hex() for code in pdq.read_pdq_list([item.path])]
     return blocklist.read_entries(item.path, item.kind, label="takedown")
 
 
@@ -121,19 +119,16 @@ class Matcher:
             keys = [blocklist.url_key(u) if u else None for u in table["url"].to_pylist()]
             found |= np.array([k in self.entries["urls"] for k in keys], bool)
         if self.entries["pdq"] and "pdq" in table.column_names:
-            found |= self.pdq_rows(table["pdq"].to_pylist())
+            found |= self.pdq_rows(table)
         return found
 
-    def pdq_rows(self, hashes: list) -> np.ndarray:
-        from pipeline.pdq import PdqIndex
-
-        present = [i for i, h in enumerate(hashes) if h]
-        found = np.zeros(len(hashes), bool)
-        if present:
-            index = PdqIndex([hashes[i] for i in present])
-            for query in self.entries["pdq"]:
-                for at in index.matches(query, self.pdq_distance):
-                    found[present[at]] = True
+    def pdq_rows(self, table: pa.Table) -> np.ndarray:
+        """Rows whose image's PDQ hash is within `pdq_distance` bits of a listed one (a hash
+        under PDQ's quality floor never matches, as in blocklists)."""
+        found = pdq.PdqIndex(sorted(self.entries["pdq"])).matches(table["pdq"].to_pylist(), self.pdq_distance)
+        if "pdq_quality" in table.column_names:
+            quality = pc.fill_null(table["pdq_quality"], 0).to_numpy(zero_copy_only=False)
+            found &= quality >= pdq.MIN_QUALITY
         return found
 
 
@@ -183,7 +178,8 @@ def make_plan(run_dir: str, matcher: Matcher) -> Optional[dict]:
     matched = []
     for path in storage.folder_files(storage.join(run_dir, "kept")):
         names = parts.read_schema(path).names
-        table = parts.read_ref(path, [c for c in ("uid", "url", "sha256", "pdq", "shard", "key") if c in names])
+        wanted = ("uid", "url", "sha256", "pdq", "pdq_quality", "shard", "key")
+        table = parts.read_ref(path, [c for c in wanted if c in names])
         found = matcher.rows(table)
         if md5_keys and "key" in names:
             found |= np.array([k in md5_keys for k in table["key"].to_pylist()], bool)

@@ -3,6 +3,7 @@ first); untouched tars keep their bytes, the ledger, summary and data card accou
 removal, a rerun changes nothing, a killed takedown rerun finishes the same way, and open_clip
 still reads the shards; locally and in a bucket."""
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -291,3 +292,31 @@ def test_takedown_in_a_bucket(object_store, tmp_path, monkeypatch):
     assert main(["takedown", a, b, *args]) == 0
     assert {r: tar_digests(r) for r in (a, b)} == digests
     storage.configure({})
+
+
+@pytest.mark.slow
+def test_takedown_by_pdq_within_a_distance(releases, tmp_path):
+    """A PDQ list entry of a re-encoded, resized copy of one of A's images takes down that
+    image (through the kept rows' stored hashes, no image read) and exactly the kept rows
+    within the distance of it."""
+    from pipeline import pdq
+
+    a, _ = copies(releases, tmp_path)
+    target = tar_samples(a)[4]
+    with tarfile.open(a / "shards" / target["tar"]) as tar:
+        jpg = tar.extractfile(f"{target['key']}.jpg").read()
+    from PIL import Image
+    image = Image.open(io.BytesIO(jpg)).convert("RGB").resize((80, 80))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=70)
+    listed, _ = pdq.hash_image(out.getvalue())
+    (tmp_path / "pdq.txt").write_text(listed + "\n")
+    kept = read_dataset(a / "kept")
+    near = pdq.distances(pdq.as_codes(kept["pdq"].to_pylist()), pdq.as_codes([listed])[0]) <= 20
+    expected = {u for u, ok, q in zip(kept["uid"].to_pylist(), near, kept["pdq_quality"].to_pylist())
+                if ok and q >= pdq.MIN_QUALITY}
+    assert target["uid"] in expected
+    before = tar_digests(a)
+    assert main(["takedown", str(a), "--list", f"pdq:{tmp_path / 'pdq.txt'}", "--pdq-distance", "20"]) == 0
+    record = assert_taken_down(a, expected, expected, before)
+    assert record["pdq_distance"] == 20 and record["lists"][0]["kind"] == "pdq"
