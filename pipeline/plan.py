@@ -72,7 +72,7 @@ def load_calibration(run_dir: str) -> Calibration:
     summary = _read(run_dir, "summary.json")
     timing = _read(run_dir, TIMING_FILE)
     steps = []
-    for index, stage in enumerate(summary["stages"]):
+    for index, stage in enumerate(s for s in summary["stages"] if s["name"] != "takedown"):   # no step
         record = _read(run_dir, f"steps/{index:02d}_{stage['name']}/stats.json")
         if not isinstance(record.get("phases"), list) or not all(isinstance(p, dict) for p in record["phases"]):
             raise UserError(f"{run_dir}: step {stage['name']} has no phase measurements "
