@@ -33,6 +33,7 @@ EMBEDDING_COLUMNS = (IMAGE_EMBEDDING, TEXT_EMBEDDING)
 CAPTIONS_COLUMN = "captions"   # recaption's synthetic captions: the first also goes in as `<key>.syn.txt`
 MIN_SHARDS = 8  # open_clip hangs when shards < dataloader workers x processes
 SIZES_FILE = "sizes.json"
+SHA256_FOLDER = "_sha256"   # each tar's sha256, written with it (`record_sha256`)
 log = logging.getLogger(__name__)
 
 
@@ -118,16 +119,105 @@ def write_tar(path: str, rows: pa.Table, keys: list[str]) -> str:
 
 def write_samples(path: str, samples: Iterable[dict[str, Any]]) -> str:
     """Write webdataset samples as one tar atomically, with fixed mtime, owner and mode (the
-    same samples give the same bytes); returns the tar's sha256."""
-    import webdataset as wds
-
+    same samples give the same bytes); returns the tar's sha256. The bytes are those of
+    webdataset's `TarWriter(encoder=False, mtime=MTIME, user="", group="", mode=0o444)`
+    (members in sorted extension order, `tarfile`'s headers), built from one header
+    template instead of a `TarInfo` per member (a fifth of the time for small samples)."""
     with storage.committing(path, durable=True) as tmp:
         with open(tmp, "wb") as stream:
-            writer = wds.TarWriter(stream, encoder=False, mtime=MTIME, user="", group="", mode=0o444)
-            for sample in samples:
-                writer.write(sample)
-            writer.close()
-        return file_sha256(tmp)
+            return TarStream(stream).write_all(samples)
+
+
+TAR_BLOCK, TAR_RECORD = 512, 20 * 512   # tarfile's BLOCKSIZE and RECORDSIZE
+_NUL_BLOCK = bytes(TAR_BLOCK)
+
+
+class TarStream:
+    """Writes tar members as `tarfile` (its default PAX format) writes them through
+    webdataset's TarWriter, hashing as it goes. A member whose name is not ASCII or longer
+    than 100 bytes, or whose size needs more than 11 octal digits, gets its header from
+    `tarfile` itself (a PAX header); the others are the template with name, size and
+    checksum filled in."""
+
+    def __init__(self, stream, mtime: int = MTIME, mode: int = 0o444):
+        import tarfile
+
+        self.stream, self.digest, self.offset = stream, hashlib.sha256(), 0
+        self.mtime, self.mode = mtime, mode
+        template = bytearray(self._tarinfo("", 0).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+        template[148:156] = b" " * 8   # the checksum is summed with its own field as spaces
+        self.template = bytes(template)
+        self.base_sum = sum(template) - sum(template[124:136])   # without the size field
+
+    def _tarinfo(self, name: str, size: int):
+        import tarfile
+
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = size, self.mtime, self.mode, "", ""
+        return info
+
+    def header(self, name: str, size: int) -> bytes:
+        encoded = name.encode("ascii", "replace")
+        if len(encoded) > 100 or not name.isascii() or size >= 8 ** 11:
+            import tarfile
+
+            return self._tarinfo(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+        size_field = b"%011o\0" % size
+        checksum = self.base_sum + sum(encoded) + sum(size_field)
+        template = self.template
+        return b"".join((encoded, template[len(encoded):124], size_field, template[136:148],
+                         b"%06o\0" % checksum, template[155:]))
+
+    def write_sample(self, sample: dict[str, Any]) -> None:
+        """One webdataset sample: `__key__` and extension -> bytes (str as UTF-8), members
+        in sorted extension order; keys starting with `_` are not written."""
+        if "__key__" not in sample:
+            raise ValueError("object must contain a __key__")
+        key, chunks = sample["__key__"], []
+        for extension in sorted(sample):
+            if extension[0] == "_":
+                continue
+            value = sample[extension]
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise ValueError(f"{extension} doesn't map to a bytes after encoding ({type(value)})")
+            size = len(value)
+            chunks.append(self.header(f"{key}.{extension}", size))
+            chunks.append(value)
+            if size % TAR_BLOCK:
+                chunks.append(_NUL_BLOCK[size % TAR_BLOCK:])
+        self._write(b"".join(chunks))
+
+    def close(self) -> str:
+        """The end of the archive (two zero blocks, then zeros to a whole record, as `tarfile`
+        writes it); returns the tar's sha256."""
+        end = self.offset + 2 * TAR_BLOCK
+        self._write(bytes(2 * TAR_BLOCK + (-end) % TAR_RECORD))
+        return self.digest.hexdigest()
+
+    def write_all(self, samples: Iterable[dict[str, Any]]) -> str:
+        for sample in samples:
+            self.write_sample(sample)
+        return self.close()
+
+    def _write(self, data: bytes) -> None:
+        self.stream.write(data)
+        self.digest.update(data)
+        self.offset += len(data)
+
+
+def record_sha256(out_dir: str | Path, name: str, digest: str) -> None:
+    """Keep a tar's sha256 beside it (`_sha256/<name>`; open_clip's brace patterns and
+    listings that skip `_` names never see it), so the data card need not read the tar."""
+    storage.write_text(storage.join(out_dir, SHA256_FOLDER, name), digest)
+
+
+def recorded_sha256(out_dir: str | Path, name: str) -> str | None:
+    try:
+        return storage.read_text(storage.join(out_dir, SHA256_FOLDER, name)).strip()
+    except FileNotFoundError:
+        return None
 
 
 def file_sha256(path) -> str:
