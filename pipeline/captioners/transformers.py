@@ -3,7 +3,9 @@
 worker, run on batches of images, with greedy decoding (beam search for several captions), so
 the same rows give the same captions. On CPU torch uses `threads` threads (1 by default: the
 engine runs one worker per core). A prompt (with `{text}` in rewrite mode) is passed to the
-processor as the text input; the prompt's tokens, when the model echoes them, are cut off.
+processor as the text input; the prompt's tokens, when the model echoes them exactly (decoder-only
+models such as LLaVA), are cut off; BLIP's text prompt is a prefix its caption continues, and
+stays. A random or weak model that ends a caption at once gives the row `empty caption`.
 """
 from __future__ import annotations
 
