@@ -10,6 +10,8 @@ pictures (0.28 before boxes taller than 0.3 of the image were left out: the netw
 large flat shapes); at 64 px (side 256) recall 0.92. The floors below leave room for fonts.
 """
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.testing.rendered_text import font_names, plain_cases, text_cases
@@ -66,3 +68,114 @@ def test_masking_fills_boxes_with_their_border_colour():
     assert edge.std(axis=(0, 1)).max() == 0
     assert text_area(np.array([[0, 0, 30, 40], [15, 0, 45, 40]], np.int32), (40, 60)) == 0.75
     assert text_area(np.zeros((0, 4), np.int32), (40, 60)) == 0.0
+
+
+# --- the masked score, with a curate-tiny that reads (pipeline.testing.reading_clip) ---------
+
+SEED = 9   # held out: the reading model trains on seed 0
+
+
+@pytest.fixture(scope="session")
+def reading_clip(tmp_path_factory):
+    """curate-tiny trained on world pairs plus pairs whose image writes out the caption
+    (trained once, ~2 min on one thread, cached beside pytest's temporary folders)."""
+    from pipeline.testing.reading_clip import ensure_reading_checkpoint
+
+    return ensure_reading_checkpoint(tmp_path_factory.getbasetemp().parent / "curate-tiny-cache")
+
+
+def scored_table(checkpoint, pairs: list) -> pa.Table:
+    """uid, text, jpg, clip_score and text_embedding, as clip_score adds them."""
+    from pipeline.clip.embeddings import embedding_array
+    from pipeline.clip.model import load_clip
+    from pipeline.clip.score import ClipScorer
+
+    scorer = ClipScorer(load_clip("curate-tiny", str(checkpoint), device="cpu", precision="fp32"), batch_size=64)
+    result = scorer.score([j for j, _ in pairs], [c for _, c in pairs], with_embeddings=True)
+    return pa.table({"uid": [f"{i:04d}" for i in range(len(pairs))], "text": [c for _, c in pairs],
+                     "jpg": [j for j, _ in pairs], "clip_score": pa.array(result.scores, pa.float32()),
+                     "text_embedding": embedding_array(result.text_embeddings)})
+
+
+@pytest.mark.slow   # trains the reading model once
+def test_a_written_caption_loses_its_score_and_goes_a_described_picture_keeps_it(reading_clip):
+    from pipeline.stages.text_mask import ClipSpec, MaskText, TextMaskSettings
+    from pipeline.testing.reading_clip import spotting_pair
+    from pipeline.testing.world import make_world
+
+    n = 24
+    pairs = [spotting_pair(i, SEED) for i in range(n)] + [(s.jpg, s.caption) for s in make_world(n, SEED)]
+    spec = ClipSpec("curate-tiny", str(reading_clip), "cpu", "fp32", 64)
+    table, extras = MaskText(TextMaskSettings(max_drop=0.3), spec, 0.5)(scored_table(reading_clip, pairs))
+    score, masked = (table[c].to_numpy() for c in ("clip_score", "masked_clip_score"))
+    reasons = table["_reason"].to_pylist()
+    written, pictured = slice(0, n), slice(n, 2 * n)
+    print(f"\nwritten captions: clip_score median {np.median(score[written]):.3f}, masked "
+          f"{np.median(masked[written]):.3f}; pictures: {np.median(score[pictured]):.3f}")
+    assert np.median(score[written]) > 0.7   # the model reads: a written caption scores high
+    assert np.mean(masked[written] < 0.5 * score[written]) >= 0.8   # most of it is gone once masked
+    assert reasons[written].count("text_spotting") >= 0.8 * n
+    assert np.mean([len(b) > 0 for b in table["text_boxes"].to_pylist()[written]]) >= 0.9
+    plain = np.array([not b for b in table["text_boxes"].to_pylist()[pictured]])
+    print(f"pictures with a box found: {int((~plain).sum())} of {n}")
+    assert plain.mean() >= 0.85                    # hardly any text found in the plain pictures,
+    assert np.array_equal(masked[pictured][plain], score[pictured][plain])   # whose score stays as it was
+    assert reasons[pictured] == [None] * n
+    assert extras["rows"].tolist() == [2 * n, int(sum(len(b) > 0 for b in table["text_boxes"].to_pylist()))]
+    assert len(extras["example_uid"]) == 8 and all(u < f"{n:04d}" for u in extras["example_uid"])
+
+
+def serve(web, n: int) -> tuple[list, list, set]:
+    """`n` world pictures and `n` pictures writing out their caption, served by `web`."""
+    from pipeline.testing.reading_clip import spotting_pair
+    from pipeline.testing.world import make_world
+
+    urls, texts, written = [], [], set()
+    for i, (jpg, caption) in enumerate([(s.jpg, s.caption) for s in make_world(n, SEED)]
+                                       + [spotting_pair(i, SEED) for i in range(n)]):
+        path = f"/text_mask/{i}.jpg"
+        web.add_image(path, jpg)
+        urls.append(web.url(path))
+        texts.append(caption)
+        if i >= n:
+            written.add(urls[-1])
+    return urls, texts, written
+
+
+@pytest.mark.slow   # image pipelines on three engines
+def test_local_ray_and_spark_keep_the_same_rows_and_write_the_same_tars(reading_clip, fakeweb, tmp_path):
+    from tests.support import assert_run_invariants, kept_uids, read_dataset, run, tar_digests
+
+    urls, texts, written = serve(fakeweb, 40)
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"url": urls, "text": texts}), pairs)
+    runs = {}
+    for engine in ("local", "ray", "spark"):
+        runs[engine] = tmp_path / engine
+        run({"input": {"path": [str(pairs)], "part_rows": 20}, "output": str(runs[engine]), "engine": engine,
+             "processes": 2, "ray": {"num_cpus": 2}, "spark": {"master": "local[2]"},
+             "allow_networks": ["127.0.0.1/32"],
+             "download": {"image_size": 64, "threads": 4, "timeout": 5, "part_rows": 20},
+             "clip_score": {"model": "curate-tiny", "pretrained": str(reading_clip), "device": "cpu",
+                            "precision": "fp32", "batch_size": 16, "threshold": 0.5},
+             "text_mask": {"max_drop": 0.3, "batch_size": 8},
+             "shard": {"samples_per_shard": 16}})
+        summary = assert_run_invariants(runs[engine])
+    assert kept_uids(runs["local"]) == kept_uids(runs["ray"]) == kept_uids(runs["spark"])
+    assert tar_digests(runs["local"]) == tar_digests(runs["ray"]) == tar_digests(runs["spark"])
+    stage = next(s for s in summary["stages"] if s["name"] == "text_mask")
+    assert stage["dropped"].get("text_spotting", 0) >= 25   # most of the 40 written captions
+    kept = read_dataset(runs["local"] / "kept")
+    assert {"text_area", "text_boxes", "masked_clip_score"} <= set(kept.column_names)
+    assert len(written & set(kept["url"].to_pylist())) < 15
+    assert sum(u not in written for u in kept["url"].to_pylist()) >= 36   # the pictures stay
+    record = summary_record(runs["local"])
+    assert record["with_text"] >= 36 and record["examples"] and record["examples"][0]["masked_image"]
+
+
+def summary_record(run_dir) -> dict:
+    import glob
+    import json
+
+    [stats] = glob.glob(str(run_dir / "steps" / "*_text_mask" / "stats.json"))
+    return json.loads(open(stats).read())["text_mask"]
