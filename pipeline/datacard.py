@@ -4,7 +4,8 @@ Written at the end of every run (after summary.json) and again by every takedown
 run folder alone: `summary.json` (sources, rows in and kept, each stage's drops by reason),
 `config.json` (the runs excluded, the blocklists), the kept rows' `language` and `faces`
 columns, the metadata step's `entry_counts.parquet`, `takedowns/*.json`, and every tar of
-`shards/sizes.json` with its sample count and sha256 (each tar read once, 8 at a time).
+`shards/sizes.json` with its sample count and sha256 (as the shard step recorded it beside
+the tar, `shards/_sha256/<tar>`; a tar without it is read, 8 at a time).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import shards
 from pipeline.core import parts, storage
 
 FILE = "datacard.json"
@@ -121,12 +123,17 @@ def takedown_records(run_dir: str) -> list[dict]:
 
 
 def tar_hashes(run_dir: str, known: dict) -> dict:
-    """Each tar of sizes.json: samples and sha256 (read unless known)."""
+    """Each tar of sizes.json: samples and sha256 (`known`, or as the shard step recorded it
+    when it wrote the tar, or read from the tar itself)."""
     folder = storage.join(run_dir, "shards")
     sizes = storage.read_marker(storage.join(folder, "sizes.json")) or {}
     todo = [name for name in sorted(sizes) if name not in known]
+
+    def sha256(name: str) -> str:
+        return shards.recorded_sha256(folder, name) or file_sha256(storage.join(folder, name))
+
     with ThreadPool(8) as pool:
-        found = dict(zip(todo, pool.map(lambda name: file_sha256(storage.join(folder, name)), todo)))
+        found = dict(zip(todo, pool.map(sha256, todo)))
     digests = {**known, **found}
     return {"count": len(sizes), "samples": sum(sizes.values()),
             "tars": {name: {"samples": sizes[name], "sha256": digests[name]} for name in sorted(sizes)}}

@@ -257,6 +257,7 @@ def rewrite_tar(run_dir: str, name: str, tar: dict) -> dict:
                 yield sample
 
     digest = shards.write_samples(storage.join(run_dir, "shards", name), remaining())
+    shards.record_sha256(storage.join(run_dir, "shards"), name, digest)
     done = {"sha256": digest, "samples": kept[0]}
     storage.write_json(done, marker)
     return done

@@ -31,6 +31,7 @@ from pipeline.shards import (
     MIN_SHARDS,
     SIZES_FILE,
     as_table,
+    record_sha256,
     shard_keys,
     shard_name,
     shuffled_order,
@@ -120,7 +121,8 @@ class WriteShards:
             samples = transform.apply(samples)
             for name, _ in transform.outputs:
                 ordered = set_column(ordered, name, samples[name])
-        write_tar(storage.join(self.out_dir, shard_name(index)), samples, keys)
+        record_sha256(self.out_dir, shard_name(index),
+                      write_tar(storage.join(self.out_dir, shard_name(index)), samples, keys))
         placed = images.without_references(ordered)
         return placed.append_column("shard", pa.array([shard_name(index)] * len(keys), pa.string())) \
                      .append_column("key", pa.array(keys, pa.string()))
@@ -150,7 +152,8 @@ def finish_shard_folder(out_dir: str, sizes: list[int], start_index: int = 0) ->
     """Empty tars for empty shards (so brace patterns have no holes), and sizes.json."""
     for index, size in enumerate(sizes, start_index):
         if size == 0:
-            write_tar(storage.join(out_dir, shard_name(index)), as_table([]), [])
+            name = shard_name(index)
+            record_sha256(out_dir, name, write_tar(storage.join(out_dir, name), as_table([]), []))
     write_sizes_json(out_dir, {shard_name(i): n for i, n in enumerate(sizes, start_index)})
     if len(sizes) < MIN_SHARDS:
         log.warning("%d shard(s) in %s: fewer than a typical trainer's %d dataloader workers; "
