@@ -1,17 +1,21 @@
 """PDQ (issue 24): hashing cost per image, and matching images/s per core against 1M and 10M
 list hashes.
 
-- Hashing: `pdqhash.compute` on the decoded RGB array (the raw library) beside our
-  `pipeline.pdq.hash_image` on the same JPEG bytes (decode + compute + hex), and, for scale,
-  img2dataset's `Resizer` (decode + resize + encode: the download task's own CPU work per
-  image), on real photos (scikit-image's) at their sizes and at 1024 px.
+- Hashing: `pdqhash.compute` (the raw library, the reference C++) beside our
+  `pipeline.pdq.hash_pixels` on the same decoded arrays (same bits and quality, asserted),
+  our `hash_image` on the JPEG bytes (decode + hash: what the download task adds per image),
+  and, for scale, img2dataset's `Resizer` (decode + resize + encode: the download task's own
+  CPU work per image), on real photos (scikit-image's) at their sizes and at 1024 px.
+- In the download task: `DownloadStage.process` over a loopback corpus (bench_download's:
+  generated JPEGs of 200..800 px, served from another process), `download.pdq` off and on,
+  best of 3 each, alternating: what always-on hashing costs the stage.
 - Matching: `PdqIndex.matches` (16 x 16-bit multi-index, exact) one image at a time, as the
   download task calls it, against the raw baselines on the same queries: numpy popcount over
   every list hash and faiss `IndexBinaryFlat` (1 thread), both exact. Queries: half near
   copies of list hashes (0..30 bits flipped, as resized/re-encoded/cropped variants measure),
   half random (no match). Same answers asserted.
 
-    .venv/bin/python bench/bench_pdq.py [--sizes 1000000,10000000] [--queries 2000]
+    .venv/bin/python bench/bench_pdq.py [--sizes 1000000,10000000] [--queries 2000] [--urls 600]
 """
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
-from pipeline.pdq import PdqIndex, brute_force_matches, hash_image  # noqa: E402
+from common import report, server_process  # noqa: E402
+from pipeline.pdq import PdqIndex, brute_force_matches, hash_image, hash_pixels, reference_hash  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "motorcycle_left")
 
@@ -69,17 +73,43 @@ def hashing() -> dict:
 
     cv2.setNumThreads(1)
     images = photos()
-    decoded = [cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-               for b in images]
+    decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in images]
+    rgb = [cv2.cvtColor(d, cv2.COLOR_BGR2RGB) for d in decoded]
+    assert [hash_pixels(d) for d in decoded] == [reference_hash(d) for d in decoded], "same bits and quality"
     resizer = Resizer(image_size=256, resize_mode="center_crop", resize_only_if_bigger=False,
                       encode_quality=95, encode_format="jpg")
-    raw = per_image_ms(pdqhash.compute, decoded)
-    ours = per_image_ms(hash_image, images)
+    raw = per_image_ms(pdqhash.compute, rgb)
+    ours = per_image_ms(hash_pixels, decoded)
+    with_decode = per_image_ms(hash_image, images)
     resize = per_image_ms(lambda b: resizer(io.BytesIO(b)), images)
     return {"images": len(images), "mean_pixels": int(np.mean([d.shape[0] * d.shape[1] for d in decoded])),
-            "pdqhash_compute_ms": round(raw, 2), "hash_image_ms": round(ours, 2),
-            "hash_image_over_compute": round(ours / raw, 2), "resizer_ms": round(resize, 2),
-            "hash_image_over_resizer": round(ours / resize, 2)}
+            "pdqhash_compute_ms": round(raw, 2), "hash_pixels_ms": round(ours, 2),
+            "pdqhash_over_ours": round(raw / ours, 1), "hash_image_with_decode_ms": round(with_decode, 2),
+            "resizer_ms": round(resize, 2), "hash_image_over_resizer": round(with_decode / resize, 2)}
+
+
+def download_stage(urls: int) -> dict:
+    from bench_download import LOCAL, SETTINGS, corpus_sizes, corpus_table, serve
+    from pipeline.stages.download import DownloadStage
+
+    sizes = corpus_sizes(urls)
+    with server_process(serve, sizes) as port:
+        table = corpus_table(port, sizes)
+        stages = {pdq: DownloadStage({**SETTINGS, "threads": 16, "pdq": pdq}, allow_networks=LOCAL)
+                  for pdq in (False, True)}
+        best = {False: float("inf"), True: float("inf")}
+        for stage in stages.values():
+            stage.setup()
+            stage.process(table.slice(0, 20))     # warm: imports, OpenCV, the guarded opener
+        for _ in range(3):
+            for pdq, stage in stages.items():
+                start = time.perf_counter()
+                out = stage.process(table)
+                best[pdq] = min(best[pdq], time.perf_counter() - start)
+                assert out["_reason"].null_count == urls and out["pdq"].null_count == (0 if pdq else urls)
+    return {"download_images": urls, "download_images_per_s_pdq_off": round(urls / best[False], 1),
+            "download_images_per_s_pdq_on": round(urls / best[True], 1),
+            "download_pdq_on_over_off_seconds": round(best[True] / best[False], 2)}
 
 
 def queries(codes: np.ndarray, count: int, rng) -> np.ndarray:
@@ -138,8 +168,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--urls", type=int, default=600)
     args = parser.parse_args()
-    results = {"note": "one core (numpy single-threaded, faiss omp 1); distance 31", **hashing()}
+    results = {"note": "one core (numpy single-threaded, faiss omp 1); distance 31", **hashing(),
+               **download_stage(args.urls)}
     for size in (int(s) for s in args.sizes.split(",")):
         results.update(matching(size, args.queries))
     report("pdq", results)

@@ -1,10 +1,16 @@
 """PDQ perceptual hashes (Meta's 256-bit image hash) and a Hamming-distance matcher for lists of them.
 
 - `hash_image(data)`: the PDQ hash of an image's ORIGINAL bytes (decoded as they are, EXIF
-  orientation ignored, alpha dropped, as PIL's `convert("RGB")` and the reference hasher do),
-  with `pdqhash` (the reference C++ code): 64 lowercase hex digits, most significant bit
-  first (ThreatExchange's layout), and PDQ's quality (0-100). (None, None) when the bytes do
-  not decode.
+  orientation ignored, alpha dropped, as PIL's `convert("RGB")` and the reference hasher do):
+  64 lowercase hex digits, most significant bit first (ThreatExchange's layout), and PDQ's
+  quality (0-100). (None, None) when the bytes do not decode. The hash is the reference
+  algorithm (`pdqhash`'s C++: luma, two passes of a Jarosz box filter along each axis,
+  decimation to 64 x 64, the 16 x 16 low DCT coefficients against their median, the
+  gradient quality) computed only where it is sampled: each axis's two box passes at the 64
+  decimated places are 64 weighted sums of a few input rows (one matrix-vector product
+  each), so past the luma the image is read about once. Same bits and quality as
+  `pdqhash.compute` (`reference_hash`; the unit tests compare them on real photos of many
+  sizes; flat images, quality 0, differ in their noise bits), ~10-50x faster here.
 - `read_pdq_list(files)`: the hashes of list files, one a line (text; `#` comments; the hash is
   the first field of a line split on commas, tabs or spaces, so `pdq-photo-hasher`'s
   `hash,quality,filename` lines and ThreatExchange's `pdq <hash> ...` signal lines read as
@@ -23,6 +29,7 @@
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Iterable, Optional, Sequence
 
@@ -42,20 +49,91 @@ COLUMN_NAMES = ("pdq", "hash", "signal_value", "indicator")
 SPLIT = re.compile(r"[,\t ;]+")
 
 
-def hash_image(data: bytes) -> tuple[Optional[str], Optional[int]]:
-    """The PDQ hash (64 hex digits) and quality of an image's bytes; (None, None) when they
-    do not decode (the caller's own decode reports why)."""
+def decode(data: bytes) -> Optional[np.ndarray]:
+    """An image's bytes as a BGR uint8 array as they are (EXIF orientation ignored), or None."""
     import cv2
-    import pdqhash
 
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error:
-        return None, None
-    if image is None or image.size == 0:
-        return None, None
-    bits, quality = pdqhash.compute(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    return np.packbits(np.asarray(bits, dtype=bool)).tobytes().hex(), int(quality)
+        return None
+    return None if image is None or image.size == 0 else image
+
+
+def hash_image(data: bytes) -> tuple[Optional[str], Optional[int]]:
+    """The PDQ hash (64 hex digits) and quality of an image's bytes; (None, None) when they
+    do not decode (the caller's own decode reports why)."""
+    image = decode(data)
+    return (None, None) if image is None else hash_pixels(image)
+
+
+def hash_pixels(bgr: np.ndarray) -> tuple[str, int]:
+    """PDQ of a BGR uint8 image (see the module's docstring)."""
+    import cv2
+
+    luma = cv2.cvtColor(bgr.astype(np.float32), cv2.COLOR_BGR2GRAY)    # 0.299 R + 0.587 G + 0.114 B
+    down = filtered(luma, sampled_filter(luma.shape[0]))                  # (64, width)
+    sampled = filtered(down.T, sampled_filter(luma.shape[1])).T           # the 64 x 64 buffer
+    coefficients = (DCT @ sampled @ DCT.T).ravel()                         # 16 x 16, row-major
+    median = np.sort(coefficients)[(len(coefficients) - 1) // 2]           # Torben's: the lower median
+    bits = (coefficients > median)[::-1]                                   # bit 255 (w[15]'s top) first
+    return np.packbits(bits).tobytes().hex(), quality(sampled)
+
+
+def reference_hash(bgr: np.ndarray) -> tuple[str, int]:
+    """`pdqhash.compute` (the reference C++ code, ~50x slower here) in the same format."""
+    import cv2
+    import pdqhash
+
+    bits, quality_ = pdqhash.compute(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return np.packbits(np.asarray(bits, dtype=bool)).tobytes().hex(), int(quality_)
+
+
+@functools.lru_cache(maxsize=4096)
+def sampled_filter(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PDQ's two passes of a box filter along an axis of length n, at the 64 places that
+    decimation samples (`int((i + 0.5) * n / 64)`): per place, the first input index, how many
+    inputs, and their weights (zero-padded rows). The box of window w at j averages the input
+    over [j - (w - half), j + half) clipped to the axis, half = (w + 2) // 2,
+    w = (n + 127) // 128, as the reference's `box1DFloat` and `computeJaroszFilterWindowSize`."""
+    window = (n + 2 * 64 - 1) // (2 * 64)
+    half = (window + 2) // 2
+    at = np.arange(n)
+    low, high = np.maximum(0, at - (window - half)), np.minimum(n, at + half)
+    places = ((np.arange(64) + 0.5) * n / 64).astype(np.int64)
+    first, last = low[low[places]], high[high[places] - 1]       # the inputs a place depends on
+    span = int((last - first).max())
+    steps = np.zeros((64, span + 1))
+    rows = np.arange(64)
+    for k in range(window):               # the second pass's box at each place: first-pass outputs j,
+        j = np.minimum(low[places] + k, n - 1)                      # each the mean of [low[j], high[j])
+        weight = np.where(low[places] + k < high[places], 1.0 / (high[j] - low[j]), 0.0)
+        weight /= high[places] - low[places]
+        np.add.at(steps, (rows, low[j] - first), weight)
+        np.add.at(steps, (rows, high[j] - first), -weight)
+    return first, last - first, np.cumsum(steps, axis=1)[:, :span].astype(np.float32)
+
+
+def filtered(values: np.ndarray, axis_filter: tuple) -> np.ndarray:
+    """(64, m): the filter along the first axis of (n, m) `values`, at its 64 places."""
+    first, count, weights = axis_filter
+    out = np.empty((64, values.shape[1]), dtype=np.float32)
+    for place in range(64):
+        start, size = first[place], count[place]
+        out[place] = weights[place, :size] @ values[start:start + size]
+    return out
+
+
+def quality(sampled: np.ndarray) -> int:
+    """PDQ's quality: the summed absolute gradients of the 64 x 64 buffer (each scaled to
+    percent of 255 and truncated), over 90, at most 100."""
+    down = ((sampled[:-1, :] - sampled[1:, :]) * 100 / 255).astype(np.int32)
+    across = ((sampled[:, :-1] - sampled[:, 1:]) * 100 / 255).astype(np.int32)
+    return min(100, int((np.abs(down).sum() + np.abs(across).sum()) // 90))
+
+
+DCT = (np.sqrt(2.0 / 64.0) * np.cos(np.pi / 2 / 64.0 * np.arange(1, 17)[:, None]
+                                    * (2 * np.arange(64)[None, :] + 1))).astype(np.float32)
 
 
 def codes_of(values: Iterable[Optional[str]]) -> tuple[np.ndarray, np.ndarray]:

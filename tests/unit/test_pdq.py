@@ -64,18 +64,25 @@ def test_inputs_of_every_form_and_nulls():
 
 
 def test_hash_image_is_pdqhash_in_threatexchange_layout():
+    """Our sampled computation gives pdqhash's (the reference C++) bits and quality exactly,
+    on real photos of many sizes and shapes (flat images, quality 0, have noise for bits)."""
     import cv2
     import pdqhash
 
-    tile = photo_tiles(128)[0]
-    data = jpeg(tile)
-    hex_hash, quality = hash_image(data)
-    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    bits, expected_quality = pdqhash.compute(rgb)
-    # the reference formats w[15]..w[0], bit 255 first: pdqhash's vector is in that order
-    assert hex_hash == format(int("".join(str(int(b)) for b in bits), 2), "064x")
-    assert quality == expected_quality and 0 <= quality <= 100
+    tiles = photo_tiles(128)
+    images = [cv2.cvtColor(np.asarray(t), cv2.COLOR_BGR2RGB) for t in tiles[::6]]
+    big = cv2.cvtColor(np.asarray(tiles[0].resize((1500, 1100))), cv2.COLOR_RGB2BGR)
+    images += [cv2.resize(big, (w, h)) for w, h in ((1500, 1100), (64, 64), (65, 63), (17, 300), (33, 20),
+                                                     (129, 127), (1025, 257))]
+    for image in images:
+        data = cv2.imencode(".png", image)[1].tobytes()
+        hex_hash, quality = hash_image(data)
+        bits, expected_quality = pdqhash.compute(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        # the reference formats w[15]..w[0], bit 255 first: pdqhash's vector is in that order
+        assert hex_hash == format(int("".join(str(int(b)) for b in bits), 2), "064x"), image.shape
+        assert quality == expected_quality and 0 < quality <= 100
     assert hash_image(b"not an image") == (None, None)
+    assert hash_image(jpeg(tiles[0]))[0] == hash_image(jpeg(tiles[0]))[0]
 
 
 def test_list_layouts(tmp_path):
