@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.core import storage
 from pipeline.errors import UserError
-from pipeline.report import data, datacard, decontam, languages, samples, svg
+from pipeline.report import data, datacard, decontam, languages, samples, svg, text_spotting
 
 KEPT, DROPPED, OTHER = "#2e86de", "#e67e22", "#8e44ad"
 CSS = """
@@ -100,7 +100,8 @@ def render(run_dir: str, summary: dict, status: dict | None = None) -> str:
     sections = [partial_section(status), warnings_section(summary), funnel_section(summary),
                 sources_section(summary),
                 throughput_section(stages), download_section(stages),
-                language_section(run_dir), clip_section(run_dir, stages), entries_section(run_dir),
+                language_section(run_dir), clip_section(run_dir, stages), text_spotting.text_mask_section(run_dir),
+                entries_section(run_dir),
                 languages.languages_section(run_dir),
                 grid_section("kept", "Sample of kept pairs", samples.kept_samples(run_dir)),
                 grid_section("dropped", "Sample of dropped pairs (with images)",
