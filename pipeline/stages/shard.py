@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Literal, Union
+from typing import Annotated, Callable, Iterator, Literal, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +38,7 @@ from pipeline.shards import (
     shard_keys,
     shard_name,
     shuffled_order,
+    sync_files,
     write_sizes_json,
     write_tar,
 )
@@ -101,8 +105,11 @@ class WriteShards:
     def __call__(self, table: pa.Table) -> pa.Table:
         shards = table[SHARD].to_numpy()
         bounds = np.flatnonzero(np.diff(shards)) + 1
-        written = [self.write_one(table.slice(a, b - a), int(shards[a]))
-                   for a, b in zip([0, *bounds], [*bounds, len(shards)]) if b > a]
+        with task_images(table, shards) as gathered:
+            written = [self.write_one(table.slice(a, b - a), int(shards[a]), gathered, a)
+                       for a, b in zip([0, *bounds], [*bounds, len(shards)]) if b > a]
+        sync_files([storage.join(self.out_dir, shard_name(self.start_index + int(shards[a])))
+                    for a in [0, *bounds] if a < len(shards)])   # before the task's marker
         if not written:
             empty = images.without_references(table)
             for transform in self.transforms:
@@ -112,20 +119,99 @@ class WriteShards:
                         .append_column("key", pa.array([], pa.string()))
         return pa.concat_tables(written)
 
-    def write_one(self, rows: pa.Table, shard: int) -> pa.Table:
-        ordered = rows.take(shuffled_order(rows["uid"].to_pylist(), self.seed))
+    def write_one(self, rows: pa.Table, shard: int, gathered=None, offset: int = 0) -> pa.Table:
+        """Write shard `shard` of `rows` (the task's rows from `offset`); `gathered`, when
+        the task gathered its images (`task_images`), gives them by the task's row."""
+        order = shuffled_order(rows["uid"].to_pylist(), self.seed)
+        ordered = rows.take(order)
         index = self.start_index + shard
         keys = shard_keys(index, ordered.num_rows, self.samples_per_shard)
-        samples = images.attach_images(ordered)
+        if gathered is None:
+            samples = images.attach_images(ordered)
+        else:
+            samples = ordered.append_column(images.IMAGE, gathered(offset + order))
         for transform in self.transforms:
             samples = transform.apply(samples)
             for name, _ in transform.outputs:
                 ordered = set_column(ordered, name, samples[name])
         record_sha256(self.out_dir, shard_name(index),
-                      write_tar(storage.join(self.out_dir, shard_name(index)), samples, keys))
+                      write_tar(storage.join(self.out_dir, shard_name(index)), samples, keys, durable=False))
         placed = images.without_references(ordered)
         return placed.append_column("shard", pa.array([shard_name(index)] * len(keys), pa.string())) \
                      .append_column("key", pa.array(keys, pa.string()))
+
+
+SCATTERED = 1.5     # row-group reads per needed row group, shard by shard, above which a task gathers
+GATHER_GROUPS = 32  # row groups one read of the gathering takes at most (its memory)
+
+
+@contextmanager
+def task_images(table: pa.Table, shards: np.ndarray) -> Iterator[Optional[Callable[[np.ndarray], pa.Array]]]:
+    """None when the task reads its images shard by shard (`attach_images`), which reads
+    each row group once where every shard's rows lie in row groups of their own (download's
+    parts, in their order). Otherwise (rows whose references are scattered over the files,
+    as after a global step that reorders rows whose images came in the input) a function
+    from the task's row numbers to their `jpg`: the images gathered once into a local
+    temporary Arrow file (memory-mapped), each needed row group read once, file by file."""
+    if not images.has_references(table) or table.num_rows == 0:
+        yield None
+        return
+    files = table[images.IMAGE_FILE].combine_chunks().dictionary_encode()
+    codes = files.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = table[images.IMAGE_ROW].to_numpy()
+    paths = files.dictionary.to_pylist()
+    groups = np.empty(len(rows), np.int64)
+    for code, path in enumerate(paths):
+        where = codes == code
+        groups[where] = np.searchsorted(parts.footer(path)[1], rows[where], side="right") - 1
+    keys = (codes << 32) | groups   # (file, row group)
+    order = np.lexsort((keys, shards))
+    reads = 1 + int(np.count_nonzero((np.diff(shards[order]) != 0) | (np.diff(keys[order]) != 0)))
+    if reads <= SCATTERED * len(np.unique(keys)):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="curate-shard-") as folder:
+        yield gather_images(os.path.join(folder, "images.arrow"), paths, codes, rows, groups)
+
+
+def gather_images(path: str, paths: list, codes: np.ndarray, rows: np.ndarray,
+                  groups: np.ndarray) -> Callable[[np.ndarray], pa.Array]:
+    """Write the rows' images to the Arrow file `path`, file by file and row group by row
+    group (GATHER_GROUPS per read); returns a function from row numbers (of `rows`) to
+    their images, read from the memory-mapped file."""
+    type_ = parts.read_schema(paths[0]).field(images.IMAGE).type
+    position = np.empty(len(rows), np.int64)
+    written = 0
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, pa.schema([(images.IMAGE, type_)])) as writer:
+        for code, source in enumerate(paths):
+            where = np.flatnonzero(codes == code)
+            where = where[np.argsort(rows[where], kind="stable")]
+            ordered = groups[where]   # ascending, as the rows are
+            needed = np.unique(ordered)
+            for first in range(0, len(needed), GATHER_GROUPS):
+                batch = needed[first:first + GATHER_GROUPS]
+                chosen = where[np.searchsorted(ordered, batch[0]):np.searchsorted(ordered, batch[-1], side="right")]
+                found = parts.read_file_rows(source, rows[chosen], [images.IMAGE])[images.IMAGE]
+                writer.write_batch(pa.record_batch([found.combine_chunks().cast(type_)], names=[images.IMAGE]))
+                position[chosen] = written + np.arange(len(chosen))
+                written += len(chosen)
+    reader = pa.ipc.open_file(pa.memory_map(path))
+    chunks = [reader.get_batch(i).column(0) for i in range(reader.num_record_batches)]
+    starts = np.cumsum([0] + [len(c) for c in chunks])
+
+    def take(indices: np.ndarray) -> pa.Array:
+        at = position[indices]
+        chunk = np.searchsorted(starts, at, side="right") - 1
+        pieces, order = [], []
+        for c in np.unique(chunk):
+            where = np.flatnonzero(chunk == c)
+            pieces.append(chunks[c].take(pa.array(at[where] - starts[c])))
+            order.append(where)
+        if not pieces:
+            return pa.array([], type_)
+        return pa.concat_arrays(pieces).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+    return take
 
 
 class ShardStep(Step):
