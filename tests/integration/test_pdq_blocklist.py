@@ -35,30 +35,38 @@ VARIANTS = {
 FLOORS = {"half": 0.9, "jpeg_q20": 0.9, "crop_2pct": 0.6}   # crop_5pct is reported, not promised
 
 
-@pytest.mark.slow
-def test_pdq_list_catches_near_copies_and_passes_other_photos(tmp_path):
+def serve_and_list(tmp_path, web):
+    """The served copies and other photos, the input table and the list; returns the rows
+    (url, kind), the other photos and the config (output: tmp_path / "run")."""
     tiles = photo_tiles(256)
     listed, others = tiles[:LISTED], tiles[LISTED:]
     hashes = [hash_image(jpeg(t)) for t in listed]
     # pdq-photo-hasher's `hash,quality,name` lines, with a comment and a blank line
     (tmp_path / "pdq.txt").write_text("# takedown list\n\n" + "".join(
         f"{h},{q},tile-{i}.jpg\n" for i, (h, q) in enumerate(hashes)))
+    rows = []    # (url, kind)
+    for i, tile in enumerate(listed):
+        for kind, make in VARIANTS.items():
+            web.add_image(f"/{kind}/{i}.jpg", make(tile))
+            rows.append((web.url(f"/{kind}/{i}.jpg"), kind))
+    for i, tile in enumerate(others):
+        web.add_image(f"/other/{i}.jpg", jpeg(tile))
+        rows.append((web.url(f"/other/{i}.jpg"), "other"))
+    pq.write_table(pa.table({"url": [u for u, _ in rows], "text": [f"photo {k} {i}" for i, (_, k) in enumerate(rows)]}),
+                   tmp_path / "pairs.parquet")
+    config = {"input": {"path": [str(tmp_path / "pairs.parquet")], "part_rows": 40},
+              "output": str(tmp_path / "run"), "processes": 2, "allow_networks": ["127.0.0.1/32"],
+              "download": {"image_size": 32, "threads": 8, "timeout": 5},
+              "blocklist": {"pdq": [str(tmp_path / "pdq.txt")]},
+              "ray": {"num_cpus": 2}}
+    return rows, others, config
+
+
+@pytest.mark.slow
+def test_pdq_list_catches_near_copies_and_passes_other_photos(tmp_path):
     with FakeWeb() as web:
-        rows = []    # (url, kind)
-        for i, tile in enumerate(listed):
-            for kind, make in VARIANTS.items():
-                web.add_image(f"/{kind}/{i}.jpg", make(tile))
-                rows.append((web.url(f"/{kind}/{i}.jpg"), kind))
-        for i, tile in enumerate(others):
-            web.add_image(f"/other/{i}.jpg", jpeg(tile))
-            rows.append((web.url(f"/other/{i}.jpg"), "other"))
-        pq.write_table(pa.table({"url": [u for u, _ in rows], "text": [f"photo {k} {i}" for i, (_, k) in
-                                                                        enumerate(rows)]}),
-                       tmp_path / "pairs.parquet")
-        summary = run({"input": {"path": [str(tmp_path / "pairs.parquet")], "part_rows": 40},
-                       "output": str(tmp_path / "run"), "processes": 2, "allow_networks": ["127.0.0.1/32"],
-                       "download": {"image_size": 32, "threads": 8, "timeout": 5},
-                       "blocklist": {"pdq": [str(tmp_path / "pdq.txt")]}})
+        rows, others, config = serve_and_list(tmp_path, web)
+        summary = run(config)
     run_dir = tmp_path / "run"
     assert_run_invariants(run_dir)
     ledger = read_dataset(run_dir / "ledger")
@@ -103,3 +111,15 @@ def test_a_bad_pdq_list_is_one_line_naming_file_and_line(tmp_path, content, mess
         run({"input": {"path": [str(tmp_path / "p.parquet")]}, "output": str(tmp_path / "run"),
              "blocklist": {"pdq": [str(tmp_path / "pdq.txt")]}})
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_same_result_on_ray(tmp_path):
+    with FakeWeb() as web:
+        _, _, config = serve_and_list(tmp_path, web)
+        local = run(config)
+        ray = run({**config, "engine": "ray", "output": str(tmp_path / "ray")})
+    assert [{**s, "seconds": 0} for s in local["stages"]] == [{**s, "seconds": 0} for s in ray["stages"]]
+    columns = ["uid", "pdq", "pdq_quality"]
+    assert read_dataset(tmp_path / "run" / "kept").select(columns).sort_by("uid") == \
+        read_dataset(tmp_path / "ray" / "kept").select(columns).sort_by("uid")
