@@ -22,6 +22,16 @@ step's tasks (a missing or corrupt file, a bad setting or an input size that doe
 the embeddings is one `UserError` line: `heads: <name>: <file>: <problem>`); the tasks get
 each file's sha256 and load it once per worker process (`built_once`), checking that it is
 the same file.
+
+`model: nudenet` is a head of another kind: NudeNet's detector (the ONNX model inside the
+`nudenet` wheel, or `path` to another NudeNet export; `pipeline.nudenet`), which reads the
+stored IMAGES, not embeddings (declared: the step gets the image bytes only when such a head
+is configured; no clip_score needed). It adds `<name>_score` (float32: the highest confidence
+of a box of one of `classes`, by default NudeNet's exposed-nudity classes) and `<name>_classes`
+(list<string>: the classes NudeNet detects at `min_confidence`, sorted), and drops like a
+linear head. A row whose image does not decode gets nulls and is never dropped here. The
+ONNX session is made once per worker process (one intra-op thread) and run `batch_size`
+images at a time.
 """
 from __future__ import annotations
 
@@ -47,7 +57,8 @@ from pipeline.clip.embeddings import (
     missing_hint,
 )
 from pipeline.core import parts, storage
-from pipeline.core.constraints import Finite, Invalid, NonEmpty
+from pipeline.core.constraints import AtLeast, Between, Finite, Invalid, NonEmpty
+from pipeline.core.images import IMAGE
 from pipeline.core.parts import PartRef
 from pipeline.core.stage import Stage, set_column, with_reason
 from pipeline.core.steps import Step, StepContext, part_readers
@@ -60,7 +71,9 @@ SECTION = "heads"
 @dataclass
 class HeadSettings:
     name: str = ""                                   # the score column is `<name>_score`
-    path: str = ""                                   # a state dict of Linear layers (local or URL)
+    path: str = ""                                   # a state dict of Linear layers (local or URL); nudenet:
+                                                     # an ONNX export (default the wheel's 320n.onnx)
+    model: Literal["linear", "nudenet"] = "linear"   # nudenet: NudeNet's detector on the images
     drop_above: Optional[Annotated[float, Finite()]] = None   # drop rows scoring above (at most one of
     drop_below: Optional[Annotated[float, Finite()]] = None   # the two; neither: score only)
     activation: Literal["none", "sigmoid"] = "none"  # after the last layer
@@ -68,6 +81,9 @@ class HeadSettings:
     input: Literal["image", "text"] = "image"        # which clip_score embedding it reads
     embedding: str = ""                              # or this column (a pool's: pool_b32_img, ...)
     reason: Optional[str] = None                     # default: nsfw, watermark, low_aesthetic, name
+    classes: list[str] = field(default_factory=list)  # nudenet: the classes that make the score (default EXPOSED)
+    min_confidence: Annotated[float, Between(0, 1)] = 0.25   # nudenet: a box's confidence to list its class
+    batch_size: Annotated[int, AtLeast(1)] = 16      # nudenet: images through the network at once
 
     def validate(self) -> None:
         if self.drop_above is not None and self.drop_below is not None:
@@ -91,12 +107,21 @@ def score_column(head: HeadSettings) -> str:
     return f"{head.name}_score"
 
 
+def classes_column(head: HeadSettings) -> str:
+    return f"{head.name}_classes"
+
+
+def is_nudenet(head: HeadSettings) -> bool:
+    return head.model == "nudenet"
+
+
 def reason_of(head: HeadSettings) -> str:
     return head.reason or DEFAULT_REASONS.get(head.name, head.name)
 
 
 def head_error(head: HeadSettings, problem: str, label: str = "") -> UserError:
-    return UserError(f"heads: {head.name or label or '(no name)'}: {head.path or '(no path)'}: {problem}")
+    file = head.path or ("nudenet's 320n.onnx" if is_nudenet(head) else "(no path)")
+    return UserError(f"heads: {head.name or label or '(no name)'}: {file}: {problem}")
 
 
 def check_settings(settings: HeadsSettings) -> None:
@@ -111,8 +136,14 @@ def check_settings(settings: HeadsSettings) -> None:
         if head.name in seen:
             raise fail("two heads have this name")
         seen.add(head.name)
-        if not head.path:
+        if head.model not in ("linear", "nudenet"):
+            raise fail(f"model must be linear or nudenet, got {head.model!r}")
+        if is_nudenet(head):
+            check_nudenet_settings(head)
+        elif not head.path:
             raise fail("no path")
+        elif head.classes:
+            raise fail("classes is a setting of model: nudenet")
         if head.drop_above is not None and head.drop_below is not None:
             raise fail("set drop_above or drop_below, not both")
         for key in ("drop_above", "drop_below"):
@@ -131,6 +162,20 @@ def check_settings(settings: HeadsSettings) -> None:
                 raise fail(str(exc)) from None
         if reason_of(head) in ("", "kept"):
             raise fail(f"reason {reason_of(head)!r} cannot name a drop")
+
+
+def check_nudenet_settings(head: HeadSettings) -> None:
+    from pipeline.nudenet import LABELS
+
+    unknown = [c for c in head.classes if c not in LABELS]
+    if unknown:
+        raise head_error(head, f"classes: unknown NudeNet class {unknown[0]!r} (one of {', '.join(LABELS)})")
+    if head.embedding or head.input != "image":
+        raise head_error(head, "model: nudenet reads the images; embedding and input do not apply")
+    if not 0.0 <= head.min_confidence <= 1.0:
+        raise head_error(head, f"min_confidence must be between 0 and 1, got {head.min_confidence!r}")
+    if head.batch_size < 1:
+        raise head_error(head, f"batch_size must be >= 1, got {head.batch_size!r}")
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -164,9 +209,21 @@ class Head:
         return out
 
 
+def head_file(head: HeadSettings) -> str:
+    """The head's file: its path, or for nudenet without one, the model inside the wheel."""
+    if head.path or not is_nudenet(head):
+        return head.path
+    from pipeline.nudenet import model_path
+
+    try:
+        return model_path()
+    except ImportError as exc:
+        raise head_error(head, str(exc)) from None
+
+
 def read_head(head: HeadSettings) -> bytes:
     try:
-        with storage.open_input(head.path) as stream:
+        with storage.open_input(head_file(head)) as stream:
             return stream.read()
     except FileNotFoundError:
         raise head_error(head, "no such file") from None
@@ -229,12 +286,57 @@ def _natural(key: str) -> list:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split(".")]
 
 
-def load_head(head: HeadSettings, digest: Optional[str] = None) -> Head:
-    """Read and parse a head; with `digest`, check that the file is the one the driver read."""
+def load_head(head: HeadSettings, digest: Optional[str] = None):
+    """Read and parse a head (a `Head`, or a `NudeNetHead`); with `digest`, check that the
+    file is the one the driver read."""
     data = read_head(head)
     if digest is not None and hashlib.sha256(data).hexdigest() != digest:
         raise head_error(head, "the file changed while the run was using it")
-    return parse_head(head, data)
+    return parse_nudenet(head, data) if is_nudenet(head) else parse_head(head, data)
+
+
+# --- nudenet ------------------------------------------------------------------------------
+
+@dataclass
+class NudeNetHead:
+    """A loaded nudenet head: its settings and NudeNet's ONNX session (`pipeline.nudenet`)."""
+    settings: HeadSettings
+    sess: object
+
+    def model(self):
+        from pipeline.nudenet import EXPOSED, NudeNet
+
+        s = self.settings
+        return NudeNet(self.sess, tuple(s.classes) or EXPOSED, s.min_confidence, s.batch_size)
+
+    def apply(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(scores, valid, {classes column: list<string>}) of the table's images."""
+        s = self.settings
+        if IMAGE not in table.column_names:
+            raise head_error(s, f"the rows have no {IMAGE!r} column (add a download section before heads)")
+        for column in (score_column(s), classes_column(s)):
+            if column in table.column_names:
+                raise head_error(s, f"the rows already have a {column!r} column: rename the head")
+        scores, classes = self.model().run(table[IMAGE].to_pylist())
+        return scores, ~np.isnan(scores), {classes_column(s): pa.array(classes, pa.list_(pa.string()))}
+
+
+def parse_nudenet(head: HeadSettings, data: bytes) -> NudeNetHead:
+    """NudeNet's ONNX session (one intra-op thread) from the model file's bytes; UserError
+    when onnxruntime is missing or the file is not a NudeNet export."""
+    from pipeline.nudenet import check_session, session
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise head_error(head, f"model: nudenet needs onnxruntime (pip install onnxruntime): {exc}") from None
+    try:
+        sess = session(data)
+        check_session(sess)
+    except Exception as exc:   # any unreadable file is one clear line, never a traceback
+        detail = " ".join(str(exc).split()[:24])[:200]
+        raise head_error(head, f"not a NudeNet ONNX model ({detail})") from None
+    return NudeNetHead(head, sess)
 
 
 # --- scoring ------------------------------------------------------------------------------
@@ -271,22 +373,31 @@ def dim_error(head: Head, theirs: str) -> UserError:
                                      f"for another CLIP model?)")
 
 
-def apply_heads(table: pa.Table, heads: list[Head]) -> pa.Table:
-    """`<name>_score` per head (null where a row has no embedding) and the first head's
-    reason for rows past a threshold."""
+def embedding_scores(head: Head, table: pa.Table) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(scores, valid, no extra columns) of a linear head on its embedding column."""
+    check_fits(head, table.schema)
+    x, valid = embedding_rows(table[input_column(head.settings)])
+    scores = np.full(len(x), np.nan, dtype=np.float32)
+    if valid.any():
+        scores[valid] = head.score(x[valid])
+    return scores, valid, {}
+
+
+def apply_heads(table: pa.Table, heads: list) -> pa.Table:
+    """`<name>_score` per head (null where a row has no embedding, or for nudenet no
+    decodable image), nudenet's `<name>_classes`, and the first head's reason for rows
+    past a threshold."""
     reasons = np.full(table.num_rows, None, dtype=object)
     undecided = np.ones(table.num_rows, dtype=bool)
     for head in heads:
         s = head.settings
-        check_fits(head, table.schema)
-        x, valid = embedding_rows(table[input_column(s)])
-        scores = np.full(len(x), np.nan, dtype=np.float32)
-        if valid.any():
-            scores[valid] = head.score(x[valid])
+        scores, valid, extra = head.apply(table) if isinstance(head, NudeNetHead) else embedding_scores(head, table)
         table = set_column(table, score_column(s), pa.array(scores, pa.float32(), mask=~valid))
+        for name, values in extra.items():
+            table = set_column(table, name, values)
         with np.errstate(invalid="ignore"):
             past = (scores > s.drop_above) if s.drop_above is not None else \
-                (scores < s.drop_below) if s.drop_below is not None else np.zeros(len(x), bool)
+                (scores < s.drop_below) if s.drop_below is not None else np.zeros(len(scores), bool)
         dropped = valid & past & undecided
         reasons[dropped] = reason_of(s)
         undecided &= ~dropped
@@ -300,7 +411,8 @@ class ScoreHeads:
     digests: tuple
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        heads = [Head(s, built_once(("heads.layers", s.path, d), partial(_layers, s, d)))
+        heads = [NudeNetHead(s, built_once(("heads.nudenet", s.path, d), partial(_session, s, d))) if is_nudenet(s)
+                 else Head(s, built_once(("heads.layers", s.path, d), partial(_layers, s, d)))
                  for s, d in zip(self.settings.heads, self.digests)]
         return apply_heads(table, heads)
 
@@ -310,6 +422,10 @@ class ScoreHeads:
 
 def _layers(head: HeadSettings, digest: str) -> list:
     return load_head(head, digest).layers
+
+
+def _session(head: HeadSettings, digest: str):
+    return load_head(head, digest).sess
 
 
 # --- stage and step ------------------------------------------------------------------------
@@ -322,12 +438,18 @@ class HeadsStage(Stage):
 
     @classmethod
     def input_columns(cls, settings) -> tuple:
-        return tuple(dict.fromkeys(input_column(head) for head in settings.heads))
+        """Each linear head's embedding column; the images (`jpg`) only with a nudenet head."""
+        return tuple(dict.fromkeys(IMAGE if is_nudenet(head) else input_column(head) for head in settings.heads))
 
     @classmethod
     def output_fields(cls, settings) -> tuple:
-        """`<name>_score` per head."""
-        return tuple((score_column(head), pa.float32()) for head in settings.heads)
+        """`<name>_score` per head, and a nudenet head's `<name>_classes`."""
+        fields = []
+        for head in settings.heads:
+            fields.append((score_column(head), pa.float32()))
+            if is_nudenet(head):
+                fields.append((classes_column(head), pa.list_(pa.string())))
+        return tuple(fields)
 
 
 class HeadsStep(Step):
@@ -343,6 +465,9 @@ class HeadsStep(Step):
         as its embedding column has where the run's plan knows that (`fields`: column ->
         (Arrow type, the step that adds it))."""
         for head in self.settings.heads:
+            if is_nudenet(head):
+                parse_nudenet(head, read_head(head))
+                continue
             column = input_column(head)
             if fields is not None and column not in fields and is_pool_column(column):
                 raise missing_column(head)
@@ -360,11 +485,15 @@ class HeadsStep(Step):
         digests = []
         for head in self.settings.heads:
             data = read_head(head)
-            check_fits(parse_head(head, data), schema)
+            if is_nudenet(head):
+                parse_nudenet(head, data)
+            else:
+                check_fits(parse_head(head, data), schema)
             digests.append(hashlib.sha256(data).hexdigest())
         readers = part_readers(inputs)
         op = ScoreHeads(self.settings, tuple(digests))
-        ctx.run_phase("map", readers, op, HeadsStage(self.settings).resources)
+        images = any(is_nudenet(head) for head in self.settings.heads)
+        ctx.run_phase("map", readers, op, HeadsStage(self.settings).resources, images=images)
         return ctx.data_parts("map", len(readers))
 
 
