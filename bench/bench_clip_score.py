@@ -16,7 +16,6 @@ import io
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import parse_args, report, stage_settings  # noqa: E402
 from pipeline.stages.clip_score import ClipScoreStage  # noqa: E402
 from pipeline.testing.world import make_world  # noqa: E402
 
@@ -58,13 +57,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for both paths (on a shared machine use 1)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, smoke={"n": 32, "batch_size": 16, "repeat": 1, "threads": 1})
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    settings = SimpleNamespace(model=args.model, pretrained=args.pretrained, threshold=0.0,
-                               batch_size=args.batch_size, device=args.device, precision=args.precision,
-                               filter="none", top_fraction=1.0, keep_embeddings=False)
+    settings = stage_settings("clip_score", {"model": args.model, "pretrained": args.pretrained, "threshold": 0.0,
+                                             "batch_size": args.batch_size, "device": args.device,
+                                             "precision": args.precision, "filter": "none"})
     stage = ClipScoreStage(settings)
     stage.setup()
     clip = stage.scorer.clip

@@ -11,7 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+SMOKE_RESULTS = "CURATE_BENCH_RESULTS"   # run_all --smoke: results go there, not to bench/results
+RESULTS = Path(os.environ.get(SMOKE_RESULTS) or ROOT / "bench" / "results")
 LAION_SAMPLE = ROOT.parent / "shared" / "data" / "laion_sample_1000.parquet"
 
 
@@ -43,6 +44,32 @@ def caption_table(rows: int, seed: int = 0) -> pa.Table:
             rng.shuffle(words)
             texts.append(" ".join(words))
     return pa.table({"url": urls, "text": pa.array(texts, pa.string())})
+
+
+def stage_settings(section: str, values: dict | None = None):
+    """A section's settings built as a run builds them (`pipeline.config`'s sections and
+    `settings_loader`: its defaults, types and checks), so a setting added to a stage
+    reaches the benchmark as it reaches a run."""
+    from pipeline.config import sections
+    from pipeline.core.settings_loader import build
+
+    return build(dict(sections())[section], values or {}, section, "bench")
+
+
+def parse_args(parser, argv=None, smoke: dict | None = None):
+    """`parser`'s arguments plus `--smoke`: a tiny run (`smoke`: argument -> value) that only
+    shows the benchmark still works (`run_all.py --smoke`, run by `make test`)."""
+    parser.add_argument("--smoke", action="store_true", help="a tiny run: the benchmark still works")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for name, value in (smoke or {}).items():
+            setattr(args, name, value)
+    return args
+
+
+def smoke_mode() -> bool:
+    """In a smoke run (results to a scratch folder): write nothing outside it (no docs)."""
+    return bool(os.environ.get(SMOKE_RESULTS))
 
 
 def timed(fn, repeat: int = 1):
