@@ -1,15 +1,21 @@
-"""write_shards vs a raw webdataset TarWriter loop on the same samples, same process.
+"""Tar writing: ours beside webdataset's TarWriter on the same samples, same process, for tiny
+and for 256 px images.
 
-The raw loop is what one writes with webdataset alone: rows in input order, one TarWriter per
-`samples_per_shard` rows, members jpg/txt/json (json from the row's other columns), no
-shuffle, no atomic rename, no fsync, no sizes.json. Ours adds the (uid, seed) hash order,
-fixed mtimes, atomic renames and sizes.json. Runs alternate; best of `--repeat`.
+1. `write_shards` (the (uid, seed) hash order, the `json` member from the row's columns, fixed
+   mtimes, atomic renames with fsync, sizes.json) beside a raw webdataset loop: rows in input
+   order, one `TarWriter` per `samples_per_shard` rows, members jpg/txt/json, no shuffle,
+   rename, fsync or sizes.json.
+2. The writer alone: `shards.TarStream` beside `TarWriter` on the same prepared sample dicts
+   (the same bytes come out: checked).
 
-    python bench/bench_shards.py [--n 20000] [--image-size 256] [--samples-per-shard 2000]
+Runs alternate; best of `--repeat`. Target: ratio (TarWriter's time / ours) >= 0.8.
+
+    python bench/bench_shards.py [--n 20000] [--image-sizes 24 256] [--samples-per-shard 2000]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -21,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
-from pipeline.shards import write_shards  # noqa: E402
+from common import parse_args, report  # noqa: E402
+from pipeline.shards import TarStream, samples_of, shard_keys, write_shards  # noqa: E402
 from pipeline.testing.world import world_rows  # noqa: E402
 
 
@@ -48,37 +54,69 @@ def raw_webdataset(table: pa.Table, out: Path, samples_per_shard: int) -> int:
     return len(rows)
 
 
+def tarwriter_only(samples: list[dict], path: Path) -> str:
+    import webdataset as wds
+
+    with open(path, "wb") as stream:
+        writer = wds.TarWriter(stream, encoder=False, mtime=0, user="", group="", mode=0o444)
+        for sample in samples:
+            writer.write(sample)
+        writer.close()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tarstream_only(samples: list[dict], path: Path) -> str:
+    with open(path, "wb") as stream:
+        return TarStream(stream).write_all(samples)
+
+
+def side_by_side(sides: dict, repeat: int, folder: Path) -> dict:
+    """Best seconds of each side, runs alternating; each side gets a fresh folder."""
+    best = dict.fromkeys(sides, float("inf"))
+    for attempt in range(repeat):
+        for name, run in sides.items():
+            out = folder / f"{name}{attempt}"
+            out.mkdir()
+            start = time.perf_counter()
+            run(out)
+            best[name] = min(best[name], time.perf_counter() - start)
+            shutil.rmtree(out)
+    return best
+
+
+def measure(n: int, image_size: int, per: int, repeat: int) -> dict:
+    table = sample_table(n, image_size)
+    samples = list(samples_of(table, shard_keys(0, n, n)))
+    with tempfile.TemporaryDirectory() as tmp:
+        check = Path(tmp) / "check.tar"
+        same = tarwriter_only(samples, check) == tarstream_only(samples, check)
+        whole = side_by_side({"raw": lambda out: raw_webdataset(table, out, per),
+                              "ours": lambda out: write_shards(table, out, per, seed=0, warn_few=False)},
+                             repeat, Path(tmp))
+        writer = side_by_side({"tarwriter": lambda out: tarwriter_only(samples, out / "0.tar"),
+                               "tarstream": lambda out: tarstream_only(samples, out / "0.tar")},
+                              repeat, Path(tmp))
+    return {"samples": n, "image_size": image_size, "image_megabytes": round(table["jpg"].nbytes / 1e6, 1),
+            "samples_per_shard": per,
+            "raw_tarwriter_samples_per_s": round(n / whole["raw"]),
+            "write_shards_samples_per_s": round(n / whole["ours"]),
+            "ratio": round(whole["raw"] / whole["ours"], 3),
+            "writer_tarwriter_samples_per_s": round(n / writer["tarwriter"]),
+            "writer_tarstream_samples_per_s": round(n / writer["tarstream"]),
+            "writer_ratio": round(writer["tarwriter"] / writer["tarstream"], 3),
+            "same_bytes_as_tarwriter": same}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20000)
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[24, 256])
     parser.add_argument("--samples-per-shard", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args(argv)
-    table = sample_table(args.n, args.image_size)
-    raw_best = ours_best = float("inf")
-    with tempfile.TemporaryDirectory() as tmp:
-        for attempt in range(args.repeat):
-            for name in ("raw", "ours"):
-                out = Path(tmp) / f"{name}{attempt}"
-                out.mkdir()
-                start = time.perf_counter()
-                if name == "raw":
-                    raw_webdataset(table, out, args.samples_per_shard)
-                else:
-                    write_shards(table, out, args.samples_per_shard, seed=0)
-                seconds = time.perf_counter() - start
-                if name == "raw":
-                    raw_best = min(raw_best, seconds)
-                else:
-                    ours_best = min(ours_best, seconds)
-                shutil.rmtree(out)
-    megabytes = table["jpg"].nbytes / 1e6
-    results = {"samples": args.n, "image_megabytes": round(megabytes, 1),
-               "samples_per_shard": args.samples_per_shard,
-               "raw_tarwriter_samples_per_s": round(args.n / raw_best),
-               "write_shards_samples_per_s": round(args.n / ours_best),
-               "ratio": round(raw_best / ours_best, 3), "target": 0.8}
+    args = parse_args(parser, argv, smoke={"n": 200, "samples_per_shard": 50, "repeat": 1})
+    results = {"target": 0.8}
+    for size in args.image_sizes:
+        results[f"{size}px"] = measure(args.n, size, args.samples_per_shard, args.repeat)
     report("shards", results)
     return results
 
