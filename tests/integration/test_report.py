@@ -19,7 +19,8 @@ from pipeline.testing.world import make_world, shuffled_captions
 from tests.support import run, text_config, write_sample
 
 ROWS = 60
-ALL_SECTIONS = ["funnel", "sources", "throughput", "download", "languages", "clip", "entries", "kept", "dropped"]
+ALL_SECTIONS = ["funnel", "sources", "throughput", "download", "languages", "clip", "entries", "kept", "dropped",
+                "datacard"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--hide-scrollbars"]
@@ -117,7 +118,7 @@ def test_text_only_run_leaves_out_image_sections(text_run):
     (text_run / "report.html").unlink(missing_ok=True)
     assert curate(["report", str(text_run)]) == 0
     html = (text_run / "report.html").read_text()
-    assert sections(html) == {"funnel", "sources", "throughput", "languages", "entries", "config"}
+    assert sections(html) == {"funnel", "sources", "throughput", "languages", "entries", "datacard", "config"}
     assert "<img " not in html
 
 
