@@ -179,3 +179,41 @@ def summary_record(run_dir) -> dict:
 
     [stats] = glob.glob(str(run_dir / "steps" / "*_text_mask" / "stats.json"))
     return json.loads(open(stats).read())["text_mask"]
+
+
+@pytest.mark.slow   # an image pipeline on the local engine
+def test_top_fraction_keeps_the_best_masked_scores_of_all_rows(reading_clip, fakeweb, tmp_path):
+    from pipeline.stages.text_mask import MASKED_SCORE
+    from tests.support import assert_run_invariants, read_dataset, run
+
+    urls, texts, written = serve(fakeweb, 20)
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"url": urls, "text": texts}), pairs)
+    run({"input": {"path": [str(pairs)], "part_rows": 10}, "output": str(tmp_path / "run"), "processes": 2,
+         "allow_networks": ["127.0.0.1/32"], "download": {"image_size": 64, "threads": 4, "timeout": 5},
+         "clip_score": {"model": "curate-tiny", "pretrained": str(reading_clip), "device": "cpu",
+                        "precision": "fp32", "batch_size": 16, "filter": "none"},
+         "text_mask": {"filter": "top_fraction", "top_fraction": 0.5}})
+    summary = assert_run_invariants(tmp_path / "run")
+    kept = read_dataset(tmp_path / "run" / "kept")
+    assert kept.num_rows == 20 == summary["input_rows"] - summary["stages"][-1]["dropped"]["text_spotting"]
+    record = summary_record(tmp_path / "run")
+    assert record["filter"] == "top_fraction" and min(kept[MASKED_SCORE].to_pylist()) >= record["threshold"]
+    assert len(written & set(kept["url"].to_pylist())) <= 3   # the pictures rank above the written captions
+    assert len(record["examples"]) == 8 and record["examples"][0]["masked_image"].startswith("data:image/jpeg")
+
+
+def test_text_mask_needs_clip_score_and_takes_its_threshold(tmp_path):
+    from pipeline.app import build_steps
+    from pipeline.config import settings_from_dict
+    from pipeline.errors import UserError
+
+    base = {"input": {"path": [str(tmp_path / "in.parquet")]}, "download": {}, "text_mask": {}}
+    with pytest.raises(UserError, match=r"^text_mask: needs a clip_score section before it"):
+        build_steps(settings_from_dict(base, "c.yaml"))
+    steps, _ = build_steps(settings_from_dict({**base, "clip_score": {"threshold": 0.31, "model": "curate-tiny"}},
+                                           "c.yaml"))
+    step = next(s for s in steps if s.name == "text_mask")
+    assert step.threshold == pytest.approx(0.31) and step.spec.model == "curate-tiny"
+    with pytest.raises(UserError, match=r"text_mask\.side: must be at least 32"):
+        settings_from_dict({**base, "text_mask": {"side": 8}}, "c.yaml")
