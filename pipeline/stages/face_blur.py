@@ -5,8 +5,11 @@ writing the images out (shard) applies. That step already reads every kept image
 from where download stored them, so it passes each one through the blurrer on its way into
 the tar. No copy of any image is stored, and only kept images are touched.
 
-The detector is OpenCV's Haar cascade (`haarcascade_frontalface_default.xml`, shipped inside
-the opencv wheel: nothing is downloaded), loaded once per worker process. Each detected box,
+The detector (`detector`) is MTCNN (`pipeline.mtcnn`: the weights inside the facenet-pytorch
+wheel, one torch thread, images of one size `batch_size` at a time), the default when
+facenet-pytorch is installed, or OpenCV's Haar cascade (`haarcascade_frontalface_default.xml`,
+shipped inside the opencv wheel), the default otherwise (said in one log line); nothing is
+downloaded, and the detector is loaded once per worker process. Each detected box,
 enlarged by `margin` of its side on each side and clipped to the image, gets a Gaussian blur
 of sigma `blur` x the box side (computed on a downscaled copy: cheap even for large faces),
 and the image is re-encoded as JPEG at `quality`. An image where no face is found keeps its
@@ -14,16 +17,21 @@ exact bytes. Each sample gets `faces`, the number of boxes blurred, in its tar J
 the shard step's rows (so in `kept/`).
 
 Everything is deterministic (boxes sorted before blurring, integer block means, OpenCV's
-bit-exact 8-bit Gaussian and linear resize, libjpeg's integer DCT), so tars stay
-byte-identical across engines and reruns.
+bit-exact 8-bit Gaussian and linear resize, libjpeg's integer DCT; MTCNN on one thread, its
+boxes rounded to pixels), so tars stay byte-identical across engines and reruns (with MTCNN,
+on the same kind of CPU: its float results may differ in the last bits between CPUs).
 A Haar cascade finds frontal, upright, reasonably lit faces; it misses profiles, small
-(< `min_size`) or occluded faces, and has false positives on textured regions.
+(< `min_size`) or occluded faces, and has false positives on textured regions. MTCNN finds
+more of the faces Haar misses (recall measured in tests/unit/test_face_detectors.py, and in
+docs/stages.md), at ~5-10x its cost.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -35,10 +43,12 @@ from pipeline.errors import UserError
 
 SECTION = "face_blur"
 FACES = "faces"
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class FaceBlurSettings:
+    detector: Literal["auto", "mtcnn", "haar"] = "auto"   # auto: mtcnn where facenet-pytorch is installed, else haar
     min_size: Annotated[int, AtLeast(1)] = 24          # px: the smallest face side looked for (the cascade's
                                                        # window is 24)
     scale_factor: Annotated[float, Above(1)] = 1.1     # detectMultiScale: step between scales (> 1)
@@ -49,6 +59,8 @@ class FaceBlurSettings:
     blur: Annotated[float, Above(0)] = 0.2             # Gaussian sigma as a fraction of the (enlarged) box side
     quality: Annotated[int, Between(1, 100)] = 90      # JPEG quality of the re-encoded (blurred) images
     cascade: str = "haarcascade_frontalface_default.xml"   # a file in OpenCV's cv2.data.haarcascades, or a path
+    confidence: Annotated[float, Between(0, 1)] = 0.8   # mtcnn: the face probability a box needs (O-Net's)
+    batch_size: Annotated[int, AtLeast(1)] = 16        # mtcnn: images (of one size) through the networks at once
     enabled: bool = True
 
 
@@ -68,15 +80,33 @@ TRANSFORM = FaceBlur
 
 
 def image_transform(settings: FaceBlurSettings) -> FaceBlur:
-    """The transform of this section (its settings checked here, on the driver)."""
+    """The transform of this section (its settings checked here, on the driver, and `auto`
+    made the detector it stands for, so every worker uses the same)."""
+    settings = resolved(settings, announce=True)
     check(settings)
     return FaceBlur(settings)
 
 
+def resolved(settings: FaceBlurSettings, announce: bool = False) -> FaceBlurSettings:
+    """`detector: auto` as mtcnn when facenet-pytorch is installed, else haar."""
+    from pipeline import mtcnn
+
+    if settings.detector != "auto":
+        return settings
+    name = "mtcnn" if mtcnn.available() else "haar"
+    if announce and name == "haar":
+        log.info("face_blur: facenet-pytorch is not installed: detecting faces with OpenCV's Haar cascade "
+                 "(frontal faces only; pip install --no-deps facenet-pytorch for MTCNN)")
+    return dataclasses.replace(settings, detector=name)
+
+
 def check(settings: FaceBlurSettings) -> None:
-    """One clear line for a bad setting, a missing OpenCV or an unreadable cascade (run on
-    the driver before any task starts)."""
-    rules = [("min_size", settings.min_size >= 1, ">= 1"),
+    """One clear line for a bad setting, a missing OpenCV, an unreadable cascade or a
+    missing facenet-pytorch (run on the driver before any task starts)."""
+    rules = [("detector", settings.detector in ("auto", "mtcnn", "haar"), "one of auto, mtcnn, haar"),
+             ("confidence", 0.0 <= settings.confidence <= 1.0, "between 0 and 1"),
+             ("batch_size", settings.batch_size >= 1, ">= 1"),
+             ("min_size", settings.min_size >= 1, ">= 1"),
              ("scale_factor", settings.scale_factor > 1.0, "> 1"),
              ("min_neighbors", settings.min_neighbors >= 0, ">= 0"),
              ("margin", 0.0 <= settings.margin <= 1.0, "between 0 and 1"),
@@ -85,7 +115,15 @@ def check(settings: FaceBlurSettings) -> None:
     for key, ok, rule in rules:
         if not ok:
             raise UserError(f"{SECTION}.{key}: must be {rule}, got {getattr(settings, key)!r}")
-    load_cascade(settings.cascade)
+    import_cv2()
+    if resolved(settings).detector == "haar":
+        load_cascade(settings.cascade)
+        return
+    try:
+        load_mtcnn(settings)
+    except ImportError as exc:
+        raise UserError(f"{SECTION}.detector: mtcnn needs facenet-pytorch (pip install --no-deps "
+                        f"facenet-pytorch; or detector: haar): {exc}") from None
 
 
 def cascade_path(name: str) -> str:
@@ -113,19 +151,43 @@ def load_cascade(name: str) -> Any:
     return cascade
 
 
+def load_mtcnn(settings: FaceBlurSettings) -> Any:
+    from pipeline import mtcnn
+
+    return mtcnn.MtcnnDetector(mtcnn.load(settings.min_size, settings.confidence), settings.batch_size)
+
+
+@dataclass
+class HaarDetector:
+    cascade: Any
+    settings: FaceBlurSettings
+
+    def detect(self, images) -> list[list[tuple[int, int, int, int]]]:
+        """Sorted face boxes `(x, y, w, h)` of each BGR image."""
+        cv2 = import_cv2()
+        s, found = self.settings, []
+        for image in images:
+            gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+            boxes = self.cascade.detectMultiScale(gray, scaleFactor=s.scale_factor, minNeighbors=s.min_neighbors,
+                                                  minSize=(s.min_size, s.min_size))
+            found.append(sorted(tuple(int(v) for v in box) for box in boxes))
+        return found
+
+
 def detector(settings: FaceBlurSettings) -> Any:
-    """The cascade, loaded once per worker process."""
-    return built_once((SECTION, cascade_path(settings.cascade)), lambda: load_cascade(settings.cascade))
+    """The detector of the settings (an object with `detect(images)`), loaded once per
+    worker process."""
+    settings = resolved(settings)
+    if settings.detector == "mtcnn":
+        key = (SECTION, "mtcnn", settings.min_size, settings.confidence, settings.batch_size)
+        return built_once(key, lambda: load_mtcnn(settings))
+    cascade = built_once((SECTION, cascade_path(settings.cascade)), lambda: load_cascade(settings.cascade))
+    return HaarDetector(cascade, settings)
 
 
-def detect_faces(image: np.ndarray, settings: FaceBlurSettings, cascade: Any = None) -> list[tuple[int, int, int, int]]:
+def detect_faces(image: np.ndarray, settings: FaceBlurSettings, found: Any = None) -> list[tuple[int, int, int, int]]:
     """Face boxes `(x, y, w, h)` of a BGR image, sorted (the same order on every run)."""
-    cv2 = import_cv2()
-    cascade = cascade if cascade is not None else detector(settings)
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    boxes = cascade.detectMultiScale(gray, scaleFactor=settings.scale_factor, minNeighbors=settings.min_neighbors,
-                                     minSize=(settings.min_size, settings.min_size))
-    return sorted(tuple(int(v) for v in box) for box in boxes)
+    return (found if found is not None else detector(settings)).detect([image])[0]
 
 
 def blur_boxes(image: np.ndarray, boxes, settings: FaceBlurSettings) -> np.ndarray:
@@ -158,16 +220,27 @@ def gaussian(region: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(small, (wide, tall), interpolation=cv2.INTER_LINEAR_EXACT)[:height, :width]
 
 
-def blur_jpeg(data: Optional[bytes], settings: FaceBlurSettings, cascade: Any = None) -> tuple[Optional[bytes], int]:
+def decode(data: Optional[bytes]) -> Optional[np.ndarray]:
+    """A BGR image, or None for no bytes or bytes that are not a decodable image."""
+    if not data:
+        return None
+    cv2 = import_cv2()
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def blur_jpeg(data: Optional[bytes], settings: FaceBlurSettings, found: Any = None) -> tuple[Optional[bytes], int]:
     """`(bytes, faces)`: the image with its faces blurred and re-encoded as JPEG, or the very
     same bytes and 0 when no face is found (or the bytes are not a decodable image)."""
-    if not data:
-        return data, 0
-    cv2 = import_cv2()
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = decode(data)
     if image is None:
         return data, 0
-    boxes = detect_faces(image, settings, cascade)
+    return blurred_jpeg(data, image, detect_faces(image, settings, found), settings)
+
+
+def blurred_jpeg(data: bytes, image: np.ndarray, boxes, settings: FaceBlurSettings) -> tuple[bytes, int]:
+    """The image (decoded from `data`) with `boxes` blurred, re-encoded; `data` itself when
+    there are none."""
+    cv2 = import_cv2()
     if not boxes:
         return data, 0
     blurred = blur_boxes(image, boxes, settings)
@@ -178,9 +251,15 @@ def blur_jpeg(data: Optional[bytes], settings: FaceBlurSettings, cascade: Any = 
 
 
 def blur_table(table: pa.Table, settings: FaceBlurSettings, image_column: str = "jpg") -> pa.Table:
-    """`table` with the faces in `image_column` blurred and an int32 `faces` column set."""
-    cascade = detector(settings)
+    """`table` with the faces in `image_column` blurred and an int32 `faces` column set
+    (the images' faces detected batch-wise)."""
+    found = detector(settings)
     column = table[image_column]
-    results = [blur_jpeg(data, settings, cascade) for data in column.to_pylist()]
+    datas = column.to_pylist()
+    images = [decode(data) for data in datas]
+    valid = [i for i, image in enumerate(images) if image is not None]
+    boxes = dict(zip(valid, found.detect([images[i] for i in valid])))
+    results = [blurred_jpeg(data, images[i], boxes[i], settings) if i in boxes else (data, 0)
+               for i, data in enumerate(datas)]
     table = set_column(table, image_column, pa.array([r[0] for r in results], column.type))
     return set_column(table, FACES, pa.array([r[1] for r in results], pa.int32()))
