@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from pipeline import blocklist, datacard, stages
+from pipeline import blocklist, datacard, stages, takedown
 from pipeline.config import RunSettings
 from pipeline.core import fingerprint, images, lease, parts, run_index, storage, uid_arrays
 from pipeline.core.columns import ColumnPlan, plan_columns
@@ -88,6 +88,7 @@ def claimed(settings: RunSettings, run_dir: str | Path,
     make_run_folder(run_dir)
     with lease.held(run_dir):
         check_same_config(settings, run_dir)
+        takedown.refuse_rerun(run_dir)
         subset = [settings.input.uids] if settings.input.uids else []   # a changed uids.npy is a changed input
         embeddings = [npz_path(piece.path) for piece in planned] if settings.input.embeddings else []
         files = list(dict.fromkeys([piece.path for piece in planned] + subset + embeddings))

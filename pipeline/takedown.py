@@ -372,6 +372,15 @@ def update_summary(run_dir: str) -> None:
     storage.write_json(summary, path)
 
 
+def refuse_rerun(run_dir: str) -> None:
+    """`curate run` again in a folder with takedowns would write `kept/`, the ledger and
+    `uids.npy` again from its steps, the taken-down rows with them: refused."""
+    if storage.marker_exists(storage.join(run_dir, "summary.json")) and \
+            any(n.endswith(".json") for n in storage.list_names(storage.join(run_dir, FOLDER))):
+        raise UserError(f"{run_dir}: samples were taken down from this finished run ({FOLDER}/); running it "
+                        f"again would bring them back into kept/ and the ledger: use another --output")
+
+
 def rewrite_report(run_dir: str) -> None:
     from pipeline.app import write_report_quietly
 
