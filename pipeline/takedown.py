@@ -264,6 +264,8 @@ def rewrite_tar(run_dir: str, name: str, tar: dict) -> dict:
 
 
 def update_sizes(run_dir: str, tars: dict) -> None:
+    if not tars:   # a run without shards
+        return
     path = storage.join(run_dir, "shards", shards.SIZES_FILE)
     sizes = storage.read_json(path)
     for name, tar in tars.items():

@@ -69,3 +69,23 @@ def test_diff_counts_rows_added_and_removed_by_reason(two_runs, capsys):
     text = capsys.readouterr().out
     assert f"rows removed in B: {kept_a:,}" in text and f"dedup/in_earlier_run: {kept_a:,}" in text
     assert "tars: 0 added, 0 removed, 0 changed, 0 unchanged" in text
+
+
+@pytest.mark.slow
+def test_takedown_of_a_text_only_run(two_runs, tmp_path):
+    """A run without shards: the kept rows, ledger, summary and data card still account."""
+    import shutil
+
+    from tests.support import assert_run_invariants
+
+    run_dir = tmp_path / "a"
+    shutil.copytree(two_runs[0], run_dir)
+    uids = read_dataset(run_dir / "kept")["uid"].to_pylist()[:3]
+    (tmp_path / "uids.txt").write_text("\n".join(uids) + "\n")
+    assert main(["takedown", str(run_dir), "--list", f"uids:{tmp_path / 'uids.txt'}"]) == 0
+    summary = assert_run_invariants(run_dir)
+    assert summary["stages"][-1]["dropped"] == {"taken_down": 3}
+    card = json.loads((run_dir / "datacard.json").read_text())
+    assert_valid(card)
+    assert card["safety"]["taken_down"] == 3 and card["rows"]["kept"] == summary["kept_rows"]
+    assert card["safety"]["takedowns"][0]["tars_changed"] == []
