@@ -18,18 +18,20 @@
   `indicator`) or parquet (such a column, or its only text column). A bad entry is one line
   naming the file and line.
 - `PdqIndex(hashes).matches(queries, distance)`: per query, is a list hash within `distance`
-  bits? Multi-index hashing: the 256 bits are 16 bands of 16 bits, and a hash within d bits
-  of the query has, by pigeonhole, a band within floor(d / 16) bits of the query's band
-  (16 x (r + 1) > d). Each band is a counting-sorted table (65,536 buckets), probed with the
-  query's band and its r-bit flips (17 probes a band at d = 31), and the candidates are
-  verified by exact popcount: the same answer as comparing with every list hash (the unit
-  tests check it), at 1/240th of the comparisons on uniform hashes. Memory: 32 bytes of hash
-  and 64 bytes of band tables per list hash (about 1 GB for 10M). Beyond d = 47 (r = 3) the
-  probes cost more than a scan, and it scans.
+  bits? Multi-index hashing: the bits are cut into m bands (16 of 16 bits; from 2M list
+  hashes 12 of 21 bits, 4 bits left out), and a hash within d bits of the query has, by
+  pigeonhole, a band within r = floor(d / m) bits of the query's band (m x (r + 1) > d).
+  Each band is a counting-sorted table, probed with the query's band and its flips of up to
+  r bits (17 probes a band at d = 31 with 16-bit bands, 232 with 21-bit ones), and the
+  candidates are verified by exact popcount: the same answer as comparing with every list
+  hash (the unit tests check it), at 1/240th (16-bit) or 1/750th (21-bit) of the
+  comparisons on uniform hashes. Memory: 32 bytes of hash and 4 bytes per band per list hash
+  (about 0.9 GB for 10M, with 100 MB of 21-bit tables). From r = 4 (d >= 64 or 48) it scans.
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from typing import Iterable, Optional, Sequence
 
@@ -42,8 +44,8 @@ from pipeline.errors import UserError
 DISTANCE = 31        # the PDQ authors' match threshold (bits of 256)
 MIN_QUALITY = 50     # PDQ's own advice: below it a hash is too unreliable to match on
 BITS, BYTES = 256, 32
-BANDS, BAND_BITS = 16, 16
-SCAN_FROM_RADIUS = 3        # a band radius from which a full scan is cheaper than the probes
+LARGE = 1 << 21            # lists this long use 21-bit bands (12 of them), shorter ones 16-bit (16)
+SCAN_FROM_RADIUS = 4       # a band radius from which a full scan is about as cheap as the probes
 HEX = re.compile(r"^[0-9a-f]{64}$")
 COLUMN_NAMES = ("pdq", "hash", "signal_value", "indicator")
 SPLIT = re.compile(r"[,\t ;]+")
@@ -183,15 +185,20 @@ def brute_force_matches(list_codes: np.ndarray, query_codes: np.ndarray, distanc
     return found
 
 
-def flip_masks(radius: int) -> np.ndarray:
-    """Every 16-bit mask of at most `radius` set bits (the probes of one band)."""
-    masks = [0]
-    ones = [1 << i for i in range(BAND_BITS)]
-    if radius >= 1:
-        masks += ones
-    if radius >= 2:
-        masks += [a | b for i, a in enumerate(ones) for b in ones[i + 1:]]
-    return np.array(masks, dtype=np.int64)
+@functools.lru_cache(maxsize=16)
+def flip_masks(radius: int, bits: int) -> np.ndarray:
+    """Every `bits`-bit mask of at most `radius` set bits (the probes of one band)."""
+    return np.array([sum(1 << i for i in chosen) for r in range(radius + 1)
+                     for chosen in itertools.combinations(range(bits), r)], dtype=np.int64)
+
+
+def band_keys(codes: np.ndarray, bits: int) -> np.ndarray:
+    """(n, bands) int64: each 64-bit word of the codes cut into 64 // bits bands of `bits`
+    bits (the leftover bits of each word are in no band)."""
+    values = np.ascontiguousarray(codes).view(">u8").reshape(-1, 4)
+    mask = np.uint64((1 << bits) - 1)
+    return np.stack([(values[:, word] >> np.uint64(bits * band)) & mask
+                     for word in range(4) for band in range(64 // bits)], axis=1).astype(np.int64)
 
 
 def expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -206,19 +213,21 @@ def expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 class PdqIndex:
     """Exact Hamming-distance matching of PDQ hashes against a list (see the module's docstring)."""
 
-    def __init__(self, hashes):
+    def __init__(self, hashes, band_bits: Optional[int] = None):
         codes = as_codes(hashes)
         if len(codes):
             codes = np.unique(codes.view(f"V{BYTES}").ravel()).view(np.uint8).reshape(-1, BYTES)
         self.codes = np.ascontiguousarray(codes)
         n = len(self.codes)
-        bands = self.codes.view(">u2").reshape(n, BANDS)
-        self.order = np.empty((BANDS, n), dtype=np.int32)      # rows, bucket by bucket, per band
-        self.offsets = np.empty((BANDS, (1 << BAND_BITS) + 1), dtype=np.int64)   # into order.ravel()
-        for band in range(BANDS):
-            keys = bands[:, band].astype(np.uint16)
-            self.order[band] = np.argsort(keys, kind="stable")
-            counts = np.bincount(keys, minlength=1 << BAND_BITS)
+        self.bits = band_bits or (21 if n >= LARGE else 16)
+        keys = band_keys(self.codes, self.bits)
+        self.bands = keys.shape[1]
+        self.order = np.empty((self.bands, n), dtype=np.int32)      # rows, bucket by bucket, per band
+        offset_type = np.int32 if self.bands * n < 2**31 else np.int64
+        self.offsets = np.empty((self.bands, (1 << self.bits) + 1), dtype=offset_type)   # into order.ravel()
+        for band in range(self.bands):
+            self.order[band] = np.argsort(keys[:, band], kind="stable")
+            counts = np.bincount(keys[:, band], minlength=1 << self.bits)
             self.offsets[band, 0] = band * n
             np.cumsum(counts, out=self.offsets[band, 1:])
             self.offsets[band, 1:] += band * n
@@ -235,17 +244,16 @@ class PdqIndex:
         return found
 
     def match_codes(self, queries: np.ndarray, distance: int) -> np.ndarray:
-        radius = distance // BANDS
+        radius = distance // self.bands     # bands x (radius + 1) > distance: the pigeonhole
         if radius >= SCAN_FROM_RADIUS:
             return brute_force_matches(self.codes, queries, distance)
-        masks = flip_masks(radius)
-        bands = queries.view(">u2").reshape(len(queries), BANDS).astype(np.int64)
-        probes = bands[:, :, None] ^ masks[None, None, :]                       # (q, band, probe)
-        which = np.broadcast_to(np.arange(BANDS)[None, :, None], probes.shape)
-        starts = self.offsets[which, probes].ravel()
+        masks = flip_masks(radius, self.bits)
+        probes = band_keys(queries, self.bits)[:, :, None] ^ masks[None, None, :]     # (q, band, probe)
+        which = np.broadcast_to(np.arange(self.bands)[None, :, None], probes.shape)
+        starts = self.offsets[which, probes].ravel().astype(np.int64)
         lengths = self.offsets[which, probes + 1].ravel() - starts
         rows = self.order.ravel()[expand_ranges(starts, lengths)]
-        owners = np.repeat(np.repeat(np.arange(len(queries)), BANDS * len(masks)), lengths)
+        owners = np.repeat(np.repeat(np.arange(len(queries)), self.bands * len(masks)), lengths)
         near = distances(self.codes[rows], queries[owners]) <= distance
         return np.bincount(owners[near], minlength=len(queries)) > 0
 

@@ -18,29 +18,41 @@ def flipped(code: np.ndarray, bits, rng) -> np.ndarray:
     return code
 
 
+def spread(code: np.ndarray, flips: int, band_bits: int) -> np.ndarray:
+    """`flips` bits flipped round-robin over the index's bands (word w, band b: value bits
+    [b * band_bits, (b + 1) * band_bits) of big-endian word w): the pigeonhole's edge."""
+    code = code.copy()
+    bands = [(w, b) for w in range(4) for b in range(64 // band_bits)]
+    for k in range(flips):
+        word, band = bands[k % len(bands)]
+        value_bit = band * band_bits + k // len(bands)
+        code[word * 8 + 7 - value_bit // 8] ^= np.uint8(1 << (value_bit % 8))
+    return code
+
+
 @pytest.fixture(scope="module")
 def planted():
     """5,000 random list hashes; queries: near copies of list hashes at 0..40 bits (each
-    distance 4 times; some flips packed in few bands, some spread evenly), and random hashes."""
+    distance 4 times), copies with the flips packed in few bands or spread evenly over the
+    bands of either layout, and random hashes."""
     rng = np.random.default_rng(7)
     codes = rng.integers(0, 256, (5_000, 32), dtype=np.uint8)
     near = [flipped(codes[rng.integers(len(codes))], d, rng) for d in range(41) for _ in range(4)]
-    banded = []
-    for d in (15, 16, 17, 31, 32, 47, 48):   # packed into few bands, and spread evenly (the pigeonhole's edge)
-        packed, spread = codes[rng.integers(len(codes))].copy(), codes[rng.integers(len(codes))].copy()
+    edges = []
+    for d in (11, 12, 15, 16, 17, 23, 24, 31, 32, 35, 36, 47, 48):
+        packed = codes[rng.integers(len(codes))].copy()
         for k in range(d):
             packed[k // 8] ^= np.uint8(1 << (k % 8))
-            bit = (k % 16) * 16 + k // 16
-            spread[bit // 8] ^= np.uint8(1 << (bit % 8))
-        banded += [packed, spread]
+        edges += [packed] + [spread(codes[rng.integers(len(codes))], d, bits) for bits in (16, 21)]
     far = rng.integers(0, 256, (200, 32), dtype=np.uint8)
-    return codes, np.stack(near + banded + list(far))
+    return codes, np.stack(near + edges + list(far))
 
 
-@pytest.mark.parametrize("distance", [0, 1, 15, 16, 31, 32, 40, 47, 48])
-def test_matches_are_exactly_brute_force(planted, distance):
+@pytest.mark.parametrize("band_bits", [16, 21])
+@pytest.mark.parametrize("distance", [0, 1, 11, 12, 15, 16, 23, 24, 31, 32, 35, 36, 40, 47, 48, 63, 64])
+def test_matches_are_exactly_brute_force(planted, distance, band_bits):
     codes, queries = planted
-    index = PdqIndex(codes)
+    index = PdqIndex(codes, band_bits=band_bits)
     hexes = [bytes(q).hex() for q in queries]
     found = index.matches(hexes, distance)
     expected = brute_force_matches(codes, queries, distance)
