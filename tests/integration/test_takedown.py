@@ -328,3 +328,37 @@ def test_takedown_by_pdq_within_a_distance(releases, tmp_path):
     assert main(["takedown", str(a), "--list", f"pdq:{tmp_path / 'pdq.txt'}", "--pdq-distance", "20"]) == 0
     record = assert_taken_down(a, expected, expected, before)
     assert record["pdq_distance"] == 20 and record["lists"][0]["kind"] == "pdq"
+
+
+@pytest.mark.slow
+def test_takedown_updates_clip_retrieval_embeddings(tmp_path, tiny_clip_checkpoint):
+    """clip_score's kept embeddings lose the taken-down rows, image, text and metadata files
+    still aligned, the manifest recounted; a stale faiss index goes and builds again."""
+    from pipeline.clip.index import build_index
+
+    with FakeWeb() as web:
+        urls, texts = serve_world(web, 32)
+        pq.write_table(pa.table({"url": urls, "text": texts}), tmp_path / "pairs.parquet")
+        run(config(tmp_path / "pairs.parquet", tmp_path / "run", image_dedup={"phash_distance": 0},
+                   clip_score={"model": "curate-tiny", "pretrained": str(tiny_clip_checkpoint), "device": "cpu",
+                               "precision": "fp32", "batch_size": 16, "threshold": 0.0, "keep_embeddings": True}))
+    run_dir = tmp_path / "run"
+    build_index(str(run_dir))
+    emb = run_dir / "embeddings"
+    rows_before = storage.read_json(emb / "_SUCCESS")["rows"]
+    listed = set(read_dataset(run_dir / "kept")["uid"].to_pylist()[:3])
+    (tmp_path / "uids.txt").write_text("\n".join(sorted(listed)) + "\n")
+    assert main(["takedown", str(run_dir), "--list", f"uids:{tmp_path / 'uids.txt'}"]) == 0
+
+    manifest = storage.read_json(emb / "_SUCCESS")
+    metadata = pa.concat_tables([pq.read_table(emb / t["metadata"]) for t in manifest["parts"]])
+    assert not set(metadata["uid"].to_pylist()) & listed
+    assert manifest["rows"] == metadata.num_rows == rows_before - 3
+    for triple in manifest["parts"]:
+        images, captions = (np.load(emb / triple[kind]) for kind in ("img_emb", "text_emb"))
+        rows = pq.read_table(emb / triple["metadata"]).num_rows
+        assert images.shape[0] == captions.shape[0] == rows == triple["rows"]
+        assert all((emb / triple[kind]).stat().st_size == manifest["files"][triple[kind]]
+                   for kind in ("img_emb", "text_emb", "metadata"))
+    assert not (emb / "index" / "index_infos.json").exists()
+    assert build_index(str(run_dir))["rows"] == rows_before - 3
