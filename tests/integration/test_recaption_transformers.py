@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import settings_from_dict
 from pipeline.errors import UserError
+from pipeline.plan import load_calibration, plan
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import make_sample
 from tests.support import assert_run_invariants, read_dataset, run, tar_digests
@@ -113,6 +115,13 @@ def test_pipeline_end_to_end_and_byte_identical_rerun(web_pairs, model, tmp_path
             assert "syn.txt" not in sample
     run(pipeline_config(web_pairs, tmp_path / "b", model))
     assert tar_digests(tmp_path / "b") == tar_digests(tmp_path / "a")
+    # `curate plan` counts it as a model stage: its rows, and the model's loading once per worker
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "a" / "steps").glob("*_recaption/stats.json")]
+    assert record["phases"][0]["setup_seconds"] > 0 and record["phases"][0]["workers_set_up"] >= 1
+    settings = settings_from_dict(pipeline_config(web_pairs, tmp_path / "big", model), "big.yaml")
+    predicted = plan(settings, ROWS * 100, load_calibration(str(tmp_path / "a")))
+    (step,) = [s for s in predicted["steps"] if s["name"] == "recaption"]
+    assert step["core_seconds"] > 0 and step["tasks"] >= 1
 
 
 @pytest.mark.slow

@@ -5,7 +5,9 @@ where a sample has no synthetic caption; the config's section and the realized-m
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -98,3 +100,18 @@ def test_config_section():
     assert mix.synthetic_fraction == pytest.approx(0.8)
     with pytest.raises(UserError, match="caption_mix"):
         settings_from_dict({**base, "train": {"caption_mix": {"original": 0, "synthetic": 0}}}, "c.yaml")
+
+
+@pytest.mark.slow
+def test_the_trainer_logs_the_realized_mix(shards, tmp_path):
+    from pipeline.train.loop import run_training
+    from pipeline.train.settings import CaptionMix, TrainSettings
+
+    settings = TrainSettings(model="curate-tiny", steps=4, batch_size=8, launcher="inline", warmup=1, workers=0,
+                             checkpoint_every=4, precision="fp32", caption_mix=CaptionMix(0.2, 0.8))
+    data = str(Path(shards.urls[0]).parent)
+    result = run_training(settings, data, tmp_path / "train", device=torch.device("cpu"), distributed=False)
+    assert result["caption_mix"]["asked_synthetic"] == 0.8 and result["caption_mix"]["samples"] == 32
+    assert 0.4 <= result["caption_mix"]["synthetic"] <= 1.0
+    lines = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
+    assert any("synthetic_fraction" in line for line in lines)
