@@ -4,22 +4,28 @@
    scaled with them, as a run with smaller parts would set them), each global step timed on
    the local engine (2 processes): `pool_filter` (an exact top fraction of a precomputed score:
    radix passes), `dedup` then `metadata` on caption rows; `shard` on rows
-   as download leaves them (small JPEGs in the parts); `semantic_dedup` on 64-d embeddings
+   as download leaves them (small JPEGs in the parts, images from download); `semantic_dedup` on 64-d embeddings
    (10% near copies); `image_dedup` on fewer rows (it hashes every image). Target: 10x parts <= 1.6x the time.
    image_dedup runs on 128 px images: its `hash` phase decodes every image, part by part,
    like any per-part stage; the rest of the step is the global exchange.
+   Images in the input (a pool delivered with its images): whole `curate run` processes
+   (ingest, dedup, shard; local engine, 2 processes) over a parquet of url, text and a small
+   JPEG, at P and 10 P parts, side by side (`--runs` times each); dedup + shard seconds from
+   each run's summary.json.
 2. storage: download -> image_dedup -> clip_score -> shard over loopback photo-like images
    (200..800 px, resized to 256 px): the bytes in the run folder over the JPEG bytes in its
    tars. Target: <= 2.5 (images are written once by download and once into the tars).
 
-    python bench/bench_global_steps.py [--rows 200000] [--parts 40] [--image-rows 20000] [--photos 600]
+    python bench/bench_global_steps.py [--rows 200000] [--parts 40] [--image-rows 20000] [--photos 600] [--runs 2]
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import io
+import json
 import os
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -30,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import caption_table, report, server_process  # noqa: E402
+from common import caption_table, parse_args, report, server_process, stage_settings  # noqa: E402
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -107,12 +113,12 @@ def run_chain(folder: Path, inputs: list[str], steps: list, engine) -> dict:
 
 def scale(rows: int, parts_low: int, image_rows_count: int, work: Path) -> dict:
     from pipeline.engines.local import LocalEngine
-    from pipeline.stages.dedup import DedupSettings, DedupStep
-    from pipeline.stages.image_dedup import ImageDedupSettings, ImageDedupStep
-    from pipeline.stages.metadata import MetadataSettings, MetadataStep
-    from pipeline.stages.pool_filter import PoolFilterSettings, PoolFilterStage, PoolFilterStep
-    from pipeline.stages.semantic_dedup import SemanticDedupSettings, SemanticDedupStep
-    from pipeline.stages.shard import ShardSettings, ShardStep
+    from pipeline.stages.dedup import DedupStep
+    from pipeline.stages.image_dedup import ImageDedupStep
+    from pipeline.stages.metadata import MetadataStep
+    from pipeline.stages.pool_filter import PoolFilterStage, PoolFilterStep
+    from pipeline.stages.semantic_dedup import SemanticDedupStep
+    from pipeline.stages.shard import ShardStep
 
     table = image_rows(rows)
     images = image_rows(image_rows_count, image_size=128, distinct=2048)  # phash decodes them
@@ -126,24 +132,52 @@ def scale(rows: int, parts_low: int, image_rows_count: int, work: Path) -> dict:
             captions = table.drop_columns(["jpg", "sha256"]).append_column("score", pa.array(scores))
             text = write_parts(captions, work / f"text-{count}", count)
             results[count] = run_chain(work / f"text-run-{count}", text, [
-                PoolFilterStep(PoolFilterStage, PoolFilterSettings(score_col="score", top_fraction=0.9)),
-                DedupStep(DedupSettings(), per_part),
-                MetadataStep(MetadataSettings(entries=["wordfreq:20000"], t=200))], engine)
+                PoolFilterStep(PoolFilterStage, stage_settings("pool_filter", {"score_col": "score",
+                                                                              "top_fraction": 0.9})),
+                DedupStep(stage_settings("dedup"), per_part),
+                MetadataStep(stage_settings("metadata", {"entries": ["wordfreq:20000"], "t": 200}))], engine)
             downloaded = write_parts(table, work / f"img-{count}", count)
             results[count].update(run_chain(work / f"shard-run-{count}", downloaded, [
-                ShardStep(ShardSettings(samples_per_shard=per_part))], engine))
+                ShardStep(stage_settings("shard", {"samples_per_shard": per_part}))], engine))
             embedded = write_parts(embeddings, work / f"emb-{count}", count)
             results[count].update(run_chain(work / f"semantic-run-{count}", embedded, [
-                SemanticDedupStep(SemanticDedupSettings())], engine))
+                SemanticDedupStep(stage_settings("semantic_dedup"))], engine))
             hashed = write_parts(images, work / f"big-img-{count}", count)
             results[count].update(run_chain(work / f"image-run-{count}", hashed, [
-                ImageDedupStep(ImageDedupSettings(phash_distance=4))], engine))
+                ImageDedupStep(stage_settings("image_dedup", {"phash_distance": 4}))], engine))
     low, high = results[parts_low], results[parts_low * 10]
     out = {"rows": rows, "image_dedup_rows": image_rows_count, "parts": [parts_low, parts_low * 10]}
     for name in low:
         out[f"{name}_seconds"] = [low[name], high[name]]
         out[f"{name}_ratio_10x_parts"] = round(high[name] / max(low[name], 1e-9), 2)
     return out
+
+
+def input_images_runs(rows: int, parts_low: int, runs: int, work: Path) -> dict:
+    """dedup + shard seconds of whole `curate run` processes over rows that carry their own
+    images (url, text, a small JPEG; 5% exact duplicates), at P and 10 P parts, alternating."""
+    import yaml
+
+    source = work / "pool-with-images.parquet"
+    work.mkdir(parents=True, exist_ok=True)
+    pq.write_table(image_rows(rows).drop_columns(["uid", "_pos", "sha256"]), source, row_group_size=10_000)
+    seconds: dict = {parts_low: [], parts_low * 10: []}
+    for attempt in range(runs):
+        for count in seconds:
+            per_part = -(-rows // count)
+            run_dir = work / f"input-images-{count}-{attempt}"
+            config = {"input": {"path": [str(source)], "part_rows": per_part}, "output": str(run_dir),
+                      "engine": "local", "processes": 2, "dedup": {"keys": ["url", "text"]},
+                      "shard": {"samples_per_shard": per_part}}
+            path = work / f"input-images-{count}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            subprocess.run([sys.executable, "-m", "pipeline", "run", str(path)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stages = json.loads((run_dir / "summary.json").read_text())["stages"]
+            seconds[count].append(round(sum(s["seconds"] for s in stages if s["name"] in ("dedup", "shard")), 2))
+    low, high = seconds[parts_low], seconds[parts_low * 10]
+    return {"rows": rows, "parts": [parts_low, parts_low * 10], "dedup_shard_seconds": [low, high],
+            "ratio_10x_parts": [round(h / max(lo, 1e-9), 2) for lo, h in zip(low, high)], "target": 1.6}
 
 
 def serve(sizes, port_pipe, stop) -> None:
@@ -220,10 +254,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--parts", type=int, default=40)
     parser.add_argument("--image-rows", type=int, default=10_000)
     parser.add_argument("--photos", type=int, default=600)
-    args = parser.parse_args(argv)
+    parser.add_argument("--runs", type=int, default=2, help="whole runs of each size with images in the input")
+    args = parse_args(parser, argv, smoke={"rows": 400, "parts": 2, "image_rows": 100, "photos": 8, "runs": 1})
     with tempfile.TemporaryDirectory() as tmp:
         results = scale(args.rows, args.parts, args.image_rows, Path(tmp))
-        results["storage"] = storage(args.photos, Path(tmp) / "storage")
+        results["images_in_input"] = input_images_runs(args.rows, args.parts, args.runs, Path(tmp) / "input-images")
+        if not args.smoke:   # a run with download and CLIP scoring: minutes even at a tiny size
+            results["storage"] = storage(args.photos, Path(tmp) / "storage")
     report("global_steps", results)
     return results
 
