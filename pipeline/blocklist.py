@@ -20,10 +20,11 @@ the report counts them, never shows them.
 PDQ (`pipeline.pdq`): the download task hashes every image's original bytes (decoded) and
 drops it as `blocklisted` when a listed hash is within `pdq_distance` bits, before the image
 is resized or stored; an image whose PDQ quality is under `pdq_min_quality` (flat or tiny
-images, whose hashes are unreliable) is never matched. PDQ lists are text (the hash the first
-field of a line: `pdq-photo-hasher`'s `hash,quality,name` lines and ThreatExchange's `pdq
-<hash> ...` lines read as they are; or a CSV header naming a `pdq`/`hash`/`signal_value`
-column) or parquet, and are held per worker as a multi-index (about 96 bytes a hash).
+images, whose hashes are unreliable) is never matched. PDQ lists are text (a line's first
+64-hex-digit token: bare hashes, `pdq-photo-hasher`'s and ThreatExchange's `dataset -P`
+lines; or CSV under a header naming a `pdq`/`hash`/`signal_str` column, as ThreatExchange's
+`dataset -P --csv`) or parquet, held per worker as a multi-index (`pipeline.pdq`, ~80 bytes
+a hash).
 
 Every list is checked on the driver before any work (a bad entry is one line naming the file
 and line) and loaded once per worker: URLs and hashes as sorted 16-byte keys

@@ -11,12 +11,13 @@
   each), so past the luma the image is read about once. Same bits and quality as
   `pdqhash.compute` (`reference_hash`; the unit tests compare them on real photos of many
   sizes; flat images, quality 0, differ in their noise bits), ~10-50x faster here.
-- `read_pdq_list(files)`: the hashes of list files, one a line (text; `#` comments; the hash is
-  the first field of a line split on commas, tabs or spaces, so `pdq-photo-hasher`'s
-  `hash,quality,filename` lines and ThreatExchange's `pdq <hash> ...` signal lines read as
-  they are; a CSV header row names the column: `pdq`, `hash`, `signal_value` or
-  `indicator`) or parquet (such a column, or its only text column). A bad entry is one line
-  naming the file and line.
+- `read_pdq_list(files)`: the hashes of list files, one a line (text; `#` comments; the hash
+  is a line's first token of 64 hex digits, so bare hashes, `pdq-photo-hasher`'s
+  `hash,quality,filename` lines and ThreatExchange's `threatexchange dataset -P -s pdq`
+  lines read as they are; or CSV under a header naming the column, `pdq`, `hash`,
+  `signal_str` (ThreatExchange's `dataset -P --csv`, its rows of other signal types
+  skipped), `signal_value` or `indicator`) or parquet (such a column, or its only text
+  column). A line without a hash is one error naming the file and line.
 - `PdqIndex(hashes).matches(queries, distance)`: per query, is a list hash within `distance`
   bits? Multi-index hashing: the bits are cut into m bands (16 of 16 bits; from 2M list
   hashes 12 of 21 bits, 4 bits left out), and a hash within d bits of the query has, by
@@ -30,6 +31,7 @@
 """
 from __future__ import annotations
 
+import csv
 import functools
 import itertools
 import re
@@ -47,8 +49,8 @@ BITS, BYTES = 256, 32
 LARGE = 1 << 21            # lists this long use 21-bit bands (12 of them), shorter ones 16-bit (16)
 SCAN_FROM_RADIUS = 4       # a band radius from which a full scan is about as cheap as the probes
 HEX = re.compile(r"^[0-9a-f]{64}$")
-COLUMN_NAMES = ("pdq", "hash", "signal_value", "indicator")
-SPLIT = re.compile(r"[,\t ;]+")
+COLUMN_NAMES = ("pdq", "hash", "signal_str", "signal_value", "indicator")
+TOKENS = re.compile(r"[\s,;'\"]+")
 
 
 def decode(data: bytes) -> Optional[np.ndarray]:
@@ -267,7 +269,7 @@ def read_pdq_file(path: str) -> np.ndarray:
         else:
             with storage.open_input(path) as stream:
                 text = stream.read().decode("utf-8")
-            lines = text_values(path, text)
+            lines = text_values(text)
     except FileNotFoundError:
         raise UserError(f"blocklist.pdq: {path}: no such file") from None
     except UnicodeDecodeError:
@@ -283,26 +285,25 @@ def read_pdq_file(path: str) -> np.ndarray:
     return codes_of(values)[0]
 
 
-def text_values(path: str, text: str) -> list[tuple[int, str]]:
-    """(line number, hash field) of a text list: the first field, or the header's named column."""
-    column = None
+def text_values(text: str) -> list[tuple[int, str]]:
+    """(line number, hash) of a text list: per line its first token of 64 hex digits (the line
+    itself when none, for the error), or, under a CSV header naming a column (`pdq`, `hash`,
+    `signal_str`, ...), that column of the rows whose `signal_type` (if any) is pdq."""
+    lines = [(number, line.split("#", 1)[0].strip()) for number, line in enumerate(text.splitlines(), start=1)]
+    lines = [(number, line) for number, line in lines if line]
+    if not lines:
+        return []
+    names = [name.strip().lower() for name in next(csv.reader([lines[0][1]]))]
+    column = next((names.index(name) for name in COLUMN_NAMES if name in names), None)
+    if column is None or any(HEX.match(name) for name in names):
+        return [(number, next((t for t in TOKENS.split(line) if HEX.match(t.lower())), line))
+                for number, line in lines]
+    kind = names.index("signal_type") if "signal_type" in names else None
     found = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
+    for (number, _), fields in zip(lines[1:], csv.reader([line for _, line in lines[1:]])):
+        if kind is not None and kind < len(fields) and fields[kind].strip().lower() != "pdq":
             continue
-        fields = [f.strip().strip('"') for f in SPLIT.split(line)]
-        if column is None and not found:
-            names = [f.lower() for f in fields]
-            named = next((names.index(n) for n in COLUMN_NAMES if n in names), None)
-            if named is not None and not any(HEX.match(f.lower()) for f in fields):
-                column = named
-                continue
-        if column is None and fields[0].lower() == "pdq" and len(fields) > 1:   # `pdq <hash> ...`
-            found.append((number, fields[1]))
-        else:
-            at = column or 0
-            found.append((number, fields[at] if at < len(fields) else ""))
+        found.append((number, fields[column] if column < len(fields) else ""))
     return found
 
 

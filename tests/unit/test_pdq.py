@@ -99,20 +99,27 @@ def test_hash_image_is_pdqhash_in_threatexchange_layout():
 
 def test_list_layouts(tmp_path):
     rng = np.random.default_rng(2)
-    hexes = [bytes(c).hex() for c in rng.integers(0, 256, (4, 32), dtype=np.uint8)]
+    hexes = [bytes(c).hex() for c in rng.integers(0, 256, (6, 32), dtype=np.uint8)]
     (tmp_path / "plain.txt").write_text(f"# list\n\n{hexes[0].upper()}\n{hexes[1]}  # note\n")
     (tmp_path / "hasher.csv").write_text(f"{hexes[2]},100,a.jpg\n")                  # pdq-photo-hasher
-    (tmp_path / "te.txt").write_text(f"pdq {hexes[3]} some-privacy-group\n")         # signal type, value
-    (tmp_path / "header.csv").write_text(f"id,signal_type,signal_value\n1,pdq,{hexes[0]}\n")
+    # ThreatExchange's `threatexchange dataset -P -s pdq` (collab, signal, category)
+    (tmp_path / "te.txt").write_text(f"'Sample Signals' {hexes[3]} WORTH_INVESTIGATING\n")
+    # and its `dataset -P --csv`: other signal types skipped
+    (tmp_path / "te.csv").write_text(
+        "collab,signal_type,signal_str,category,tags\n"
+        f"Sample Signals,pdq,{hexes[4]},WORTH_INVESTIGATING,\n"
+        "Sample Signals,url,https://developers.facebook.com/docs/threat-exchange/,WORTH_INVESTIGATING,\n"
+        f'"Other, Inc",pdq,{hexes[5]},WORTH_INVESTIGATING,"a,b"\n')
     pq.write_table(pa.table({"id": [1], "pdq": [hexes[1]]}), tmp_path / "list.parquet")
-    files = [str(tmp_path / n) for n in ("plain.txt", "hasher.csv", "te.txt", "header.csv", "list.parquet")]
+    files = [str(tmp_path / n) for n in ("plain.txt", "hasher.csv", "te.txt", "te.csv", "list.parquet")]
     codes = read_pdq_list(files)
-    assert [bytes(c).hex() for c in codes] == [hexes[0], hexes[1], hexes[2], hexes[3], hexes[0], hexes[1]]
+    assert [bytes(c).hex() for c in codes] == [hexes[0], hexes[1], hexes[2], hexes[3], hexes[4], hexes[5], hexes[1]]
 
 
 @pytest.mark.parametrize("content, message", [
     ("ab" * 32 + "\nnot-a-hash\n", "bad.txt:2: not a PDQ hash"),
     ("ab" * 33 + "\n", "bad.txt:1: not a PDQ hash"),
+    ("pdq,quality\n" + "ab" * 32 + ",100\n" + "ab" * 31 + ",100\n", "bad.txt:3: not a PDQ hash"),
 ])
 def test_a_bad_entry_names_file_and_line(tmp_path, content, message):
     (tmp_path / "bad.txt").write_text(content)
