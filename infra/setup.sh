@@ -7,11 +7,21 @@ need_apt=()
 [ -f /usr/share/wordnet/index.noun ] || need_apt+=(wordnet-base)
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# the Ray cluster launcher (infra/ray/*.yaml) reaches nodes over SSH and syncs files with rsync
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
+command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "setup: installing system packages: ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# .venv is up to date: nothing to install (`ray up` runs this on every node each time)
+if [ .venv/.installed -nt pyproject.toml ] && [ .venv/.installed -nt infra/setup.sh ]; then
+  echo "setup: ready (.venv up to date)"
+  exit 0
 fi
 
 PYTHON="${PYTHON:-python3}"
