@@ -13,8 +13,10 @@ LEDGER_V1 = pa.schema([("uid", pa.string()), ("url", pa.string()),
                        ("stage", pa.string()), ("reason", pa.string()),
                        ("detail", pa.string())])   # what the reason refers to (decontaminate: the eval set), or null
 
-INDEX_V1 = pa.schema([("uid", pa.string()), ("sha256", pa.string()), ("phash", pa.string())])
-"""`index/`: what a run holds (its kept rows), read by later runs' `exclude`."""
+INDEX_V1 = pa.schema([("uid", pa.string()), ("sha256", pa.string()), ("phash", pa.string()),
+                      ("pdq", pa.string()), ("pdq_quality", pa.int32())])
+"""`index/`: what a run holds (its kept rows), read by later runs' `exclude` and by
+`curate takedown` (PDQ lists checked without downloading again)."""
 
 IMAGE = "jpg"   # the image bytes: in the tars when a shard step ran, else in kept/
 

@@ -97,14 +97,15 @@ def test_second_release_keeps_only_new_content(releases, uid_step, extra):
     kept = read_dataset(run_b / "kept")
     assert set(kept["shard"].to_pylist()) == set(sizes_b)
 
-    # each run's index: uid, sha256, phash of its kept rows, no image bytes, small
+    # each run's index: uid, sha256, phash, pdq of its kept rows, no image bytes, small
     for run_dir, rows in ((run_a, A_ROWS), (run_b, len(NEW))):
         index = read_dataset(run_dir / "index")
         assert index.schema.equals(INDEX_V1) and index.num_rows == rows
         assert index["sha256"].null_count == 0 and index["phash"].null_count == 0
+        assert index["pdq"].null_count == 0 and index["pdq_quality"].null_count == 0
         files = list((run_dir / "index").iterdir())
-        # a footer per part and the three hashes per row (~62 bytes compressed), no image
-        assert sum(p.stat().st_size for p in files) < 2048 * len(files) + 120 * rows
+        # a footer per part and the four hashes per row (~100 bytes compressed), no image
+        assert sum(p.stat().st_size for p in files) < 2560 * len(files) + 160 * rows
     index_b = read_dataset(run_b / "index")
     assert sorted(index_b["uid"].to_pylist()) == sorted(kept["uid"].to_pylist())
 
