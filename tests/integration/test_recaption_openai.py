@@ -14,6 +14,7 @@ from pipeline.captioners.openai_chat import OpenAIChatCaptioner
 from pipeline.testing.chat_server import ChatServer, caption_of
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import make_sample
+from schemas import kept_schema, missing_or_mistyped
 from tests.support import assert_run_invariants, read_dataset, run, tar_digests
 
 FAULTS = {   # row -> the actions of its first requests (then ok)
@@ -120,7 +121,9 @@ def test_pipeline_rewrite_mode_keeps_every_row(tmp_path):
     assert_run_invariants(tmp_path / "run")
     stage = next(s for s in summary["stages"] if s["name"] == "recaption")
     assert stage["rows_in"] == stage["rows_out"] == n and stage["dropped"] == {}
-    kept = read_dataset(tmp_path / "run" / "kept").to_pylist()
+    kept_table = read_dataset(tmp_path / "run" / "kept")
+    assert not missing_or_mistyped(kept_table.schema, kept_schema(["download", "recaption", "shard"]))
+    kept = kept_table.to_pylist()
     by_text = {row["text"]: row for row in kept}
     assert by_text["alt text number 1"]["caption_error"] is None
     assert by_text["alt text number 2"]["caption_error"].startswith("malformed answer")
