@@ -132,13 +132,13 @@ class Nodes:
                 "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
                 f"SetEnv HOME={home} TMPDIR={home}/t {MARK}={self.token}",
             ]) + "\n")
-            log = open(self.base / f"sshd_{name}.log", "wb")
-            self.servers[name] = subprocess.Popen(
-                [*self.sudo, "unshare", "--pid", "--fork", "--mount-proc", "/usr/sbin/sshd", "-D", "-e",
-                 "-f", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env=dict(os.environ, **{MARK: self.token}))
+            with open(self.base / f"sshd_{name}.log", "wb") as log:
+                self.servers[name] = subprocess.Popen(
+                    [*self.sudo, "unshare", "--pid", "--fork", "--mount-proc", "/usr/sbin/sshd", "-D", "-e",
+                     "-f", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    env=dict(os.environ, **{MARK: self.token}))
             _wait_until(lambda address=address, name=name: self._listening(address, name), 60,
-                        f"sshd for {name} did not start: {(self.base / f'sshd_{name}.log').read_text()}")
+                        f"sshd for {name} does not listen on {address}:{self.port}")
 
     def stop_ray_on_worker(self, user: str, env) -> subprocess.CompletedProcess:
         return subprocess.run(["ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o",
@@ -152,17 +152,32 @@ class Nodes:
             return s.connect_ex((address, self.port)) == 0
 
     def stop(self) -> None:
-        """SIGTERM each node's sshd (its namespace's first process: the kernel then kills what
-        is left in the namespace)."""
-        for server in self.servers.values():
-            for child in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split() \
-                    if server.poll() is None else []:
-                subprocess.run([*self.sudo, "kill", "-TERM", child], capture_output=True)
-        for server in self.servers.values():
+        """SIGTERM each node's sshd, the first process of its namespace (the kernel then kills
+        what is left there); SIGKILL after a minute."""
+        for signal in ("TERM", "KILL"):
+            for server in self.servers.values():
+                if (pid := _sshd_under(server.pid)) is not None:
+                    subprocess.run([*self.sudo, "kill", f"-{signal}", str(pid)], capture_output=True)
             try:
-                server.wait(timeout=60)
+                for server in self.servers.values():
+                    server.wait(timeout=60)
+                return
             except subprocess.TimeoutExpired:
-                subprocess.run([*self.sudo, "kill", "-KILL", str(server.pid)], capture_output=True)
+                continue
+
+
+def _sshd_under(pid: int) -> int | None:
+    """The sshd under `pid` (unshare, or sudo then unshare): its first descendant named sshd."""
+    while True:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                return pid
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return None
+        if not children:
+            return None
+        pid = int(children[0])
 
 
 def _ray(*args, env, timeout=600) -> str:
