@@ -75,15 +75,7 @@ class TransformersCaptioner:
 
     def caption(self, images: list, texts: list) -> list[Captioned]:
         results = [Captioned() for _ in images]
-        decoded = []
-        for row, data in enumerate(images):
-            picture, error = decode(data)
-            if picture is None:
-                results[row].error = error
-            else:
-                decoded.append((row, picture))
-        for start in range(0, len(decoded), self.batch_size):
-            batch = decoded[start:start + self.batch_size]
+        for batch in self.batches(images, results):
             started = time.perf_counter()
             captions = self.generate([p for _, p in batch], [prompt_for(self.prompt, texts[r]) for r, _ in batch])
             each = (time.perf_counter() - started) / max(len(batch) * self.captions, 1)
@@ -93,6 +85,22 @@ class TransformersCaptioner:
                 if not kept:
                     results[row].error = "empty caption"
         return results
+
+    def batches(self, images: list, results: list[Captioned]):
+        """`batch_size` (row, decoded picture) pairs at a time, decoded as they are needed
+        (a row that cannot be decoded gets its error instead)."""
+        batch = []
+        for row, data in enumerate(images):
+            picture, error = decode(data)
+            if picture is None:
+                results[row].error = error
+                continue
+            batch.append((row, picture))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def generate(self, pictures: list, prompts: list[str]) -> list[list[str]]:
         """`captions` captions of each picture (greedy; beam search for more than one)."""
