@@ -186,6 +186,10 @@ def examples(table: pa.Table, dropped: np.ndarray, count: int) -> dict:
     images, masked = [], []
     for data, boxes in zip(picked["jpg"].to_pylist(), picked[TEXT_BOXES].to_pylist()):
         pixels = decode_rgb(data)
+        if pixels is None:   # never dropped here; an image that no longer decodes is shown as none
+            images.append("")
+            masked.append("")
+            continue
         images.append(thumbnail(Image.fromarray(pixels)))
         masked.append(thumbnail(Image.fromarray(mask_boxes(pixels, np.array(boxes or [], np.int32).reshape(-1, 4)))))
     return {"example_uid": np.array(picked["uid"].to_pylist(), dtype=str),
