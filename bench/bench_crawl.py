@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import parse_args, report  # noqa: E402
 
 LOOPBACK = ["127.0.0.1/32"]
 
@@ -64,7 +64,7 @@ def spread_rate(origin: str, pages: int, folder: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, default=2000)
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"pages": 30})
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     stop = ctx.Event()

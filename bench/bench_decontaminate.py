@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, report  # noqa: E402
+from common import RESULTS, parse_args, report  # noqa: E402
 from pipeline.decontam.index import EvalIndex, build_index, hash_set  # noqa: E402
 from pipeline.stages.decontaminate import DecontaminateSettings, EvalSetSettings, MatchEval  # noqa: E402
 
@@ -139,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--eval", type=int, default=10_000)
     parser.add_argument("--pool", type=int, default=4_000)
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"eval": 50, "pool": 40})
     settings = DecontaminateSettings(sets=[EvalSetSettings("bench", "-")], embeddings=False, examples=8)
     held = eval_images(args.eval)
     arrays, build_seconds, cached = build(held, RESULTS / "decontaminate-cache")

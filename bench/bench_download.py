@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import real_captions, report, server_process  # noqa: E402
+from common import parse_args, real_captions, report, server_process  # noqa: E402
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--urls", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--skip-ray", action="store_true")
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"urls": 40, "threads": 8, "skip_ray": True})
     sizes = corpus_sizes(args.urls)
     with server_process(serve, sizes) as port:
         results = compare(corpus_table(port, sizes), args.threads, not args.skip_ray)

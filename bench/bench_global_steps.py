@@ -211,11 +211,11 @@ def tar_jpeg_bytes(shards: Path) -> int:
 
 
 def reference_model() -> Path:
-    """curate-tiny, trained once and cached in bench/results/ (as the demo does)."""
-    from common import RESULTS
+    """curate-tiny, trained once and cached in bench/results/ (as the demo does; smoke runs too)."""
+    from common import ROOT
     from pipeline.testing.tiny_clip import TinyTrainConfig, ensure_tiny_checkpoint
 
-    return ensure_tiny_checkpoint(RESULTS / "curate-tiny", TinyTrainConfig(threads=1))
+    return ensure_tiny_checkpoint(ROOT / "bench" / "results" / "curate-tiny", TinyTrainConfig(threads=1))
 
 
 def storage(photos: int, work: Path) -> dict:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_global_steps import reference_model, serve  # noqa: E402
-from common import caption_table, report, server_process  # noqa: E402
+from common import caption_table, parse_args, report, server_process  # noqa: E402
 
 BUCKET = "bench"
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=400)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, smoke={"photos": 8})
     rng = np.random.default_rng(0)
     sizes = [(int(rng.integers(200, 801)), int(rng.integers(200, 801))) for _ in range(args.photos)]
     checkpoint = str(reference_model())

@@ -4,6 +4,7 @@ inside each key group. Pure functions, no engine. Target: < 10 s at phash_distan
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import parse_args, report  # noqa: E402
 from pipeline.stages.phash_lsh import band_keys, key_bucket, later_duplicates  # noqa: E402
 
 HASHES, PLANTED, BUCKETS = 100_000, 5_000, 8
@@ -43,6 +44,9 @@ def search(hashes: np.ndarray, pos: np.ndarray, distance: int) -> tuple[np.ndarr
 
 
 def main() -> None:
+    global HASHES, PLANTED
+    if parse_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])).smoke:
+        HASHES, PLANTED = 2_000, 100
     results = {"hashes": HASHES, "planted_near_duplicates": PLANTED, "buckets": BUCKETS}
     for distance in (4, 6, 8):
         hashes, pos = corpus(distance)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import parse_args, report  # noqa: E402
 from pipeline.app import run_pipeline  # noqa: E402
 from pipeline.config import settings_from_dict  # noqa: E402
 from pipeline.stages import pool_embeddings  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--part-rows", type=int, default=20_000)
     parser.add_argument("--clusters", type=int, default=1000)
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"rows": 2000, "part_rows": 500, "clusters": 10})
     results: dict = {"rows": args.rows, "part_rows": args.part_rows}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, report  # noqa: E402
+from common import ROOT, parse_args, report  # noqa: E402
 
 QUICK_ROWS = 1_000_000
 FRACTION = 0.3
@@ -284,7 +284,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each side, alternating; the fastest")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"rows": 20_000, "shard_rows": 5_000, "quick": False})
     rows = QUICK_ROWS if args.quick else args.rows
     results = {"rows": rows, "shard_rows": args.shard_rows, "processes": args.processes,
                "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start"}

@@ -10,6 +10,7 @@ several seconds on a small machine, the same both ways.)
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import statistics
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import parse_args, report  # noqa: E402
 
 PARTS, ROWS, SLOW_PART = 6, 96, 3
 
@@ -64,6 +65,10 @@ def run_once(pairs: str, output: Path, **download) -> dict:
 
 def main() -> None:
     from pipeline.testing.fakeweb import FakeWeb
+
+    global PARTS, ROWS, SLOW_PART
+    if parse_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])).smoke:
+        PARTS, ROWS, SLOW_PART = 2, 12, 1
 
     with tempfile.TemporaryDirectory() as tmp, FakeWeb() as fast, FakeWeb(host="127.0.0.3") as slow:
         folder = Path(tmp)

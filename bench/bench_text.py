@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, caption_table, report, timed  # noqa: E402
+from common import ROOT, caption_table, parse_args, report, timed  # noqa: E402
 
 
 def bench_matching(table: pa.Table) -> dict:
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--scale", type=int, default=4, help="second pipeline run at rows x scale")
     parser.add_argument("--skip-pipeline", action="store_true")
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"rows": 2000, "scale": 2})
     table = caption_table(args.rows)
     results = {"matching": bench_matching(table), "language": bench_language(table)}
     if not args.skip_pipeline:

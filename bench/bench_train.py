@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, report  # noqa: E402
+from common import ROOT, parse_args, report  # noqa: E402
 
 CPU_DEFAULTS = {"model": "curate-tiny", "batch_size": 64, "steps": 60, "image_size": 64, "workers": 1,
                 "precision": "fp32", "threads": 1, "samples": 2048}
@@ -92,7 +92,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for name in ("batch-size", "steps", "image-size", "workers", "threads", "samples"):
         parser.add_argument(f"--{name}", type=int)
     parser.add_argument("--repeat", type=int, default=2)
-    opts = parser.parse_args(argv)
+    opts = parse_args(parser, argv, smoke={"steps": 3, "samples": 64, "batch_size": 16, "repeat": 1})
     defaults = CUDA_DEFAULTS if opts.device == "cuda" else CPU_DEFAULTS
     for key, value in defaults.items():
         if getattr(opts, key) is None:

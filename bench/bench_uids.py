@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import parse_args, report  # noqa: E402
 from pipeline.core import uid_arrays  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--parts", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--modes", nargs="+", default=["merge", "in_memory"], choices=["merge", "in_memory"])
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)   # MODE FOLDER (child process)
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"rows": 20_000, "parts": [4, 40]})
     if args.measure:
         mode, folder = args.measure
         shares = json.loads((Path(folder) / "shares.json").read_text())
