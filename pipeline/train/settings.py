@@ -44,4 +44,8 @@ class TrainSettings:
     output: Optional[str] = None
     seed: Annotated[int, AtLeast(0)] = 0
     caption_mix: Optional[CaptionMix] = None   # {original: 0.2, synthetic: 0.8}; none: the alt-text only
+
+    def __post_init__(self) -> None:
+        if isinstance(self.caption_mix, dict):   # rebuilt from a job file (torchrun, Ray workers)
+            self.caption_mix = CaptionMix(**self.caption_mix)
     enabled: bool = True

@@ -115,3 +115,16 @@ def test_the_trainer_logs_the_realized_mix(shards, tmp_path):
     assert 0.4 <= result["caption_mix"]["synthetic"] <= 1.0
     lines = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
     assert any("synthetic_fraction" in line for line in lines)
+
+
+def test_the_mix_survives_the_job_file(tmp_path):
+    """torchrun and Ray workers rebuild the settings from `dataclasses.asdict` in a job file."""
+    import dataclasses
+
+    from pipeline.train.launch import write_job
+    from pipeline.train.settings import CaptionMix, TrainSettings
+    from pipeline.train.worker import read_job
+
+    settings = TrainSettings(caption_mix=CaptionMix(0.2, 0.8))
+    rebuilt, _, _ = read_job(write_job(settings, "shards", str(tmp_path)))
+    assert rebuilt.caption_mix == CaptionMix(0.2, 0.8) and dataclasses.asdict(rebuilt) == dataclasses.asdict(settings)
