@@ -23,7 +23,7 @@ on the same kind of CPU: its float results may differ in the last bits between C
 A Haar cascade finds frontal, upright, reasonably lit faces; it misses profiles, small
 (< `min_size`) or occluded faces, and has false positives on textured regions. MTCNN finds
 more of the faces Haar misses (recall measured in tests/unit/test_face_detectors.py, and in
-docs/stages.md), at ~5-10x its cost.
+docs/stages.md), and on real photos costs no more (bench/bench_detectors.py).
 """
 from __future__ import annotations
 
