@@ -11,6 +11,7 @@ each home has `curate` linked to this checkout (its rsync finds every file up to
 infra/setup.sh finds .venv installed) and a .bashrc putting an `ssh` that adds the servers'
 port first on PATH (SSH below); the ray CLI gets the same PATH, and runs with autoscaler v1
 (RAY_UP_enable_autoscaler_v2=0, as cluster-local.yaml says)."""
+import contextlib
 import getpass
 import hashlib
 import os
@@ -264,6 +265,8 @@ def test_ray_up_submit_and_down_on_two_loopback_nodes(tmp_path):
             user, cluster_hash = (hashlib.sha256(s.encode()).hexdigest()[:HASH_MAX_LENGTH]
                                   for s in (getpass.getuser(), name))
             shutil.rmtree(f"/tmp/ray_ssh_{user}/{cluster_hash}", ignore_errors=True)
+            with contextlib.suppress(OSError):   # Ray's folder of SSH control sockets, when no other cluster's
+                os.rmdir(f"/tmp/ray_ssh_{user}")
             shutil.rmtree(base, ignore_errors=True)   # its `curate` links are removed, not followed
     for job in ("text", "dl"):
         assert kept_uids(tmp_path / f"{job}-cluster") == kept_uids(tmp_path / f"{job}-local")
