@@ -15,7 +15,7 @@ list hashes.
   copies of list hashes (0..30 bits flipped, as resized/re-encoded/cropped variants measure),
   half random (no match). Same answers asserted.
 
-    .venv/bin/python bench/bench_pdq.py [--sizes 1000000,10000000] [--queries 2000] [--urls 600]
+    .venv/bin/python bench/bench_pdq.py [--sizes 1000000,10000000] [--queries 2000] [--urls 600] [--smoke]
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report, server_process  # noqa: E402
+from common import parse_args, report, server_process  # noqa: E402
 from pipeline.pdq import PdqIndex, brute_force_matches, hash_image, hash_pixels, reference_hash  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "motorcycle_left")
@@ -140,7 +140,7 @@ def matching(size: int, count: int, seed: int = 0) -> dict:
     batched = index.matches(hexes)
     batch_rate = count / (time.perf_counter() - start)
 
-    few = max(10, count // (size // 50_000))     # the scans take ~0.1 s an image per 1M hashes
+    few = max(10, count // max(1, size // 50_000))     # the scans take ~0.1 s an image per 1M hashes
     picked = np.concatenate([np.arange(few // 2), count // 2 + np.arange(few - few // 2)])
     start = time.perf_counter()
     scanned = brute_force_matches(codes, asked[picked], 31, queries=1)
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--urls", type=int, default=600)
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"sizes": "20000", "queries": 40, "urls": 40})
     results = {"note": "one core (numpy single-threaded, faiss omp 1); distance 31", **hashing(),
                **download_stage(args.urls)}
     for size in (int(s) for s in args.sizes.split(",")):

@@ -47,6 +47,7 @@ DISTANCE = 31        # the PDQ authors' match threshold (bits of 256)
 MIN_QUALITY = 50     # PDQ's own advice: below it a hash is too unreliable to match on
 BITS, BYTES = 256, 32
 LARGE = 1 << 21            # lists this long use 21-bit bands (12 of them), shorter ones 16-bit (16)
+CHUNK = 64                 # queries matched together
 SCAN_FROM_RADIUS = 4       # a band radius from which a full scan is about as cheap as the probes
 HEX = re.compile(r"^[0-9a-f]{64}$")
 COLUMN_NAMES = ("pdq", "hash", "signal_str", "signal_value", "indicator")
@@ -220,6 +221,7 @@ class PdqIndex:
         if len(codes):
             codes = np.unique(codes.view(f"V{BYTES}").ravel()).view(np.uint8).reshape(-1, BYTES)
         self.codes = np.ascontiguousarray(codes)
+        self.words = words(self.codes)       # (n, 4) uint64 views for popcounts
         n = len(self.codes)
         self.bits = band_bits or (21 if n >= LARGE else 16)
         keys = band_keys(self.codes, self.bits)
@@ -242,7 +244,9 @@ class PdqIndex:
         codes, valid = codes_of(queries)
         found = np.zeros(len(codes), dtype=bool)
         if valid.any() and len(self.codes) and distance >= 0:
-            found[valid] = self.match_codes(codes[valid], int(distance))
+            asked = codes[valid]    # in chunks: candidates stay in cache, and memory bounded
+            found[valid] = np.concatenate([self.match_codes(asked[i:i + CHUNK], int(distance))
+                                           for i in range(0, len(asked), CHUNK)])
         return found
 
     def match_codes(self, queries: np.ndarray, distance: int) -> np.ndarray:
@@ -254,9 +258,10 @@ class PdqIndex:
         which = np.broadcast_to(np.arange(self.bands)[None, :, None], probes.shape)
         starts = self.offsets[which, probes].ravel().astype(np.int64)
         lengths = self.offsets[which, probes + 1].ravel() - starts
-        rows = self.order.ravel()[expand_ranges(starts, lengths)]
+        rows = np.take(self.order.ravel(), expand_ranges(starts, lengths))
         owners = np.repeat(np.repeat(np.arange(len(queries)), self.bands * len(masks)), lengths)
-        near = distances(self.codes[rows], queries[owners]) <= distance
+        counts = np.bitwise_count(np.take(self.words, rows, axis=0) ^ np.take(words(queries), owners, axis=0))
+        near = counts[:, 0].astype(np.int16) + counts[:, 1] + counts[:, 2] + counts[:, 3] <= distance
         return np.bincount(owners[near], minlength=len(queries)) > 0
 
 
