@@ -153,7 +153,7 @@ def task_images(table: pa.Table, shards: np.ndarray) -> Iterator[Optional[Callab
     as after a global step that reorders rows whose images came in the input) a function
     from the task's row numbers to their `jpg`: the images gathered once into a local
     temporary Arrow file (memory-mapped), each needed row group read once, file by file."""
-    if not images.has_references(table) or table.num_rows == 0:
+    if not images.has_references(table) or images.IMAGE in table.column_names or table.num_rows == 0:
         yield None
         return
     files = table[images.IMAGE_FILE].combine_chunks().dictionary_encode()
