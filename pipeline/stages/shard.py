@@ -4,10 +4,13 @@ Global and engine-agnostic, and linear in the number of parts: the kept rows, in
 are cut into shards of `samples_per_shard` rows (shard s holds rows [s*n, (s+1)*n), all shards
 full but the last); each task writes a run of consecutive shards (up to `task_rows` rows),
 reading only the parts that hold them, and the image bytes of each shard from where download
-stored them (each through the run's image transforms, `ImageTransform`, such as the face
-blurrer, which add their columns). Within a shard, samples are in the order of a hash of (uid, seed), with fixed
-mtimes (byte-identical on every engine and rerun). The rows go on without their image bytes,
-with the `shard` and `key` where each one landed; `sizes.json` gives each tar's sample count.
+(or ingest, for images in the input) stored them; a task whose rows point all over those
+files (a global step reordered them) gathers its images once, each row group read once
+(`task_images`). Each image goes through the run's image transforms (`ImageTransform`, such
+as the face blurrer, which add their columns). Within a shard, samples are in the order of a
+hash of (uid, seed), with fixed mtimes (byte-identical on every engine and rerun). The rows
+go on without their image bytes, with the `shard` and `key` where each one landed;
+`sizes.json` gives each tar's sample count.
 Tars are numbered from `start_index`; `auto` continues after the last tar of the runs in
 `exclude` (their `sizes.json`), so releases combine in one brace pattern.
 """
