@@ -28,6 +28,7 @@ TRAIN_STEPS = 150
 IMAGE_SIZE = 64         # curate-tiny's input size: downloads and the evaluation set
 EVAL_FOLDER = "eval_set"   # in the output folder: held-out world samples every model is scored on
 ABLATION_FILE = "ablation.json"
+DEMO_LANGUAGES = ("en", "fr", "de", "es", "ja")   # the web's captions (world_web.TRANSLATIONS)
 
 
 def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path, steps: int,
@@ -38,9 +39,11 @@ def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path, s
         "allow_networks": ["127.0.0.1/32"],
         "crawl": {"seeds": seeds, "max_depth": 2, "max_pages": 1000},
         "dedup": {"keys": ["url", "text"]},
-        "caption_filter": {"min_chars": 5, "max_chars": 1000, "min_words": 2},
-        "language": {"keep": ["en"], "min_score": 0.3},
-        "metadata": {"entries": ["wordnet", "wordfreq:50000"], "t": 400},
+        # one word: captions in languages written without spaces ("青の背景に赤の円")
+        "caption_filter": {"min_chars": 5, "max_chars": 1000, "min_words": 1},
+        "language": {"keep": list(DEMO_LANGUAGES), "min_score": 0.3},
+        # MetaCLIP 2: a list per language (WordNet for English, frequent words for all)
+        "metadata": {"entries": ["wordnet", "wordfreq:50000"], "languages": list(DEMO_LANGUAGES), "t": 400},
         "download": {"image_size": IMAGE_SIZE, "threads": 16, "timeout": 5, "retries": 1, "part_rows": 1000},
         "image_dedup": {"phash_distance": 0},   # drawn shapes: distance > 0 merges distinct scenes
         "clip_score": {"model": "curate-tiny", "pretrained": str(checkpoint), "threshold": 0.8,
@@ -144,9 +147,18 @@ def run_ablation(config: dict, output: Path, log) -> dict:
 
 def ablated(config: dict) -> list[tuple[str, str]]:
     """The filters `--ablate` removes one at a time: (section, label) of each registered
-    stage that keeps rows by a criterion (`Stage.filters`) and that the config has."""
-    return [(module.SECTION, module.STAGE.label) for module in stages.registered_stages()
-            if module.STAGE.filters and module.SECTION in config]
+    stage that keeps rows by a criterion (`Stage.filters`) and that the config has, unless a
+    later stage reads a column it adds (per-language metadata reads `language`)."""
+    settings = settings_from_dict(config, "ablation")
+    configured = [m for m in stages.registered_stages() if m.SECTION in config]
+    found = []
+    for i, module in enumerate(configured):
+        adds = {name for name, _ in module.STAGE.output_fields(settings.section(module.SECTION))}
+        needed = any(adds & set(later.STAGE.input_columns(settings.section(later.SECTION)))
+                     for later in configured[i + 1:])
+        if module.STAGE.filters and not needed:
+            found.append((module.SECTION, module.STAGE.label))
+    return found
 
 
 def ablation_row(variant: str, removed, run_dir: Path) -> dict:

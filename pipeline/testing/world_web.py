@@ -31,6 +31,9 @@ TRANSLATIONS = {
            {"red": "rojo", "green": "verde", "blue": "azul", "yellow": "amarillo", "purple": "morado",
             "white": "blanco", "circle": "círculo", "square": "cuadrado", "triangle": "triángulo",
             "cross": "cruz"}),
+    "ja": ("{background}の背景に{colour}の{shape}",   # written without spaces
+           {"red": "赤", "green": "緑", "blue": "青", "yellow": "黄色", "purple": "紫", "white": "白",
+            "circle": "円", "square": "四角", "triangle": "三角", "cross": "十字"}),
 }
 JUNK = ["IMG_{n}.jpg", "DSC0{n}.JPG", "image", "untitled", "photo", "thumbnail", "", "logo"]
 NOISE = [("duplicate", 0.05), ("near_duplicate", 0.05), ("foreign", 0.10), ("junk", 0.08),

@@ -25,6 +25,10 @@ def test_small_demo_curation_beats_no_curation(tmp_path):
     comparison = json.loads((run / "eval.json").read_text())
     assert comparison["steps"] == 100
     assert comparison["curated"]["top1"] > comparison["uncurated"]["top1"], comparison
+    languages = next(s for s in summary["stages"] if s["name"] == "metadata")["details"]["languages"]
+    assert set(languages) == {"en", "fr", "de", "es", "ja"}   # MetaCLIP 2: a list per language
+    assert all(languages[code]["kept_rows"] > 0 for code in ("en", "fr", "ja")), languages   # ja: no spaces
+    assert '<section id="languages">' in (run / "report.html").read_text()
 
 
 def test_ablation_trains_without_each_filter_and_the_report_shows_the_table(tmp_path):
@@ -36,7 +40,8 @@ def test_ablation_trains_without_each_filter_and_the_report_shows_the_table(tmp_
     run_demo(run, rows=400, steps=6, log=lambda *_: None, ablate=True)
     ablation = json.loads((run / "ablation.json").read_text())
     variants = [r["variant"] for r in ablation["rows"]]
-    assert variants == ["full pipeline", "without dedup", "without caption filter", "without language",
+    # not the language filter: per-language metadata reads the language it detects
+    assert variants == ["full pipeline", "without dedup", "without caption filter",
                         "without balancing (metadata)", "without image dedup", "without CLIP score",
                         "no curation"], "every filter the demo has, in pipeline order (from the registry)"
     full = ablation["rows"][0]
