@@ -277,8 +277,8 @@ def empty_detail(source: dict) -> str:
 
 
 def make_summary(records: list[dict]) -> dict:
-    """The funnel (DESIGN.md's contract); a step that records a `summary` (metadata's
-    per-language table) adds it to its stage as `details`."""
+    """The funnel (DESIGN.md's contract); a step that records a `summary` (a table of its
+    own) adds it to its stage as `details`."""
     stages = [{**{k: r[k] for k in ("name", "rows_in", "rows_out", "dropped", "seconds")},
                **({"details": r["summary"]} if r.get("summary") else {})} for r in records]
     sources = [s for r in records for s in r.get("sources", [])]

@@ -290,6 +290,10 @@ def refuse_rerun(run_dir: str) -> None:
 
 
 def rewrite_report(run_dir: str) -> None:
-    from pipeline.app import write_report_quietly
+    """report.html again (a report problem never fails the takedown: the data is written)."""
+    from pipeline.report import write_report
 
-    write_report_quietly(run_dir, lambda message: None)
+    try:
+        write_report(run_dir)
+    except Exception:  # noqa: BLE001 - `curate report` rewrites it
+        pass

@@ -135,6 +135,7 @@ def test_every_section_with_its_defaults_loads():
     sections = {name: {} for name, _ in SECTIONS}
     sections["crawl"] = {"seeds": ["https://example.org/"]}     # a crawl needs seeds
     sections["heads"] = {"heads": [{"name": "nsfw", "path": "h.pt"}]}   # heads need a head
+    sections["recaption"] = {"model": "captioner/"}                     # a captioner needs a model
     settings = settings_from_dict(sections, SOURCE)
     for name, cls in SECTIONS:
         assert isinstance(getattr(settings, name), cls)
