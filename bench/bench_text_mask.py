@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import parse_args, report  # noqa: E402
 
 SIZE = 256
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="images of each kind (with, without text)")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default=None)
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"images": 4})
 
     import cv2
     import torch

@@ -22,7 +22,8 @@ BENCHES = ["bench_text.py", "bench_download.py", "bench_crawl.py", "bench_phash.
            "bench_clip_score.py", "bench_shards.py", "bench_train.py", "bench_global_steps.py",
            "bench_object_store.py", "bench_stragglers.py", "bench_pool_filter.py --quick"]
 # benchmarks `make bench` leaves out (long, or measured on request) that the smoke run still runs
-SMOKE_ONLY = ["bench_decontaminate.py", "bench_pool_embeddings.py", "bench_uids.py"]
+SMOKE_ONLY = ["bench_decontaminate.py", "bench_pool_embeddings.py", "bench_uids.py", "bench_metadata_languages.py",
+              "bench_pdq.py", "bench_detectors.py", "bench_text_mask.py"]
 
 
 def smoke_entries() -> list[str]:
