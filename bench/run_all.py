@@ -20,10 +20,10 @@ HERE = Path(__file__).resolve().parent
 # a bench, and the arguments `make bench` gives it
 BENCHES = ["bench_text.py", "bench_download.py", "bench_crawl.py", "bench_phash.py",
            "bench_clip_score.py", "bench_shards.py", "bench_train.py", "bench_global_steps.py",
-           "bench_object_store.py", "bench_stragglers.py", "bench_pool_filter.py --quick"]
+           "bench_object_store.py", "bench_stragglers.py", "bench_pool_filter.py --quick",
+           "bench_metadata_languages.py", "bench_pdq.py", "bench_detectors.py", "bench_text_mask.py"]
 # benchmarks `make bench` leaves out (long, or measured on request) that the smoke run still runs
-SMOKE_ONLY = ["bench_decontaminate.py", "bench_pool_embeddings.py", "bench_uids.py", "bench_metadata_languages.py",
-              "bench_pdq.py", "bench_detectors.py", "bench_text_mask.py"]
+SMOKE_ONLY = ["bench_decontaminate.py", "bench_pool_embeddings.py", "bench_uids.py"]
 
 
 def smoke_entries() -> list[str]:
