@@ -54,8 +54,9 @@ def calibrate_and_run(tmp_path, capsys, attempt: int):
 @pytest.mark.slow
 def test_plan_predicts_a_4x_run_within_30_percent(tmp_path, capsys):
     # Seconds are measured on a shared machine: when a burst of other load lands on one of
-    # the two runs only, the pair is measured once more (bytes must hold every time).
-    for attempt in range(2):
+    # the two runs only, the pair is measured again, up to four times (bytes must hold every
+    # time). A planner that is off fails all four; load that comes and goes does not.
+    for attempt in range(4):
         plan, core, wall, stored = calibrate_and_run(tmp_path, capsys, attempt)
         assert within(plan["total"]["bytes_stored"], stored), (plan["total"]["bytes_stored"], stored)
         predicted_core = sum(s["core_seconds"] for s in plan["steps"] if s["name"] != "finalize")
