@@ -12,11 +12,15 @@
    (ingest, dedup, shard; local engine, 2 processes) over a parquet of url, text and a small
    JPEG, at P and 10 P parts, side by side (`--runs` times each); dedup + shard seconds from
    each run's summary.json.
+   Images from download: the same, but the parquet holds url and text only, pointing at a
+   loopback FakeWeb's small JPEGs (ingest, dedup, download, shard; `download.part_rows` scaled
+   too; `--download-rows` rows, 50k in 10 and 100 parts by default: every run fetches every image).
 2. storage: download -> image_dedup -> clip_score -> shard over loopback photo-like images
    (200..800 px, resized to 256 px): the bytes in the run folder over the JPEG bytes in its
    tars. Target: <= 2.5 (images are written once by download and once into the tars).
 
     python bench/bench_global_steps.py [--rows 200000] [--parts 40] [--image-rows 20000] [--photos 600] [--runs 2]
+        [--download-rows 50000] [--download-parts 10] [--only images_in_input,images_from_download]
 """
 from __future__ import annotations
 
@@ -180,6 +184,64 @@ def input_images_runs(rows: int, parts_low: int, runs: int, work: Path) -> dict:
             "ratio_10x_parts": [round(h / max(lo, 1e-9), 2) for lo, h in zip(low, high)], "target": 1.6}
 
 
+def serve_small(distinct, port_pipe, stop) -> None:
+    """Child process: a FakeWeb serving `distinct` small JPEGs at `/p/<i>.jpg` (any query)."""
+    from pipeline.testing.fakeweb import FakeWeb
+
+    with FakeWeb("127.0.0.1") as web:
+        for i in range(distinct):
+            web.add_image(f"/p/{i}.jpg", photo_like(i, 24, 24, 75))
+        port_pipe.send(web.port)
+        stop.wait()
+
+
+def download_images_runs(rows: int, parts_low: int, runs: int, work: Path, distinct: int = 64) -> dict:
+    """dedup + shard seconds of whole `curate run` processes whose images come from the
+    download step (url, text pointing at a loopback FakeWeb's small JPEGs; 5% exact duplicate
+    rows), at P and 10 P parts (`input.part_rows`, `download.part_rows` and
+    `samples_per_shard` scaled together), alternating; download seconds for context."""
+    import yaml
+
+    work.mkdir(parents=True, exist_ok=True)
+    seconds: dict = {parts_low: [], parts_low * 10: []}
+    download: dict = {parts_low: [], parts_low * 10: []}
+    steps: dict = {}
+    kept: set = set()
+    with server_process(serve_small, distinct) as port:
+        base = caption_table(rows)
+        copies = np.arange(rows)
+        copies[::20] = np.maximum(copies[::20] - 1, 0)    # every 20th row repeats the one before
+        urls = [f"http://127.0.0.1:{port}/p/{c % distinct}.jpg?n={c}" for c in copies]
+        source = work / "pairs-to-download.parquet"
+        pq.write_table(pa.table({"url": urls, "text": base["text"].take(pa.array(copies))}), source,
+                       row_group_size=10_000)
+        for attempt in range(runs):
+            for count in seconds:
+                per_part = -(-rows // count)
+                run_dir = work / f"download-images-{count}-{attempt}"
+                config = {"input": {"path": [str(source)], "part_rows": per_part}, "output": str(run_dir),
+                          "engine": "local", "processes": 2, "allow_networks": ["127.0.0.1/32"],
+                          "dedup": {"keys": ["url", "text"]},
+                          "download": {"image_size": 24, "threads": 16, "timeout": 10, "pdq": False,
+                                       "part_rows": per_part},
+                          "shard": {"samples_per_shard": per_part}}
+                path = work / f"download-images-{count}.yaml"
+                path.write_text(yaml.safe_dump(config))
+                subprocess.run([sys.executable, "-m", "pipeline", "run", str(path)], check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                summary = json.loads((run_dir / "summary.json").read_text())
+                by_name = {s["name"]: s["seconds"] for s in summary["stages"]}
+                seconds[count].append(round(by_name["dedup"] + by_name["shard"], 2))
+                download[count].append(round(by_name["download"], 2))
+                steps.setdefault(count, []).append({k: round(v, 2) for k, v in by_name.items()})
+                kept.add(summary["kept_rows"])
+    low, high = seconds[parts_low], seconds[parts_low * 10]
+    return {"rows": rows, "parts": [parts_low, parts_low * 10], "dedup_shard_seconds": [low, high],
+            "ratio_10x_parts": [round(h / max(lo, 1e-9), 2) for lo, h in zip(low, high)], "target": 1.6,
+            "download_seconds": [download[parts_low], download[parts_low * 10]],
+            "kept_rows": sorted(kept), "step_seconds": {str(k): v for k, v in steps.items()}}
+
+
 def serve(sizes, port_pipe, stop) -> None:
     """Child process: a FakeWeb serving photo-like JPEGs, generated once up front."""
     from pipeline.testing.fakeweb import FakeWeb
@@ -254,14 +316,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--parts", type=int, default=40)
     parser.add_argument("--image-rows", type=int, default=10_000)
     parser.add_argument("--photos", type=int, default=600)
-    parser.add_argument("--runs", type=int, default=2, help="whole runs of each size with images in the input")
-    args = parse_args(parser, argv, smoke={"rows": 400, "parts": 2, "image_rows": 100, "photos": 8, "runs": 1})
+    parser.add_argument("--runs", type=int, default=2, help="whole runs of each size with images in the input "
+                                                               "and with images from download")
+    parser.add_argument("--download-rows", type=int, default=50_000,
+                        help="rows of the whole runs with images from download (fetched over loopback)")
+    parser.add_argument("--download-parts", type=int, default=10)
+    parser.add_argument("--only", default="", help="comma-separated parts to run: scale, images_in_input, "
+                                                   "images_from_download, storage (default: all)")
+    args = parse_args(parser, argv, smoke={"rows": 400, "parts": 2, "image_rows": 100, "photos": 8, "runs": 1,
+                                           "download_rows": 200, "download_parts": 2})
+    wanted = set(filter(None, args.only.split(","))) or {"scale", "images_in_input", "images_from_download",
+                                                          "storage"}
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        results = scale(args.rows, args.parts, args.image_rows, Path(tmp))
-        results["images_in_input"] = input_images_runs(args.rows, args.parts, args.runs, Path(tmp) / "input-images")
-        if not args.smoke:   # a run with download and CLIP scoring: minutes even at a tiny size
+        if "scale" in wanted:
+            results.update(scale(args.rows, args.parts, args.image_rows, Path(tmp)))
+        if "images_in_input" in wanted:
+            results["images_in_input"] = input_images_runs(args.rows, args.parts, args.runs,
+                                                           Path(tmp) / "input-images")
+        if "images_from_download" in wanted:
+            results["images_from_download"] = download_images_runs(args.download_rows, args.download_parts,
+                                                                   args.runs, Path(tmp) / "download-images")
+        if "storage" in wanted and not args.smoke:   # download and CLIP scoring: minutes even at a tiny size
             results["storage"] = storage(args.photos, Path(tmp) / "storage")
-    report("global_steps", results)
+    report("global_steps" if wanted == {"scale", "images_in_input", "images_from_download", "storage"}
+           else "global_steps_" + "_".join(sorted(wanted)), results)
     return results
 
 
