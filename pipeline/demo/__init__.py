@@ -18,6 +18,7 @@ from pipeline import stages
 from pipeline.app import run_pipeline
 from pipeline.config import settings_from_dict
 from pipeline.core import storage
+from pipeline.demo.captions import compare_captions, recaption_section
 from pipeline.run_log import run_log
 from pipeline.testing.fakeweb import FakeWeb
 from pipeline.testing.world import write_eval_folder
@@ -48,6 +49,8 @@ def demo_config(pairs: Path, seeds: list[str], output: Path, checkpoint: Path, s
         "image_dedup": {"phash_distance": 0},   # drawn shapes: distance > 0 merges distinct scenes
         "clip_score": {"model": "curate-tiny", "pretrained": str(checkpoint), "threshold": 0.8,
                        "device": "cpu", "precision": "fp32", "batch_size": 128},
+        # T-MARS: an image that writes out its caption loses its score once the text is masked
+        "text_mask": {"threshold": 0.5, "max_drop": 0.3},
         "shard": {"samples_per_shard": 150},
         "train": train_section(steps, eval_data),
     }
@@ -82,11 +85,13 @@ def clear_previous_demo(output: Path) -> None:
 
 
 def bootstrap_model(output: Path, log) -> Path:
-    """The reference CLIP: curate-tiny trained briefly on a small trusted set (world seed 0)."""
-    from pipeline.testing.tiny_clip import TinyTrainConfig, ensure_tiny_checkpoint
+    """The reference CLIP: curate-tiny trained briefly on a small trusted set (world seed 0),
+    with pairs whose image writes out the caption: it reads, as web-trained CLIPs do."""
+    from pipeline.testing.reading_clip import TEXT_PAIRS, ensure_reading_checkpoint
 
-    log("demo: bootstrapping the curate-tiny reference model on 2,048 trusted pairs")
-    return ensure_tiny_checkpoint(output / "bootstrap", TinyTrainConfig(threads=1))
+    log(f"demo: bootstrapping the curate-tiny reference model on 2,048 trusted pairs and {TEXT_PAIRS:,} "
+        f"pairs that write out their caption (so that it reads)")
+    return ensure_reading_checkpoint(output / "bootstrap")
 
 
 def run_demo(output: Path, rows: int = 3000, steps: int = TRAIN_STEPS, log=print, ablate: bool = False) -> dict:
@@ -107,8 +112,10 @@ def demo_run(output: Path, rows: int, steps: int, log, ablate: bool = False) -> 
         log(f"demo: a fake web of {rows:,} images on {web.url('/')}: {world.pairs.num_rows:,} listed "
             f"pairs, the rest on a site to crawl")
         config = demo_config(pairs, world.seeds, output, checkpoint, steps, eval_data)
+        config["recaption"] = recaption_section(output, log)
         (output / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         summary = run_pipeline(settings_from_dict(config, str(output / "demo.yaml")), output, log=log)
+        compare_captions(output, config["train"], log)
         listed = pairs.with_name("pairs_url_text.parquet")
         pq.write_table(world.pairs.rename_columns(["url", "text"]), listed)
         crawled = json.loads((output / "steps" / "crawl" / "stats.json").read_text())["files"]
@@ -132,10 +139,10 @@ def run_ablation(config: dict, output: Path, log) -> dict:
     from pipeline.report.page import write_report
 
     rows = [ablation_row("full pipeline", None, output)]
-    for name, label in ablated(config):
+    for name, label, removed in ablated(config):
         variant = output / "ablate" / f"without_{name}"
         log(f"demo: ablation: the pipeline without {label}")
-        without = {k: v for k, v in config.items() if k != name}
+        without = {k: v for k, v in config.items() if k not in removed and k != "recaption"}
         run_pipeline(settings_from_dict({**without, "output": str(variant)}, f"without {name}"), variant, log=log)
         rows.append(ablation_row(f"without {label}", name, variant))
     rows.append(ablation_row("no curation", "all", output / "uncurated"))
@@ -145,20 +152,30 @@ def run_ablation(config: dict, output: Path, log) -> dict:
     return ablation
 
 
-def ablated(config: dict) -> list[tuple[str, str]]:
-    """The filters `--ablate` removes one at a time: (section, label) of each registered
-    stage that keeps rows by a criterion (`Stage.filters`) and that the config has, unless a
-    later stage reads a column it adds (per-language metadata reads `language`)."""
+def ablated(config: dict) -> list[tuple[str, str, set[str]]]:
+    """The filters `--ablate` removes one at a time: (section, label, sections removed) of each
+    registered stage that keeps rows by a criterion (`Stage.filters`) and that the config has.
+    A later stage that reads a column the filter adds goes with it (per-language metadata reads
+    `language`; text_mask reads clip_score's embeddings), and the label says so."""
     settings = settings_from_dict(config, "ablation")
     configured = [m for m in stages.registered_stages() if m.SECTION in config]
     found = []
     for i, module in enumerate(configured):
-        adds = {name for name, _ in module.STAGE.output_fields(settings.section(module.SECTION))}
-        needed = any(adds & set(later.STAGE.input_columns(settings.section(later.SECTION)))
-                     for later in configured[i + 1:])
-        if module.STAGE.filters and not needed:
-            found.append((module.SECTION, module.STAGE.label))
+        if not module.STAGE.filters:
+            continue
+        removed, adds, labels = {module.SECTION}, added_columns(module, settings), []
+        for later in configured[i + 1:]:
+            if adds & set(later.STAGE.input_columns(settings.section(later.SECTION))):
+                removed.add(later.SECTION)
+                labels.append(later.STAGE.label)
+                adds |= added_columns(later, settings)
+        label = " and ".join([module.STAGE.label, *labels])
+        found.append((module.SECTION, label, removed))
     return found
+
+
+def added_columns(module, settings) -> set[str]:
+    return {name for name, _ in module.STAGE.output_fields(settings.section(module.SECTION))}
 
 
 def ablation_row(variant: str, removed, run_dir: Path) -> dict:

@@ -3,7 +3,9 @@
 Most pairs go into a LAION-style URL list (`URL`, `TEXT`); the rest sit on a small site that
 the crawl step finds. Noise, each a fixed share of the pool: exact duplicates, near-duplicate
 images (re-encoded, another URL), captions in other languages, junk alt-text, mismatched
-captions, broken links and opt-out headers.
+captions, broken links and opt-out headers, and text spotting: an image that writes out its
+caption over a picture that does not show it (`reading_clip.spotting_image`), which a CLIP
+that reads scores as a true pair (T-MARS; the demo's text_mask step removes them).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pyarrow as pa
 from PIL import Image
 
 from pipeline.testing.fakeweb import FakeWeb
+from pipeline.testing.reading_clip import spotting_pair
 from pipeline.testing.world import describe, make_sample
 
 TRANSLATIONS = {
@@ -37,7 +40,7 @@ TRANSLATIONS = {
 }
 JUNK = ["IMG_{n}.jpg", "DSC0{n}.JPG", "image", "untitled", "photo", "thumbnail", "", "logo"]
 NOISE = [("duplicate", 0.05), ("near_duplicate", 0.05), ("foreign", 0.10), ("junk", 0.08),
-         ("mismatched", 0.22), ("broken", 0.04), ("opt_out", 0.03)]
+         ("mismatched", 0.22), ("broken", 0.04), ("opt_out", 0.03), ("text_spotting", 0.06)]
 
 
 @dataclass
@@ -97,6 +100,9 @@ def noisy_rows(web: FakeWeb, i: int, sample, kind: str, samples, seed: int, rng:
         return [(web.url(f"/fault/404/{i:06d}.jpg"), caption, kind)]
     if kind == "opt_out":
         return [(web.url(f"/fault/noai/{i:06d}.jpg"), caption, kind)]
+    if kind == "text_spotting":
+        web.add_image(path, spotting_pair(i, seed, sample_size(sample.jpg))[0])
+        return [(url, caption, kind)]
     if kind == "duplicate":
         return [(url, caption, "clean"), (url, caption, kind)]
     if kind == "near_duplicate":
@@ -109,6 +115,11 @@ def noisy_rows(web: FakeWeb, i: int, sample, kind: str, samples, seed: int, rng:
     elif kind == "mismatched":
         caption = samples[rng.randrange(len(samples))].caption
     return [(url, caption, kind)]
+
+
+def sample_size(jpg: bytes) -> int:
+    with Image.open(io.BytesIO(jpg)) as image:
+        return image.height
 
 
 def build_site(web: FakeWeb, rows: list, per_page: int = 10) -> list[str]:

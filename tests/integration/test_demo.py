@@ -16,10 +16,11 @@ def test_small_demo_curation_beats_no_curation(tmp_path):
     assert_run_invariants(run)
     assert [s["name"] for s in summary["stages"]] == [
         "ingest", "dedup", "caption_filter", "language", "metadata", "download", "image_dedup",
-        "clip_score", "shard"]
+        "clip_score", "text_mask", "recaption", "shard"]
     drops = {s["name"]: s["dropped"] for s in summary["stages"]}
     assert drops["download"]["http_404"] > 0 and drops["download"]["opt_out"] > 0
     assert drops["image_dedup"]["duplicate_image"] > 0 and drops["clip_score"]["low_clip_score"] > 0
+    assert drops["text_mask"]["text_spotting"] > 0   # captions written over another picture
     assert (run / "report.html").exists() and list((run / "shards").glob("*.tar"))
     assert list((run / "train" / "checkpoints").glob("*.pt"))
     comparison = json.loads((run / "eval.json").read_text())
@@ -28,7 +29,13 @@ def test_small_demo_curation_beats_no_curation(tmp_path):
     languages = next(s for s in summary["stages"] if s["name"] == "metadata")["details"]["languages"]
     assert set(languages) == {"en", "fr", "de", "es", "ja"}   # MetaCLIP 2: a list per language
     assert all(languages[code]["kept_rows"] > 0 for code in ("en", "fr", "ja")), languages   # ja: no spaces
-    assert '<section id="languages">' in (run / "report.html").read_text()
+    page = (run / "report.html").read_text()
+    assert '<section id="languages">' in page and '<section id="captions">' in page
+    # synthetic captions: in the tars beside the alt-text, and trained on three ways
+    captions = json.loads((run / "captions.json").read_text())
+    assert captions["steps"] == 100 and {"original", "synthetic", "mix"} <= set(captions)
+    assert captions["mix_realized"]["synthetic"] == pytest.approx(0.8, abs=0.1), captions
+    assert captions["synthetic_realized"]["synthetic"] == 1.0, captions
 
 
 def test_ablation_trains_without_each_filter_and_the_report_shows_the_table(tmp_path):
@@ -40,10 +47,13 @@ def test_ablation_trains_without_each_filter_and_the_report_shows_the_table(tmp_
     run_demo(run, rows=400, steps=6, log=lambda *_: None, ablate=True)
     ablation = json.loads((run / "ablation.json").read_text())
     variants = [r["variant"] for r in ablation["rows"]]
-    # not the language filter: per-language metadata reads the language it detects
+    # a stage that reads what a filter adds goes with it: per-language metadata reads the
+    # language detected, text_mask the CLIP embeddings
     assert variants == ["full pipeline", "without dedup", "without caption filter",
-                        "without balancing (metadata)", "without image dedup", "without CLIP score",
-                        "no curation"], "every filter the demo has, in pipeline order (from the registry)"
+                        "without language and balancing (metadata)", "without balancing (metadata)",
+                        "without image dedup", "without CLIP score and text spotting (T-MARS)",
+                        "without text spotting (T-MARS)", "no curation"], \
+        "every filter the demo has, in pipeline order (from the registry)"
     full = ablation["rows"][0]
     uncurated = ablation["rows"][-1]["kept_rows"]
     assert all(0 < r["kept_rows"] <= uncurated for r in ablation["rows"]), ablation
