@@ -92,7 +92,9 @@ def test_blocked_rows_never_stored_and_never_named(tmp_path):
 
     # the URLs of the blocklisted rows (URL and domain lists) appear nowhere in the run folder
     named = [urls[i] for i in (*BY_URL, *BY_DOMAIN)]
-    for path, text in strings_in_run_folder(run_dir):
+    strings = list(strings_in_run_folder(run_dir))
+    assert strings, "no file read in the run folder"
+    for path, text in strings:
         found = [u for u in named if u in text or u.split("://", 1)[1] in text]
         assert not found, f"{path} names {found[:2]}"
 
@@ -154,5 +156,7 @@ def test_a_crawl_never_visits_a_blocked_domain_nor_writes_a_blocked_url(tmp_path
     assert pairs.num_rows == 4 * 15 * 2 - 1 and blocked_image not in pairs["url"].to_pylist()
     stats = json.loads((tmp_path / "run" / "steps" / "crawl" / "stats.json").read_text())
     assert stats["blocklisted"] == 1
-    for path, text in strings_in_run_folder(tmp_path / "run"):
+    strings = list(strings_in_run_folder(tmp_path / "run"))
+    assert strings, "no file read in the run folder"
+    for path, text in strings:
         assert "127.0.0.3" not in text and blocked_image not in text, path

@@ -103,6 +103,7 @@ def test_a_pool_keeps_its_own_uids(pool_run):
     assert set(POOL_COLUMNS) <= set(kept.column_names), "the pool's columns keep their names"
     assert not any(c.startswith("input_") or c.startswith("_") for c in kept.column_names)
     pool_rows = {row["url"]: row for row in pool.to_pylist()}
+    assert kept.num_rows > 0
     for row in kept.to_pylist():
         source = pool_rows[row["url"]]
         assert {k: row[k] for k in POOL_COLUMNS} == {k: source[k] for k in POOL_COLUMNS}

@@ -141,6 +141,7 @@ def test_without_face_blur_the_tars_hold_what_download_stored(runs):
     kept = read_dataset(run_dir / "kept")
     assert "faces" not in kept.column_names
     stored, samples = stored_images(run_dir), tar_samples(run_dir)
+    assert len(samples) == kept.num_rows == FACE_IMAGES + WORLD_IMAGES
     for url, key in zip(kept["url"].to_pylist(), kept["key"].to_pylist()):
         jpg, meta = samples[key]
         assert "faces" not in meta and jpg == stored[url]

@@ -40,7 +40,9 @@ def test_the_app_and_the_config_name_no_section():
 
 
 def test_every_stage_declares_typed_columns():
-    for module in stages.registered_stages():
+    modules = stages.registered_stages()
+    assert modules, "no registered stage"
+    for module in modules:
         stage = module.STAGE
         assert stage.name == module.SECTION and stage.label, module.__name__
         for name, type_ in stage.outputs:
