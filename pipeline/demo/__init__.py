@@ -102,6 +102,8 @@ def run_demo(output: Path, rows: int = 3000, steps: int = TRAIN_STEPS, log=print
 
 
 def demo_run(output: Path, rows: int, steps: int, log, ablate: bool = False) -> dict:
+    from pipeline.report.page import write_report
+
     checkpoint = bootstrap_model(output, log)
     eval_data = write_eval_folder(output / EVAL_FOLDER, image_size=IMAGE_SIZE)
     with FakeWeb() as web:
@@ -116,6 +118,7 @@ def demo_run(output: Path, rows: int, steps: int, log, ablate: bool = False) -> 
         (output / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         summary = run_pipeline(settings_from_dict(config, str(output / "demo.yaml")), output, log=log)
         compare_captions(output, config["train"], log)
+        write_report(output)   # the report gains the captions table
         listed = pairs.with_name("pairs_url_text.parquet")
         pq.write_table(world.pairs.rename_columns(["url", "text"]), listed)
         crawled = json.loads((output / "steps" / "crawl" / "stats.json").read_text())["files"]

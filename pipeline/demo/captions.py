@@ -35,7 +35,6 @@ def compare_captions(output: Path, train_section: dict, log=print) -> dict:
     steps of `train_section` (the run's own training is the original-captions one), and
     write `captions.json`: each variant's zero-shot top-1."""
     from pipeline.config import settings_from_dict
-    from pipeline.report.page import write_report
     from pipeline.train import train
     from pipeline.train.settings import CaptionMix
 
@@ -50,7 +49,6 @@ def compare_captions(output: Path, train_section: dict, log=print) -> dict:
         results[name] = result["eval"]["top1"]
         results[f"{name}_realized"] = result.get("caption_mix")
     storage.write_json(results, output / CAPTIONS_FILE)
-    write_report(str(output))   # the run's report gains the captions table
     log(f"demo: zero-shot top-1 after {base.steps} steps: original captions {results['original']:.3f}, "
         f"synthetic {results['synthetic']:.3f}, mix {results['mix']:.3f}")
     return results
