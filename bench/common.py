@@ -16,6 +16,11 @@ RESULTS = Path(os.environ.get(SMOKE_RESULTS) or ROOT / "bench" / "results")
 LAION_SAMPLE = ROOT.parent / "shared" / "data" / "laion_sample_1000.parquet"
 
 
+def captions_source() -> str:
+    """Which captions `real_captions` gives (results say it: the ratios depend on it)."""
+    return "laion_sample_1000" if LAION_SAMPLE.exists() else "generated (no LAION sample beside the checkout)"
+
+
 def real_captions() -> list[str]:
     """Real alt-text when the LAION sample is around, else the generated sample's captions."""
     if LAION_SAMPLE.exists():
