@@ -114,9 +114,10 @@ def demo_run(output: Path, rows: int, steps: int, log, ablate: bool = False) -> 
         log(f"demo: a fake web of {rows:,} images on {web.url('/')}: {world.pairs.num_rows:,} listed "
             f"pairs, the rest on a site to crawl")
         config = demo_config(pairs, world.seeds, output, checkpoint, steps, eval_data)
-        config["recaption"] = recaption_section(output, log)
-        (output / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        summary = run_pipeline(settings_from_dict(config, str(output / "demo.yaml")), output, log=log)
+        # the run recaptions its kept pairs; the ablation variants (filters only) do not
+        run_config = {**config, "recaption": recaption_section(output, log)}
+        (output / "demo.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+        summary = run_pipeline(settings_from_dict(run_config, str(output / "demo.yaml")), output, log=log)
         compare_captions(output, config["train"], log)
         write_report(output)   # the report gains the captions table
         listed = pairs.with_name("pairs_url_text.parquet")
@@ -145,7 +146,7 @@ def run_ablation(config: dict, output: Path, log) -> dict:
     for name, label, removed in ablated(config):
         variant = output / "ablate" / f"without_{name}"
         log(f"demo: ablation: the pipeline without {label}")
-        without = {k: v for k, v in config.items() if k not in removed and k != "recaption"}
+        without = {k: v for k, v in config.items() if k not in removed}
         run_pipeline(settings_from_dict({**without, "output": str(variant)}, f"without {name}"), variant, log=log)
         rows.append(ablation_row(f"without {label}", name, variant))
     rows.append(ablation_row("no curation", "all", output / "uncurated"))

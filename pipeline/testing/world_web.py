@@ -73,7 +73,7 @@ def build_demo_web(web: FakeWeb, n: int, seed: int = 0, site_share: float = 0.2,
     rows: list[tuple[str, str, str]] = []   # (url, text, kind)
     for i, sample in enumerate(samples):
         kind = pick_kind(rng)
-        rows.extend(noisy_rows(web, i, sample, kind, samples, seed, rng))
+        rows.extend(noisy_rows(web, i, sample, kind, samples, seed, rng, image_size))
     rng.shuffle(rows)
     on_site = int(len(rows) * site_share)
     seeds = build_site(web, rows[:on_site])
@@ -91,7 +91,8 @@ def pick_kind(rng: random.Random) -> str:
     return "clean"
 
 
-def noisy_rows(web: FakeWeb, i: int, sample, kind: str, samples, seed: int, rng: random.Random):
+def noisy_rows(web: FakeWeb, i: int, sample, kind: str, samples, seed: int, rng: random.Random,
+               image_size: int):
     path = f"/world/{i:06d}.jpg"
     url = web.url(path)
     web.add_image(path, sample.jpg)
@@ -101,7 +102,7 @@ def noisy_rows(web: FakeWeb, i: int, sample, kind: str, samples, seed: int, rng:
     if kind == "opt_out":
         return [(web.url(f"/fault/noai/{i:06d}.jpg"), caption, kind)]
     if kind == "text_spotting":
-        web.add_image(path, spotting_pair(i, seed, sample_size(sample.jpg))[0])
+        web.add_image(path, spotting_pair(i, seed, image_size)[0])
         return [(url, caption, kind)]
     if kind == "duplicate":
         return [(url, caption, "clean"), (url, caption, kind)]
@@ -115,11 +116,6 @@ def noisy_rows(web: FakeWeb, i: int, sample, kind: str, samples, seed: int, rng:
     elif kind == "mismatched":
         caption = samples[rng.randrange(len(samples))].caption
     return [(url, caption, kind)]
-
-
-def sample_size(jpg: bytes) -> int:
-    with Image.open(io.BytesIO(jpg)) as image:
-        return image.height
 
 
 def build_site(web: FakeWeb, rows: list, per_page: int = 10) -> list[str]:
